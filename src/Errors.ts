@@ -1,0 +1,111 @@
+/**
+ * Every failure rate-sync can report, as `Schema.TaggedError` classes so they can be
+ * matched with `Effect.catchTag`, serialised, and compared structurally in tests.
+ */
+import { toMillis } from "effect/Duration"
+import * as Schema from "effect/Schema"
+
+/** One problem in a configuration, located by its dotted key path (`limiters.api.rate_per_second`). */
+export class ConfigIssue extends Schema.Class<ConfigIssue>("ConfigIssue")({
+  path: Schema.String,
+  message: Schema.String
+}) {}
+
+/** Invalid configuration: raised when a layer is built, never on first use. */
+export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {
+  issues: Schema.Array(ConfigIssue)
+}) {
+  override get message(): string {
+    return this.issues.map((issue) => issue.path === "" ? issue.message : `${issue.path}: ${issue.message}`).join("\n")
+  }
+}
+
+export class LimiterNotFound extends Schema.TaggedError<LimiterNotFound>()("LimiterNotFound", {
+  limiter: Schema.String,
+  known: Schema.Array(Schema.String)
+}) {
+  override get message(): string {
+    const known = this.known.length === 0 ? "none are configured" : `configured: ${this.known.join(", ")}`
+    return `No limiter named "${this.limiter}" (${known})`
+  }
+}
+
+/** The permit could not be had within the timeout. Nothing was consumed. */
+export class AcquireTimeout extends Schema.TaggedError<AcquireTimeout>()("AcquireTimeout", {
+  limiter: Schema.String,
+  key: Schema.String,
+  timeout: Schema.DurationFromMillis,
+  /** How long after the deadline a rate slot would have been free, when that is known. */
+  retryAfter: Schema.optional(Schema.DurationFromMillis)
+}) {
+  override get message(): string {
+    return `Limiter "${this.limiter}": no permit within ${Math.round(this.timeout.pipe(toMillis))} ms`
+  }
+}
+
+/** `tryAcquire` found no free permit. Nothing was consumed. */
+export class RateLimitExceeded extends Schema.TaggedError<RateLimitExceeded>()("RateLimitExceeded", {
+  limiter: Schema.String,
+  key: Schema.String,
+  /** When a permit is expected to be free; zero when only a concurrency release can free one. */
+  retryAfter: Schema.DurationFromMillis,
+  limit: Schema.Number,
+  remaining: Schema.Number
+}) {
+  override get message(): string {
+    return `Limiter "${this.limiter}": rate limit exceeded, retry after ${Math.ceil(this.retryAfter.pipe(toMillis))} ms`
+  }
+}
+
+/** The request asks for more than the limiter can ever grant (a cost above `burst` or `limit`). */
+export class CostExceedsCapacity extends Schema.TaggedError<CostExceedsCapacity>()("CostExceedsCapacity", {
+  limiter: Schema.String,
+  cost: Schema.Number,
+  capacity: Schema.Number
+}) {
+  override get message(): string {
+    return `Limiter "${this.limiter}": a cost of ${this.cost} can never fit a capacity of ${this.capacity}`
+  }
+}
+
+/** A cost that is not a whole number of 1 or more. */
+export class InvalidCost extends Schema.TaggedError<InvalidCost>()("InvalidCost", {
+  limiter: Schema.String,
+  cost: Schema.Number
+}) {
+  override get message(): string {
+    return `Limiter "${this.limiter}": cost must be a whole number of 1 or more, found ${this.cost}`
+  }
+}
+
+/** The store could not be reached or refused the operation; `message` says how to fix it when known. */
+export class StoreUnavailable extends Schema.TaggedError<StoreUnavailable>()("StoreUnavailable", {
+  store: Schema.String,
+  engine: Schema.String,
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** Optimistic-lock conflicts outlasted the limiter's retry schedule. */
+export class ConflictRetriesExhausted extends Schema.TaggedError<ConflictRetriesExhausted>()(
+  "ConflictRetriesExhausted",
+  {
+    store: Schema.String,
+    limiter: Schema.String,
+    attempts: Schema.Number
+  }
+) {
+  override get message(): string {
+    return `Limiter "${this.limiter}" on store "${this.store}": gave up after ${this.attempts} optimistic-lock conflicts`
+  }
+}
+
+/** What a store operation can fail with. */
+export type StoreError = StoreUnavailable | ConflictRetriesExhausted
+
+/** What `acquire` can fail with. */
+export type AcquireError = LimiterNotFound | AcquireTimeout | CostExceedsCapacity | InvalidCost | StoreError
+
+/** What `tryAcquire` can fail with. */
+export type TryAcquireError = LimiterNotFound | RateLimitExceeded | CostExceedsCapacity | InvalidCost | StoreError
+

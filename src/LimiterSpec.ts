@@ -1,0 +1,52 @@
+/**
+ * A limiter's settings after validation, in the units the engines compute with (milliseconds).
+ * Engines receive the spec with every call, so one store serves any number of limiters.
+ */
+export interface TokenBucket {
+  readonly _tag: "TokenBucket"
+  readonly ratePerSecond: number
+  readonly burst: number
+  /** Milliseconds between admissions at the sustained rate (GCRA's emission interval). */
+  readonly intervalMs: number
+}
+
+export interface SlidingWindow {
+  readonly _tag: "SlidingWindow"
+  readonly limit: number
+  readonly windowMs: number
+}
+
+export type RatePolicy = TokenBucket | SlidingWindow
+
+export interface ConcurrencyPolicy {
+  readonly max: number
+  readonly leaseTtlMs: number
+}
+
+/** Optimistic-lock retries: jittered exponential back-off, bounded in attempts. */
+export interface RetryPolicy {
+  readonly maxAttempts: number
+  readonly baseDelayMs: number
+  readonly maxDelayMs: number
+}
+
+export interface LimiterSpec {
+  readonly name: string
+  readonly store: string
+  readonly rate: RatePolicy | undefined
+  readonly concurrency: ConcurrencyPolicy | undefined
+  /** Default wait bound for `acquire`; undefined waits as long as it takes. */
+  readonly timeoutMs: number | undefined
+  readonly failClosed: boolean
+  readonly retry: RetryPolicy
+}
+
+/** The most units one request can ever take at once, or undefined when only concurrency is bounded. */
+export const capacity = (rate: RatePolicy | undefined): number | undefined =>
+  rate === undefined ? undefined : rate._tag === "TokenBucket" ? rate.burst : rate.limit
+
+/**
+ * The state key of a limiter's key. Limiter names are validated identifiers without ':',
+ * so the first ':' separates them from the caller's key, whatever characters that key holds.
+ */
+export const stateKey = (limiter: string, key: string): string => `${limiter}:${key}`

@@ -1,0 +1,312 @@
+/**
+ * The one Schema every configuration source goes through (TOML, Effect `Config`, plain objects),
+ * with keys exactly as on the seed page (snake_case). Numbers and booleans are typed by the key
+ * they belong to, never by what a string looks like: `"123456"` given for a password stays a string,
+ * while `"100"` given for `rate_per_second` (as env vars must) decodes to 100.
+ */
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
+import { ConfigIssue, ConfigurationError } from "./Errors.js"
+import type { LimiterSpec, RatePolicy } from "./LimiterSpec.js"
+
+const describe = (actual: unknown): string =>
+  typeof actual === "string" ? JSON.stringify(actual) : actual === undefined ? "nothing" : String(actual)
+
+const NumberLike = Schema.transformOrFail(Schema.Union(Schema.Number, Schema.String), Schema.Number, {
+  strict: true,
+  decode: (input, _, ast) => {
+    const value = typeof input === "number" ? input : input.trim() === "" ? Number.NaN : Number(input)
+    return Number.isFinite(value)
+      ? ParseResult.succeed(value)
+      : ParseResult.fail(new ParseResult.Type(ast, input, `Expected a number, found ${describe(input)}`))
+  },
+  encode: ParseResult.succeed
+}).annotations({ message: (issue) => `Expected a number, found ${describe(issue.actual)}` })
+
+const BooleanLike = Schema.transformOrFail(Schema.Union(Schema.Boolean, Schema.String), Schema.Boolean, {
+  strict: true,
+  decode: (input, _, ast) => {
+    if (typeof input === "boolean") return ParseResult.succeed(input)
+    const lowered = input.trim().toLowerCase()
+    return lowered === "true" || lowered === "false"
+      ? ParseResult.succeed(lowered === "true")
+      : ParseResult.fail(new ParseResult.Type(ast, input, `Expected true or false, found ${describe(input)}`))
+  },
+  encode: ParseResult.succeed
+}).annotations({ message: (issue) => `Expected true or false, found ${describe(issue.actual)}` })
+
+const refined = (filter: (n: number) => boolean, expected: string) =>
+  NumberLike.pipe(Schema.filter((n) => filter(n) || `Expected ${expected}, found ${n}`))
+
+const PositiveNumber = refined((n) => n > 0, "a number above 0")
+const NonNegativeNumber = refined((n) => n >= 0, "a number of 0 or more")
+const PositiveInt = refined((n) => Number.isInteger(n) && n >= 1, "a whole number of 1 or more")
+const NonNegativeInt = refined((n) => Number.isInteger(n) && n >= 0, "a whole number of 0 or more")
+const RatePerSecond = refined((n) => n > 0 && n <= 1_000_000, "a rate above 0 and at most 1000000 per second")
+
+const NonEmptyString = Schema.String.pipe(
+  Schema.filter((s) => s.trim().length > 0 || "Expected a non-empty string")
+).annotations({ message: (issue) => `Expected a string, found ${describe(issue.actual)}` })
+
+/** A plain SQL identifier: it is quoted as well, but anything else is refused before any SQL runs. */
+const Identifier = Schema.String.pipe(
+  Schema.filter((s) =>
+    /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(s) ||
+    `Expected a plain identifier (a letter or _, then letters, digits or _, at most 63), found ${describe(s)}`
+  )
+).annotations({ message: (issue) => `Expected an identifier string, found ${describe(issue.actual)}` })
+
+const oneOf = <const L extends ReadonlyArray<string>>(...literals: L) =>
+  Schema.Literal(...literals).annotations({
+    message: (issue) => `Expected ${literals.map((l) => JSON.stringify(l)).join(" or ")}, found ${describe(issue.actual)}`
+  })
+
+const optional = <S extends Schema.Schema.All>(schema: S) => Schema.optionalWith(schema, { exact: true })
+const withDefault = <A, I, R>(schema: Schema.Schema<A, I, R>, value: A) =>
+  Schema.optionalWith(schema, { exact: true, default: () => value })
+
+export const MemoryStoreConfig = Schema.Struct({
+  engine: Schema.Literal("memory"),
+  timing_margin_ms: withDefault(NonNegativeNumber, 0)
+})
+
+export const PostgresStoreConfig = Schema.Struct({
+  engine: Schema.Literal("postgres"),
+  url: NonEmptyString,
+  table_name: withDefault(Identifier, "rate_limiter_state"),
+  schema_name: withDefault(Identifier, "public"),
+  auto_create: withDefault(BooleanLike, false),
+  pool_min_size: withDefault(NonNegativeInt, 2),
+  pool_max_size: withDefault(PositiveInt, 10),
+  timing_margin_ms: withDefault(NonNegativeNumber, 10),
+  /** Speed knob: an UNLOGGED table (with auto_create); its state is lost if the server crashes. */
+  unlogged: withDefault(BooleanLike, false),
+  /** Speed knob: the limiter's own commits are not waited for on disk. */
+  synchronous_commit: withDefault(BooleanLike, true),
+  /** How long an operation waits for a free pooled connection before failing. */
+  pool_timeout_ms: withDefault(PositiveNumber, 5_000)
+})
+
+export const RedisStoreConfig = Schema.Struct({
+  engine: Schema.Literal("redis"),
+  url: NonEmptyString,
+  key_prefix: withDefault(Schema.String, "rate-sync:"),
+  pool_max_size: withDefault(PositiveInt, 1),
+  timing_margin_ms: withDefault(NonNegativeNumber, 10),
+  connect_timeout_ms: withDefault(PositiveNumber, 5_000),
+  command_timeout_ms: withDefault(PositiveNumber, 2_000)
+})
+
+export type Engine = "memory" | "postgres" | "redis"
+export type MemoryStoreConfig = typeof MemoryStoreConfig.Type
+export type PostgresStoreConfig = typeof PostgresStoreConfig.Type
+export type RedisStoreConfig = typeof RedisStoreConfig.Type
+export type StoreConfig = MemoryStoreConfig | PostgresStoreConfig | RedisStoreConfig
+export type StoreConfigInput =
+  | typeof MemoryStoreConfig.Encoded
+  | typeof PostgresStoreConfig.Encoded
+  | typeof RedisStoreConfig.Encoded
+
+export const LimiterConfig = Schema.Struct({
+  store: NonEmptyString,
+  algorithm: withDefault(oneOf("token_bucket", "sliding_window"), "token_bucket"),
+  rate_per_second: optional(RatePerSecond),
+  burst: optional(PositiveInt),
+  limit: optional(PositiveInt),
+  window_seconds: optional(PositiveNumber),
+  max_concurrent: optional(PositiveInt),
+  timeout: optional(NonNegativeNumber),
+  lease_ttl_seconds: withDefault(PositiveNumber, 30),
+  fail_closed: withDefault(BooleanLike, false),
+  retry_max_attempts: withDefault(PositiveInt, 12),
+  retry_base_delay_ms: withDefault(PositiveNumber, 1),
+  retry_max_delay_ms: withDefault(PositiveNumber, 100)
+})
+export type LimiterConfig = typeof LimiterConfig.Type
+export type LimiterConfigInput = typeof LimiterConfig.Encoded
+
+export const storeKeys: Record<Engine, ReadonlyArray<string>> = {
+  memory: Object.keys(MemoryStoreConfig.fields),
+  postgres: Object.keys(PostgresStoreConfig.fields),
+  redis: Object.keys(RedisStoreConfig.fields)
+}
+export const limiterKeys: ReadonlyArray<string> = Object.keys(LimiterConfig.fields)
+export const engines: ReadonlyArray<Engine> = ["memory", "postgres", "redis"]
+
+export interface Settings {
+  readonly stores: Readonly<Record<string, StoreConfig>>
+  readonly limiters: Readonly<Record<string, LimiterConfig>>
+}
+
+/** What a user writes: the TOML tables, or the same shape as a plain object. */
+export interface SettingsInput {
+  readonly stores?: Readonly<Record<string, StoreConfigInput>>
+  readonly limiters?: Readonly<Record<string, LimiterConfigInput>>
+}
+
+const NAME = /^[A-Za-z0-9_.-]{1,128}$/
+
+const issue = (path: string, message: string) => new ConfigIssue({ path, message })
+
+const isRecord = (u: unknown): u is Readonly<Record<string, unknown>> =>
+  typeof u === "object" && u !== null && !Array.isArray(u) && !(u instanceof Date)
+
+const schemaIssues = (prefix: string, error: ParseResult.ParseError): Array<ConfigIssue> =>
+  ParseResult.ArrayFormatter.formatErrorSync(error).map((entry) => {
+    const path = [prefix, ...entry.path.map(String)].join(".")
+    switch (entry._tag) {
+      case "Unexpected":
+        return issue(path, `unknown key (${entry.message.replace(/^is unexpected, expected: /, "known keys: ")})`)
+      case "Missing":
+        return issue(path, "is required")
+      default:
+        return issue(path, entry.message)
+    }
+  })
+
+const decodeEntry = <A, I>(schema: Schema.Schema<A, I>, prefix: string, input: unknown) =>
+  Schema.decodeUnknownEither(schema, { errors: "all", onExcessProperty: "error" })(input).pipe(
+    Either.mapLeft((error) => schemaIssues(prefix, error))
+  )
+
+const decodeStore = (name: string, input: unknown): Either.Either<StoreConfig, Array<ConfigIssue>> => {
+  const path = `stores.${name}`
+  if (!isRecord(input)) return Either.left([issue(path, `Expected a table, found ${describe(input)}`)])
+  const engine = input["engine"]
+  if (engine !== "memory" && engine !== "postgres" && engine !== "redis") {
+    return Either.left([
+      issue(`${path}.engine`, `Expected "memory", "postgres" or "redis", found ${describe(engine)}`)
+    ])
+  }
+  const decoded: Either.Either<StoreConfig, Array<ConfigIssue>> = engine === "memory"
+    ? decodeEntry(MemoryStoreConfig, path, input)
+    : engine === "postgres"
+    ? decodeEntry(PostgresStoreConfig, path, input)
+    : decodeEntry(RedisStoreConfig, path, input)
+  return Either.flatMap(decoded, (store) =>
+    store.engine === "postgres" && store.pool_min_size > store.pool_max_size
+      ? Either.left([
+        issue(`${path}.pool_min_size`, `Expected at most pool_max_size (${store.pool_max_size}), found ${store.pool_min_size}`)
+      ])
+      : Either.right(store))
+}
+
+const checkLimiter = (name: string, limiter: LimiterConfig, stores: ReadonlyArray<string>): Array<ConfigIssue> => {
+  const path = `limiters.${name}`
+  const issues: Array<ConfigIssue> = []
+  if (!stores.includes(limiter.store)) {
+    const known = stores.length === 0 ? "no store is configured" : `configured: ${stores.map((s) => JSON.stringify(s)).join(", ")}`
+    issues.push(issue(`${path}.store`, `Expected the name of a configured store (${known}), found ${JSON.stringify(limiter.store)}`))
+  }
+  if (limiter.algorithm === "token_bucket") {
+    for (const key of ["limit", "window_seconds"] as const) {
+      if (limiter[key] !== undefined) issues.push(issue(`${path}.${key}`, `belongs to algorithm = "sliding_window"`))
+    }
+    if (limiter.burst !== undefined && limiter.rate_per_second === undefined) {
+      issues.push(issue(`${path}.burst`, "needs rate_per_second"))
+    }
+  } else {
+    for (const key of ["rate_per_second", "burst"] as const) {
+      if (limiter[key] !== undefined) issues.push(issue(`${path}.${key}`, `belongs to algorithm = "token_bucket"`))
+    }
+    for (const key of ["limit", "window_seconds"] as const) {
+      if (limiter[key] === undefined) issues.push(issue(`${path}.${key}`, `is required with algorithm = "sliding_window"`))
+    }
+  }
+  if (
+    limiter.rate_per_second === undefined && limiter.limit === undefined && limiter.window_seconds === undefined &&
+    limiter.max_concurrent === undefined
+  ) {
+    issues.push(issue(path, "needs at least one of rate_per_second, limit + window_seconds, or max_concurrent"))
+  }
+  if (limiter.retry_base_delay_ms > limiter.retry_max_delay_ms) {
+    issues.push(issue(`${path}.retry_base_delay_ms`, `Expected at most retry_max_delay_ms (${limiter.retry_max_delay_ms}), found ${limiter.retry_base_delay_ms}`))
+  }
+  return issues
+}
+
+const decodeTable = <A>(
+  table: "stores" | "limiters",
+  input: unknown,
+  decode: (name: string, value: unknown) => Either.Either<A, Array<ConfigIssue>>,
+  issues: Array<ConfigIssue>
+): Record<string, A> => {
+  const out: Record<string, A> = {}
+  if (input === undefined) return out
+  if (!isRecord(input)) {
+    issues.push(issue(table, `Expected a table, found ${describe(input)}`))
+    return out
+  }
+  for (const [name, value] of Object.entries(input)) {
+    if (!NAME.test(name)) {
+      issues.push(issue(`${table}.${name}`, "Expected a name of letters, digits, '_', '-' or '.' (at most 128)"))
+      continue
+    }
+    Either.match(decode(name, value), {
+      onLeft: (found) => issues.push(...found),
+      onRight: (decoded) => {
+        out[name] = decoded
+      }
+    })
+  }
+  return out
+}
+
+/** Validates a whole configuration, reporting every problem at once with its key path. */
+export const decodeSettings = (input: unknown): Effect.Effect<Settings, ConfigurationError> =>
+  Effect.suspend(() => {
+    if (!isRecord(input)) {
+      return Effect.fail(new ConfigurationError({ issues: [issue("", `Expected a configuration table, found ${describe(input)}`)] }))
+    }
+    const issues: Array<ConfigIssue> = []
+    for (const key of Object.keys(input)) {
+      if (key !== "stores" && key !== "limiters") issues.push(issue(key, "unknown key (known keys: \"stores\" | \"limiters\")"))
+    }
+    const stores = decodeTable("stores", input["stores"], decodeStore, issues)
+    const limiters = decodeTable(
+      "limiters",
+      input["limiters"],
+      (name, value) => decodeEntry(LimiterConfig, `limiters.${name}`, value),
+      issues
+    )
+    const storeNames = Object.keys(stores)
+    const declaredStores = isRecord(input["stores"]) ? Object.keys(input["stores"]) : storeNames
+    for (const [name, limiter] of Object.entries(limiters)) {
+      issues.push(...checkLimiter(name, limiter, declaredStores))
+    }
+    return issues.length > 0
+      ? Effect.fail(new ConfigurationError({ issues }))
+      : Effect.succeed({ stores, limiters })
+  })
+
+/** The engines' view of a validated limiter, in milliseconds. */
+export const toLimiterSpec = (name: string, config: LimiterConfig): LimiterSpec => {
+  let rate: RatePolicy | undefined
+  if (config.algorithm === "sliding_window" && config.limit !== undefined && config.window_seconds !== undefined) {
+    rate = { _tag: "SlidingWindow", limit: config.limit, windowMs: config.window_seconds * 1000 }
+  } else if (config.rate_per_second !== undefined) {
+    rate = {
+      _tag: "TokenBucket",
+      ratePerSecond: config.rate_per_second,
+      burst: config.burst ?? 1,
+      intervalMs: 1000 / config.rate_per_second
+    }
+  }
+  return {
+    name,
+    store: config.store,
+    rate,
+    concurrency: config.max_concurrent === undefined
+      ? undefined
+      : { max: config.max_concurrent, leaseTtlMs: config.lease_ttl_seconds * 1000 },
+    timeoutMs: config.timeout === undefined ? undefined : config.timeout * 1000,
+    failClosed: config.fail_closed,
+    retry: {
+      maxAttempts: config.retry_max_attempts,
+      baseDelayMs: config.retry_base_delay_ms,
+      maxDelayMs: config.retry_max_delay_ms
+    }
+  }
+}

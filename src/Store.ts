@@ -1,0 +1,103 @@
+/**
+ * The interface every store engine implements. Engines keep shared state and apply the
+ * algorithms in `internal/` atomically against their own clock; the waiting, leases'
+ * renewal, metrics and failure policy live once in `RateLimiter`.
+ */
+import * as Context from "effect/Context"
+import type * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import type { ConfigurationError, StoreError, StoreUnavailable } from "./Errors.js"
+import type { LimiterSpec } from "./LimiterSpec.js"
+import type { StoreConfig } from "./Settings.js"
+
+export interface AcquireRequest {
+  readonly limiter: LimiterSpec
+  readonly key: string
+  readonly cost: number
+  /** Present exactly when the limiter bounds concurrency: the id of the lease to grant. */
+  readonly leaseId: string | undefined
+  /** The rate slot may lie at most this far ahead (store time); `Infinity` for no bound. */
+  readonly maxWaitMs: number
+  /** When concurrency is full, keep (or refresh) this lease id's place in line. */
+  readonly queue: boolean
+}
+
+/** What an admitted request reserved, so an interrupted waiter can give it back. */
+export interface Reservation {
+  /** The admission slot, in ms of the store's own time base (only differences are meaningful). */
+  readonly slotMs: number
+  /** Token bucket: the theoretical arrival time this reservation wrote. */
+  readonly tatMs: number
+}
+
+export type AcquireOutcome =
+  | {
+    readonly _tag: "Admitted"
+    /** How long to wait, from the moment the store decided, until the slot. */
+    readonly waitMs: number
+    readonly reservation: Reservation | undefined
+    readonly limit: number | undefined
+    readonly remaining: number | undefined
+  }
+  | {
+    /** The rate slot lies beyond `maxWaitMs`. Nothing was written, and no lease granted. */
+    readonly _tag: "RateLimited"
+    readonly retryAfterMs: number
+    readonly limit: number
+    readonly remaining: number
+  }
+  | {
+    /** Every lease is held. With `queue`, the request keeps its place in line. */
+    readonly _tag: "ConcurrencyFull"
+    /** Until the soonest held lease expires unless renewed, when known. */
+    readonly expiresInMs: number | undefined
+    readonly held: number
+    readonly limit: number
+  }
+
+export interface StateView {
+  readonly limit: number | undefined
+  readonly remaining: number | undefined
+  /** Until the rate state is fully replenished (as if idle). */
+  readonly resetAfterMs: number
+  /** Until a request of cost 1 could be admitted by the rate policy. */
+  readonly nextSlotAfterMs: number
+  readonly leasesHeld: number
+  readonly maxConcurrent: number | undefined
+  readonly waiting: number
+}
+
+export interface Store {
+  readonly name: string
+  readonly engine: string
+  /** Added to every non-zero wait, so a margin only ever makes the limiter stricter. */
+  readonly timingMarginMs: number
+  readonly acquire: (request: AcquireRequest) => Effect.Effect<AcquireOutcome, StoreError>
+  /** Gives a lease (or a place in line) back. Unknown or expired ids change nothing. */
+  readonly release: (limiter: LimiterSpec, key: string, leaseId: string) => Effect.Effect<void, StoreError>
+  /** Extends a held lease; false when it had already expired or was released. */
+  readonly renew: (limiter: LimiterSpec, key: string, leaseId: string) => Effect.Effect<boolean, StoreError>
+  /** Gives back a rate reservation whose slot was not used, where that cannot loosen the limit. */
+  readonly refund: (
+    limiter: LimiterSpec,
+    key: string,
+    cost: number,
+    reservation: Reservation
+  ) => Effect.Effect<void, StoreError>
+  /** No rate slot is granted before `retryAfterMs` from now, for every process. */
+  readonly backoff: (limiter: LimiterSpec, key: string, retryAfterMs: number) => Effect.Effect<void, StoreError>
+  readonly state: (limiter: LimiterSpec, key: string) => Effect.Effect<StateView, StoreError>
+  /**
+   * Subscribes to lease releases on a key. The returned effect completes at the first release
+   * after the subscription was taken, so a release between a failed attempt and the wait is not lost.
+   */
+  readonly releases: (limiter: LimiterSpec, key: string) => Effect.Effect<Effect.Effect<void>, never, Scope.Scope>
+}
+
+/** Builds the named stores of a configuration. Swapping it swaps every store at once. */
+export class StoreFactory extends Context.Tag("rate-sync/StoreFactory")<StoreFactory, {
+  readonly make: (
+    name: string,
+    config: StoreConfig
+  ) => Effect.Effect<Store, ConfigurationError | StoreUnavailable, Scope.Scope>
+}>() {}

@@ -1,0 +1,102 @@
+/**
+ * `rate-sync.toml`: discovery, parsing, and `${VAR}` / `${VAR:-default}` substitution. Variables
+ * are read through Effect `Config`, so tests can supply them with a `ConfigProvider`.
+ */
+import { readFile } from "node:fs/promises"
+import * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import { parse, TomlError } from "smol-toml"
+import { ConfigIssue, ConfigurationError } from "./Errors.js"
+import { decodeSettings, type Settings } from "./Settings.js"
+
+/** Where the file is looked for when no path is given, after `$RATE_SYNC_CONFIG`. */
+export const searchPaths: ReadonlyArray<string> = ["rate-sync.toml", "config/rate-sync.toml"]
+
+const fail = (path: string, message: string) =>
+  new ConfigurationError({ issues: [new ConfigIssue({ path, message })] })
+
+const readText = (path: string) =>
+  Effect.tryPromise({
+    try: () => readFile(path, "utf8"),
+    catch: (cause) => cause
+  })
+
+const isMissing = (cause: unknown) =>
+  typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
+
+/** Finds and reads the configuration file; returns its path and text. */
+export const discover = (path?: string): Effect.Effect<{ path: string; text: string }, ConfigurationError> =>
+  Effect.gen(function*() {
+    const fromEnv = yield* Config.option(Config.string("RATE_SYNC_CONFIG")).pipe(Effect.orElseSucceed(Option.none))
+    const explicit = path ?? Option.getOrUndefined(fromEnv)
+    const candidates = explicit !== undefined && explicit !== "" ? [explicit] : searchPaths
+    for (const candidate of candidates) {
+      const text = yield* readText(candidate).pipe(
+        Effect.map(Option.some),
+        Effect.catchAll((cause) =>
+          isMissing(cause) && candidates.length > 1
+            ? Effect.succeed(Option.none<string>())
+            : Effect.fail(fail(candidate, `cannot read the configuration file: ${String(cause)}`))
+        )
+      )
+      if (Option.isSome(text)) return { path: candidate, text: text.value }
+    }
+    return yield* Effect.fail(
+      fail("", `no configuration file: set RATE_SYNC_CONFIG or create ${searchPaths.join(" or ")}`)
+    )
+  })
+
+const VARIABLE = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g
+
+const substituteString = (text: string, keyPath: string): Effect.Effect<string, ConfigurationError> =>
+  Effect.gen(function*() {
+    let out = ""
+    let last = 0
+    for (const match of text.matchAll(VARIABLE)) {
+      const [whole, name, fallback] = match
+      const value = yield* Config.option(Config.string(name!)).pipe(Effect.orElseSucceed(Option.none))
+      const set = Option.filter(value, (v) => v !== "")
+      let replacement: string
+      if (Option.isSome(set)) replacement = set.value
+      else if (fallback !== undefined) replacement = fallback
+      else if (Option.isSome(value)) replacement = ""
+      else return yield* Effect.fail(fail(keyPath, `environment variable ${name} is not set (write \${${name}:-default} to give a default)`))
+      out += text.slice(last, match.index) + replacement
+      last = match.index + whole.length
+    }
+    return out + text.slice(last)
+  })
+
+/** Replaces `${VAR}` in every string value. Only strings change, and they stay strings. */
+export const substitute = (value: unknown, keyPath = ""): Effect.Effect<unknown, ConfigurationError> => {
+  if (typeof value === "string") return substituteString(value, keyPath)
+  if (Array.isArray(value)) {
+    return Effect.forEach(value, (item, i) => substitute(item, `${keyPath}[${i}]`))
+  }
+  if (typeof value === "object" && value !== null && !(value instanceof Date)) {
+    return Effect.map(
+      Effect.forEach(Object.entries(value), ([key, item]) =>
+        Effect.map(substitute(item, keyPath === "" ? key : `${keyPath}.${key}`), (v) => [key, v] as const)),
+      (entries) => Object.fromEntries(entries)
+    )
+  }
+  return Effect.succeed(value)
+}
+
+/** Parses TOML text into a validated configuration. */
+export const parseText = (text: string, source = "rate-sync.toml"): Effect.Effect<Settings, ConfigurationError> =>
+  Effect.try({
+    try: () => parse(text),
+    catch: (error) =>
+      error instanceof TomlError
+        ? fail(source, `invalid TOML at line ${error.line}, column ${error.column}: ${error.message.split("\n")[0]}`)
+        : fail(source, `invalid TOML: ${String(error)}`)
+  }).pipe(
+    Effect.flatMap((table) => substitute(table)),
+    Effect.flatMap(decodeSettings)
+  )
+
+/** Finds, reads and validates `rate-sync.toml`. */
+export const load = (path?: string): Effect.Effect<Settings, ConfigurationError> =>
+  Effect.flatMap(discover(path), (file) => parseText(file.text, file.path))

@@ -1,0 +1,48 @@
+/**
+ * GCRA (generic cell rate algorithm) over a theoretical arrival time `tat`, all in ms of one
+ * clock. A request of `cost` units is admitted at `tat' - burst * T` where `tat' = max(tat, now)
+ * + cost * T`, which keeps every interval of length L at or below `burst + L / T` units.
+ */
+import type { TokenBucket } from "../LimiterSpec.js"
+
+export type Decision =
+  | { readonly admitted: true; readonly tatMs: number; readonly slotMs: number; readonly waitMs: number }
+  | { readonly admitted: false; readonly retryAfterMs: number }
+
+export const reserve = (
+  tat: number,
+  now: number,
+  policy: TokenBucket,
+  cost: number,
+  maxWaitMs: number
+): Decision => {
+  const next = Math.max(tat, now) + cost * policy.intervalMs
+  const slot = Math.max(now, next - policy.burst * policy.intervalMs)
+  const wait = slot - now
+  return wait > maxWaitMs
+    ? { admitted: false, retryAfterMs: wait }
+    : { admitted: true, tatMs: next, slotMs: slot, waitMs: wait }
+}
+
+/** Whole units that could be admitted now without waiting. */
+export const remaining = (tat: number, now: number, policy: TokenBucket): number => {
+  const debt = Math.max(0, tat - now)
+  // The small epsilon absorbs float error so that exactly-earned units count.
+  return Math.max(0, Math.floor((policy.burst * policy.intervalMs - debt) / policy.intervalMs + 1e-9))
+}
+
+export const resetAfter = (tat: number, now: number): number => Math.max(0, tat - now)
+
+export const nextSlotAfter = (tat: number, now: number, policy: TokenBucket): number =>
+  Math.max(0, tat + policy.intervalMs - policy.burst * policy.intervalMs - now)
+
+/** The tat after an upstream asked every caller to wait `retryAfterMs`: the next slot is no earlier. */
+export const backoff = (tat: number, now: number, policy: TokenBucket, retryAfterMs: number): number =>
+  Math.max(tat, now + retryAfterMs + (policy.burst - 1) * policy.intervalMs)
+
+/**
+ * The tat after giving back a reservation, or undefined when it cannot be given back: only the
+ * newest reservation can, since later ones were spaced from it and would otherwise bunch up.
+ */
+export const refund = (tat: number, reservedTat: number, policy: TokenBucket, cost: number): number | undefined =>
+  tat === reservedTat ? reservedTat - cost * policy.intervalMs : undefined

@@ -1,0 +1,247 @@
+/**
+ * The in-process store: the reference engine. Every operation is one synchronous step, so it is
+ * atomic; time comes from the Effect `Clock` it was built with, so tests run it on `TestClock`.
+ */
+import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import * as Layer from "effect/Layer"
+import * as Gcra from "../internal/gcra.js"
+import * as Leases from "../internal/leases.js"
+import * as Window from "../internal/window.js"
+import { capacity, type LimiterSpec, stateKey } from "../LimiterSpec.js"
+import { type AcquireOutcome, type StateView, type Store, StoreFactory } from "../Store.js"
+
+interface KeyState {
+  tat: number
+  readonly log: Array<Window.Entry>
+  blockedUntil: number
+  leases: Leases.LeaseTable | undefined
+  released: Deferred.Deferred<void> | undefined
+  /** After this instant nothing in the state differs from a fresh one, so it can be dropped. */
+  staleAt: number
+}
+
+export interface MemoryStoreOptions {
+  readonly name?: string | undefined
+  readonly timingMarginMs?: number | undefined
+}
+
+/** How many entries each operation inspects for staleness: keeps the map bounded at O(1) per call. */
+const SWEEP_PER_OPERATION = 2
+
+/** A memory store also tells how many keys it holds, so its footprint can be checked. */
+export interface MemoryStore extends Store {
+  readonly size: () => number
+}
+
+export const make = (options: MemoryStoreOptions = {}): Effect.Effect<MemoryStore> =>
+  Effect.map(Effect.clock, (clock) => unsafeMake(clock, options))
+
+const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStore => {
+  // Times are kept relative to the store's creation, so float ms keep sub-microsecond precision.
+  const epoch = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+  const now = () => Number(clock.unsafeCurrentTimeNanos()) / 1e6 - epoch
+  const states = new Map<string, KeyState>()
+
+  const signal = (state: KeyState) => {
+    if (state.released !== undefined) {
+      Deferred.unsafeDone(state.released, Exit.void)
+      state.released = undefined
+    }
+  }
+
+  const sweep = (at: number) => {
+    for (let i = 0; i < SWEEP_PER_OPERATION && states.size > 0; i++) {
+      const [key, state] = states.entries().next().value!
+      states.delete(key)
+      if (state.staleAt <= at) signal(state)
+      else states.set(key, state)
+    }
+  }
+
+  const stateOf = (limiter: LimiterSpec, key: string, at: number): KeyState => {
+    sweep(at)
+    const id = stateKey(limiter.name, key)
+    let state = states.get(id)
+    if (state === undefined) {
+      state = { tat: -Infinity, log: [], blockedUntil: -Infinity, leases: undefined, released: undefined, staleAt: at }
+      states.set(id, state)
+    }
+    const rate = limiter.rate
+    if (rate?._tag === "SlidingWindow") Window.prune(state.log, at, rate)
+    if (state.leases !== undefined) Leases.purge(state.leases, at)
+    return state
+  }
+
+  const touch = (state: KeyState, limiter: LimiterSpec) => {
+    const rate = limiter.rate
+    const last = state.log[state.log.length - 1]
+    const windowEnd = rate?._tag === "SlidingWindow" && last !== undefined ? last.at + rate.windowMs : -Infinity
+    const leasesEnd = state.leases === undefined ? -Infinity : Leases.latestExpiry(state.leases)
+    state.staleAt = Math.max(state.tat, windowEnd, state.blockedUntil, leasesEnd)
+  }
+
+  const expiresAt = (limiter: LimiterSpec, at: number) => at + (limiter.concurrency?.leaseTtlMs ?? 0)
+
+  return {
+    name: options.name ?? "memory",
+    engine: "memory",
+    timingMarginMs: options.timingMarginMs ?? 0,
+
+    acquire: (request) =>
+      Effect.sync((): AcquireOutcome => {
+        const { cost, leaseId, limiter, maxWaitMs } = request
+        const at = now()
+        const state = stateOf(limiter, request.key, at)
+        const rate = limiter.rate
+        const leases = limiter.concurrency !== undefined && leaseId !== undefined
+          ? (state.leases ??= Leases.empty())
+          : undefined
+
+        // The rate decision comes first: a slot beyond the deadline only moves further away,
+        // so such a request fails at once even while it would also wait for a lease.
+        let decision: Gcra.Decision | Window.Decision | undefined
+        if (rate?._tag === "TokenBucket") decision = Gcra.reserve(state.tat, at, rate, cost, maxWaitMs)
+        else if (rate?._tag === "SlidingWindow") {
+          decision = Window.reserve(state.log, at, state.blockedUntil, rate, cost, maxWaitMs)
+        }
+        if (decision !== undefined && !decision.admitted && rate !== undefined) {
+          if (leases !== undefined && leaseId !== undefined && Leases.release(leases, leaseId)) signal(state)
+          touch(state, limiter)
+          return {
+            _tag: "RateLimited",
+            retryAfterMs: decision.retryAfterMs,
+            limit: capacity(rate) ?? 0,
+            remaining: remainingOf(state, at, limiter)
+          }
+        }
+        if (leases !== undefined && leaseId !== undefined && limiter.concurrency !== undefined) {
+          if (!Leases.canGrant(leases, leaseId, limiter.concurrency.max)) {
+            if (request.queue) Leases.enqueue(leases, leaseId, expiresAt(limiter, at))
+            touch(state, limiter)
+            const soonest = Leases.soonestExpiry(leases)
+            return {
+              _tag: "ConcurrencyFull",
+              expiresInMs: soonest === undefined ? undefined : soonest - at,
+              held: leases.holders.size,
+              limit: limiter.concurrency.max
+            }
+          }
+          Leases.grant(leases, leaseId, expiresAt(limiter, at))
+        }
+        let reservation: { slotMs: number; tatMs: number } | undefined
+        if (decision?.admitted === true) {
+          if ("tatMs" in decision) state.tat = decision.tatMs
+          else Window.append(state.log, decision.slotMs, cost)
+          reservation = { slotMs: decision.slotMs, tatMs: "tatMs" in decision ? decision.tatMs : 0 }
+        }
+        touch(state, limiter)
+        return {
+          _tag: "Admitted",
+          waitMs: decision?.admitted === true ? decision.waitMs : 0,
+          reservation,
+          limit: capacity(rate),
+          remaining: rate === undefined ? undefined : remainingOf(state, at, limiter)
+        }
+      }),
+
+    release: (limiter, key, leaseId) =>
+      Effect.sync(() => {
+        const state = stateOf(limiter, key, now())
+        if (state.leases === undefined) return
+        const hadLease = Leases.release(state.leases, leaseId)
+        // A waiter leaving the line can also let the next one in.
+        if (hadLease || state.leases.waiting.size > 0) signal(state)
+        touch(state, limiter)
+      }),
+
+    renew: (limiter, key, leaseId) =>
+      Effect.sync(() => {
+        const at = now()
+        const state = stateOf(limiter, key, at)
+        const renewed = state.leases !== undefined && Leases.renew(state.leases, leaseId, expiresAt(limiter, at))
+        touch(state, limiter)
+        return renewed
+      }),
+
+    refund: (limiter, key, cost, reservation) =>
+      Effect.sync(() => {
+        const state = stateOf(limiter, key, now())
+        const rate = limiter.rate
+        if (rate?._tag === "TokenBucket") {
+          const tat = Gcra.refund(state.tat, reservation.tatMs, rate, cost)
+          if (tat !== undefined) state.tat = tat
+        } else if (rate?._tag === "SlidingWindow") {
+          Window.remove(state.log, reservation.slotMs, cost)
+        }
+        touch(state, limiter)
+      }),
+
+    backoff: (limiter, key, retryAfterMs) =>
+      Effect.sync(() => {
+        const at = now()
+        const state = stateOf(limiter, key, at)
+        const rate = limiter.rate
+        if (rate?._tag === "TokenBucket") state.tat = Gcra.backoff(state.tat, at, rate, retryAfterMs)
+        else state.blockedUntil = Math.max(state.blockedUntil, at + retryAfterMs)
+        touch(state, limiter)
+      }),
+
+    state: (limiter, key) =>
+      Effect.sync((): StateView => {
+        const at = now()
+        const state = stateOf(limiter, key, at)
+        const rate = limiter.rate
+        const leases = state.leases
+        const base = {
+          leasesHeld: leases?.holders.size ?? 0,
+          maxConcurrent: limiter.concurrency?.max,
+          waiting: leases?.waiting.size ?? 0
+        }
+        if (rate === undefined) {
+          return { ...base, limit: undefined, remaining: undefined, resetAfterMs: 0, nextSlotAfterMs: 0 }
+        }
+        if (rate._tag === "TokenBucket") {
+          return {
+            ...base,
+            limit: rate.burst,
+            remaining: Gcra.remaining(state.tat, at, rate),
+            resetAfterMs: Gcra.resetAfter(state.tat, at),
+            nextSlotAfterMs: Gcra.nextSlotAfter(state.tat, at, rate)
+          }
+        }
+        const last = state.log[state.log.length - 1]
+        return {
+          ...base,
+          limit: rate.limit,
+          remaining: remainingOf(state, at, limiter),
+          resetAfterMs: Math.max(0, last === undefined ? 0 : last.at + rate.windowMs - at, state.blockedUntil - at),
+          nextSlotAfterMs: Window.earliestSlot(state.log, Math.max(at, state.blockedUntil), rate, 1) - at
+        }
+      }),
+
+    releases: (limiter, key) =>
+      Effect.sync(() => {
+        const state = stateOf(limiter, key, now())
+        state.released ??= Deferred.unsafeMake<void>(FiberId.none)
+        return Deferred.await(state.released)
+      }),
+
+    size: () => states.size
+  }
+}
+
+const remainingOf = (state: KeyState, at: number, limiter: LimiterSpec): number => {
+  const rate = limiter.rate
+  if (rate === undefined) return 0
+  if (rate._tag === "TokenBucket") return Gcra.remaining(state.tat, at, rate)
+  return Math.max(0, rate.limit - Window.used(state.log))
+}
+
+/** Serves every configured store from memory, whatever its engine: the test double for a whole fleet. */
+export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
+  make: (name, config) => make({ name, timingMarginMs: config.timing_margin_ms })
+})
