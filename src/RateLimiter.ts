@@ -234,7 +234,6 @@ export const make = (options: {
         const scope = yield* Effect.scope
         const started = yield* now
         const deadline = timeoutMs === undefined ? Infinity : started + timeoutMs
-        const margin = b.store.timingMarginMs
         const leaseId = b.spec.concurrency === undefined ? undefined : randomUUID()
 
         return yield* Effect.uninterruptibleMask((restore) =>
@@ -244,8 +243,7 @@ export const make = (options: {
                 const released = leaseId === undefined ? Effect.never : yield* b.store.releases(b.spec, key)
                 const at = yield* now
                 const left = deadline - at
-                // The margin is added to any wait, so the slot must leave room for it.
-                const maxWaitMs = mode === "try" ? 0 : left <= margin ? 0 : left - margin
+                const maxWaitMs = mode === "try" ? 0 : Math.max(0, left)
                 const outcome: AcquireOutcome = yield* observe(
                   b,
                   b.store.acquire({ limiter: b.spec, key, cost, leaseId, maxWaitMs, queue: mode === "wait" })
@@ -306,7 +304,7 @@ export const make = (options: {
         if (leaseId !== undefined) yield* holdLease(b, key, leaseId, scope)
         if (outcome.waitMs > 0) {
           const reservation: Reservation | undefined = outcome.reservation
-          yield* restore(Effect.sleep(Duration.millis(outcome.waitMs + b.store.timingMarginMs))).pipe(
+          yield* restore(Effect.sleep(Duration.millis(outcome.waitMs))).pipe(
             Effect.onInterrupt(() =>
               reservation === undefined
                 ? Effect.void

@@ -46,22 +46,29 @@ const PositiveInt = refined((n) => Number.isInteger(n) && n >= 1, "a whole numbe
 const NonNegativeInt = refined((n) => Number.isInteger(n) && n >= 0, "a whole number of 0 or more")
 const RatePerSecond = refined((n) => n > 0 && n <= 1_000_000, "a rate above 0 and at most 1000000 per second")
 
-const NonEmptyString = Schema.String.pipe(
-  Schema.filter((s) => s.trim().length > 0 || "Expected a non-empty string")
-).annotations({ message: (issue) => `Expected a string, found ${describe(issue.actual)}` })
+const Str = Schema.String.annotations({ message: (issue) => `Expected a string, found ${describe(issue.actual)}` })
+
+const NonEmptyString = Str.pipe(Schema.filter((s) => s.trim().length > 0 || "Expected a non-empty string"))
 
 /** A plain SQL identifier: it is quoted as well, but anything else is refused before any SQL runs. */
-const Identifier = Schema.String.pipe(
+const Identifier = Str.pipe(
   Schema.filter((s) =>
     /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(s) ||
     `Expected a plain identifier (a letter or _, then letters, digits or _, at most 63), found ${describe(s)}`
   )
-).annotations({ message: (issue) => `Expected an identifier string, found ${describe(issue.actual)}` })
+)
 
-const oneOf = <const L extends ReadonlyArray<string>>(...literals: L) =>
-  Schema.Literal(...literals).annotations({
-    message: (issue) => `Expected ${literals.map((l) => JSON.stringify(l)).join(" or ")}, found ${describe(issue.actual)}`
+/** One of a few strings, reported as one issue (a literal union would report one per member). */
+const oneOf = <const L extends ReadonlyArray<string>>(...literals: L) => {
+  const isOne = (s: string): s is L[number] => literals.includes(s)
+  const expected = literals.map((l) => JSON.stringify(l)).join(" or ")
+  return Schema.transformOrFail(Str, Schema.Literal(...literals), {
+    strict: true,
+    decode: (s, _, ast) =>
+      isOne(s) ? ParseResult.succeed(s) : ParseResult.fail(new ParseResult.Type(ast, s, `Expected ${expected}, found ${describe(s)}`)),
+    encode: ParseResult.succeed
   })
+}
 
 const optional = <S extends Schema.Schema.All>(schema: S) => Schema.optionalWith(schema, { exact: true })
 const withDefault = <A, I, R>(schema: Schema.Schema<A, I, R>, value: A) =>
@@ -92,7 +99,7 @@ export const PostgresStoreConfig = Schema.Struct({
 export const RedisStoreConfig = Schema.Struct({
   engine: Schema.Literal("redis"),
   url: NonEmptyString,
-  key_prefix: withDefault(Schema.String, "rate-sync:"),
+  key_prefix: withDefault(Str, "rate-sync:"),
   pool_max_size: withDefault(PositiveInt, 1),
   timing_margin_ms: withDefault(NonNegativeNumber, 10),
   connect_timeout_ms: withDefault(PositiveNumber, 5_000),

@@ -70,7 +70,11 @@ export interface StateView {
 export interface Store {
   readonly name: string
   readonly engine: string
-  /** Added to every non-zero wait, so a margin only ever makes the limiter stricter. */
+  /**
+   * Taken from the burst allowance (token bucket) and added to the window (sliding window), so
+   * callers' differing latencies up to the margin cannot push an interval over the bound. It never
+   * shortens an interval: it only ever makes the limiter stricter.
+   */
   readonly timingMarginMs: number
   readonly acquire: (request: AcquireRequest) => Effect.Effect<AcquireOutcome, StoreError>
   /** Gives a lease (or a place in line) back. Unknown or expired ids change nothing. */

@@ -3,6 +3,7 @@
  * are read through Effect `Config`, so tests can supply them with a `ConfigProvider`.
  */
 import { readFile } from "node:fs/promises"
+import { resolve } from "node:path"
 import * as Config from "effect/Config"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -25,12 +26,18 @@ const readText = (path: string) =>
 const isMissing = (cause: unknown) =>
   typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
 
-/** Finds and reads the configuration file; returns its path and text. */
-export const discover = (path?: string): Effect.Effect<{ path: string; text: string }, ConfigurationError> =>
+/**
+ * Finds and reads the configuration file: `path`, else `$RATE_SYNC_CONFIG`, else the search paths,
+ * relative to `directory` (the working directory by default). Returns its path and text.
+ */
+export const discover = (
+  path?: string,
+  directory: string = process.cwd()
+): Effect.Effect<{ path: string; text: string }, ConfigurationError> =>
   Effect.gen(function*() {
     const fromEnv = yield* Config.option(Config.string("RATE_SYNC_CONFIG")).pipe(Effect.orElseSucceed(Option.none))
     const explicit = path ?? Option.getOrUndefined(fromEnv)
-    const candidates = explicit !== undefined && explicit !== "" ? [explicit] : searchPaths
+    const candidates = (explicit !== undefined && explicit !== "" ? [explicit] : searchPaths).map((p) => resolve(directory, p))
     for (const candidate of candidates) {
       const text = yield* readText(candidate).pipe(
         Effect.map(Option.some),
@@ -98,5 +105,5 @@ export const parseText = (text: string, source = "rate-sync.toml"): Effect.Effec
   )
 
 /** Finds, reads and validates `rate-sync.toml`. */
-export const load = (path?: string): Effect.Effect<Settings, ConfigurationError> =>
-  Effect.flatMap(discover(path), (file) => parseText(file.text, file.path))
+export const load = (path?: string, directory?: string): Effect.Effect<Settings, ConfigurationError> =>
+  Effect.flatMap(discover(path, directory), (file) => parseText(file.text, file.path))

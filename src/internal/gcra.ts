@@ -1,7 +1,12 @@
 /**
  * GCRA (generic cell rate algorithm) over a theoretical arrival time `tat`, all in ms of one
- * clock. A request of `cost` units is admitted at `tat' - burst * T` where `tat' = max(tat, now)
- * + cost * T`, which keeps every interval of length L at or below `burst + L / T` units.
+ * clock. A request of `cost` units is admitted at `tat' - tolerance` where `tat' = max(tat, now)
+ * + cost * T`, which keeps every interval of length L at or below `tolerance / T + L / T` units.
+ *
+ * The tolerance is `burst * T` less the store's timing margin (never below one interval): callers
+ * proceed a little after their slot, by differing latencies, and taking the margin out of the
+ * burst allowance keeps that jitter (up to the margin) from pushing any interval over the bound.
+ * The interval itself is never shortened, so the sustained rate is exactly the configured one.
  */
 import type { TokenBucket } from "../LimiterSpec.js"
 
@@ -9,15 +14,19 @@ export type Decision =
   | { readonly admitted: true; readonly tatMs: number; readonly slotMs: number; readonly waitMs: number }
   | { readonly admitted: false; readonly retryAfterMs: number }
 
+export const tolerance = (policy: TokenBucket, marginMs: number): number =>
+  Math.max(policy.intervalMs, policy.burst * policy.intervalMs - marginMs)
+
 export const reserve = (
   tat: number,
   now: number,
   policy: TokenBucket,
+  marginMs: number,
   cost: number,
   maxWaitMs: number
 ): Decision => {
   const next = Math.max(tat, now) + cost * policy.intervalMs
-  const slot = Math.max(now, next - policy.burst * policy.intervalMs)
+  const slot = Math.max(now, next - tolerance(policy, marginMs))
   const wait = slot - now
   return wait > maxWaitMs
     ? { admitted: false, retryAfterMs: wait }
@@ -25,20 +34,20 @@ export const reserve = (
 }
 
 /** Whole units that could be admitted now without waiting. */
-export const remaining = (tat: number, now: number, policy: TokenBucket): number => {
+export const remaining = (tat: number, now: number, policy: TokenBucket, marginMs: number): number => {
   const debt = Math.max(0, tat - now)
   // The small epsilon absorbs float error so that exactly-earned units count.
-  return Math.max(0, Math.floor((policy.burst * policy.intervalMs - debt) / policy.intervalMs + 1e-9))
+  return Math.max(0, Math.floor((tolerance(policy, marginMs) - debt) / policy.intervalMs + 1e-9))
 }
 
 export const resetAfter = (tat: number, now: number): number => Math.max(0, tat - now)
 
-export const nextSlotAfter = (tat: number, now: number, policy: TokenBucket): number =>
-  Math.max(0, tat + policy.intervalMs - policy.burst * policy.intervalMs - now)
+export const nextSlotAfter = (tat: number, now: number, policy: TokenBucket, marginMs: number): number =>
+  Math.max(0, tat + policy.intervalMs - tolerance(policy, marginMs) - now)
 
 /** The tat after an upstream asked every caller to wait `retryAfterMs`: the next slot is no earlier. */
-export const backoff = (tat: number, now: number, policy: TokenBucket, retryAfterMs: number): number =>
-  Math.max(tat, now + retryAfterMs + (policy.burst - 1) * policy.intervalMs)
+export const backoff = (tat: number, now: number, policy: TokenBucket, marginMs: number, retryAfterMs: number): number =>
+  Math.max(tat, now + retryAfterMs + tolerance(policy, marginMs) - policy.intervalMs)
 
 /**
  * The tat after giving back a reservation, or undefined when it cannot be given back: only the

@@ -2,8 +2,16 @@
  * Sliding-window log: at most `limit` units in any half-open interval of `windowMs`. The log
  * holds (time, units) entries in ascending time, including reservations in the future; entries
  * a window old no longer constrain anything and are pruned.
+ *
+ * Engines pass the window lengthened by their timing margin (`span`), so callers' differing
+ * latencies, up to the margin, cannot fit more than `limit` into any real window.
  */
 import type { SlidingWindow } from "../LimiterSpec.js"
+
+export const span = (policy: SlidingWindow, marginMs: number): SlidingWindow => ({
+  ...policy,
+  windowMs: policy.windowMs + marginMs
+})
 
 export interface Entry {
   at: number

@@ -45,6 +45,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   const epoch = Number(clock.unsafeCurrentTimeNanos()) / 1e6
   const now = () => Number(clock.unsafeCurrentTimeNanos()) / 1e6 - epoch
   const states = new Map<string, KeyState>()
+  const margin = options.timingMarginMs ?? 0
 
   const signal = (state: KeyState) => {
     if (state.released !== undefined) {
@@ -71,7 +72,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
       states.set(id, state)
     }
     const rate = limiter.rate
-    if (rate?._tag === "SlidingWindow") Window.prune(state.log, at, rate)
+    if (rate?._tag === "SlidingWindow") Window.prune(state.log, at, Window.span(rate, margin))
     if (state.leases !== undefined) Leases.purge(state.leases, at)
     return state
   }
@@ -79,7 +80,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   const touch = (state: KeyState, limiter: LimiterSpec) => {
     const rate = limiter.rate
     const last = state.log[state.log.length - 1]
-    const windowEnd = rate?._tag === "SlidingWindow" && last !== undefined ? last.at + rate.windowMs : -Infinity
+    const windowEnd = rate?._tag === "SlidingWindow" && last !== undefined ? last.at + rate.windowMs + margin : -Infinity
     const leasesEnd = state.leases === undefined ? -Infinity : Leases.latestExpiry(state.leases)
     state.staleAt = Math.max(state.tat, windowEnd, state.blockedUntil, leasesEnd)
   }
@@ -89,7 +90,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   return {
     name: options.name ?? "memory",
     engine: "memory",
-    timingMarginMs: options.timingMarginMs ?? 0,
+    timingMarginMs: margin,
 
     acquire: (request) =>
       Effect.sync((): AcquireOutcome => {
@@ -104,9 +105,9 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
         // The rate decision comes first: a slot beyond the deadline only moves further away,
         // so such a request fails at once even while it would also wait for a lease.
         let decision: Gcra.Decision | Window.Decision | undefined
-        if (rate?._tag === "TokenBucket") decision = Gcra.reserve(state.tat, at, rate, cost, maxWaitMs)
+        if (rate?._tag === "TokenBucket") decision = Gcra.reserve(state.tat, at, rate, margin, cost, maxWaitMs)
         else if (rate?._tag === "SlidingWindow") {
-          decision = Window.reserve(state.log, at, state.blockedUntil, rate, cost, maxWaitMs)
+          decision = Window.reserve(state.log, at, state.blockedUntil, Window.span(rate, margin), cost, maxWaitMs)
         }
         if (decision !== undefined && !decision.admitted && rate !== undefined) {
           if (leases !== undefined && leaseId !== undefined && Leases.release(leases, leaseId)) signal(state)
@@ -115,7 +116,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
             _tag: "RateLimited",
             retryAfterMs: decision.retryAfterMs,
             limit: capacity(rate) ?? 0,
-            remaining: remainingOf(state, at, limiter)
+            remaining: remainingOf(state, at, limiter, margin)
           }
         }
         if (leases !== undefined && leaseId !== undefined && limiter.concurrency !== undefined) {
@@ -144,7 +145,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
           waitMs: decision?.admitted === true ? decision.waitMs : 0,
           reservation,
           limit: capacity(rate),
-          remaining: rate === undefined ? undefined : remainingOf(state, at, limiter)
+          remaining: rate === undefined ? undefined : remainingOf(state, at, limiter, margin)
         }
       }),
 
@@ -185,7 +186,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
         const at = now()
         const state = stateOf(limiter, key, at)
         const rate = limiter.rate
-        if (rate?._tag === "TokenBucket") state.tat = Gcra.backoff(state.tat, at, rate, retryAfterMs)
+        if (rate?._tag === "TokenBucket") state.tat = Gcra.backoff(state.tat, at, rate, margin, retryAfterMs)
         else state.blockedUntil = Math.max(state.blockedUntil, at + retryAfterMs)
         touch(state, limiter)
       }),
@@ -208,18 +209,18 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
           return {
             ...base,
             limit: rate.burst,
-            remaining: Gcra.remaining(state.tat, at, rate),
+            remaining: Gcra.remaining(state.tat, at, rate, margin),
             resetAfterMs: Gcra.resetAfter(state.tat, at),
-            nextSlotAfterMs: Gcra.nextSlotAfter(state.tat, at, rate)
+            nextSlotAfterMs: Gcra.nextSlotAfter(state.tat, at, rate, margin)
           }
         }
         const last = state.log[state.log.length - 1]
         return {
           ...base,
           limit: rate.limit,
-          remaining: remainingOf(state, at, limiter),
-          resetAfterMs: Math.max(0, last === undefined ? 0 : last.at + rate.windowMs - at, state.blockedUntil - at),
-          nextSlotAfterMs: Window.earliestSlot(state.log, Math.max(at, state.blockedUntil), rate, 1) - at
+          remaining: remainingOf(state, at, limiter, margin),
+          resetAfterMs: Math.max(0, last === undefined ? 0 : last.at + rate.windowMs + margin - at, state.blockedUntil - at),
+          nextSlotAfterMs: Window.earliestSlot(state.log, Math.max(at, state.blockedUntil), Window.span(rate, margin), 1) - at
         }
       }),
 
@@ -234,10 +235,10 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   }
 }
 
-const remainingOf = (state: KeyState, at: number, limiter: LimiterSpec): number => {
+const remainingOf = (state: KeyState, at: number, limiter: LimiterSpec, margin: number): number => {
   const rate = limiter.rate
   if (rate === undefined) return 0
-  if (rate._tag === "TokenBucket") return Gcra.remaining(state.tat, at, rate)
+  if (rate._tag === "TokenBucket") return Gcra.remaining(state.tat, at, rate, margin)
   return Math.max(0, rate.limit - Window.used(state.log))
 }
 

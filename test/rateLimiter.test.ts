@@ -1,0 +1,235 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Metric from "effect/Metric"
+import * as TestClock from "effect/TestClock"
+import { StoreUnavailable } from "../src/Errors.js"
+import type { LimiterSpec } from "../src/LimiterSpec.js"
+import * as MemoryStore from "../src/memory/MemoryStore.js"
+import * as Metrics from "../src/Metrics.js"
+import * as RateLimiter from "../src/RateLimiter.js"
+import * as RateSync from "../src/RateSync.js"
+import type { Store } from "../src/Store.js"
+import * as Stores from "../src/Stores.js"
+import { rateExcess } from "./compliance/bounds.js"
+
+const { RateLimiter: Limiter } = RateLimiter
+
+/** The production configuration of an application: PostgreSQL stores, as it would ship. */
+const production = {
+  stores: {
+    db: { engine: "postgres", url: "postgres://app@db.internal/prod", auto_create: false, pool_max_size: 20 },
+    cache: { engine: "redis", url: "redis://cache.internal:6379" }
+  },
+  limiters: {
+    api: { store: "db", rate_per_second: 10, burst: 2, max_concurrent: 3 },
+    search: { store: "cache", algorithm: "sliding_window", limit: 5, window_seconds: 1 }
+  }
+} as const
+
+/** Application code, written once against the service. */
+const callUpstream = (n: number) =>
+  Effect.scoped(Effect.gen(function*() {
+    yield* Limiter.acquire("api")
+    return n * 2
+  }))
+
+describe("RateLimiter service", () => {
+  it.effect("Effect.scoped(RateLimiter.acquire(name)) works as written in the contract", () =>
+    Effect.gen(function*() {
+      const permit = yield* Effect.scoped(Limiter.acquire("api"))
+      expect(permit.limiter).toBe("api")
+      expect(permit.degraded).toBe(false)
+      // The store keeps PostgreSQL's 10 ms timing margin, taken from the burst of 2: the second waits 10 ms.
+      const second = yield* Effect.fork(callUpstream(21))
+      yield* TestClock.adjust("10 millis")
+      expect(yield* Fiber.join(second)).toBe(42)
+    }).pipe(Effect.provide(RateSync.layer(production).pipe(Layer.provide(MemoryStore.layer)))))
+
+  it.effect("the production configuration runs in tests with every store in memory, by one Layer.provide", () =>
+    Effect.gen(function*() {
+      const results = yield* Effect.forEach([1, 2, 3, 4], callUpstream, { concurrency: "unbounded" }).pipe(Effect.fork)
+      yield* TestClock.adjust("1 second")
+      expect(yield* Fiber.join(results)).toEqual([2, 4, 6, 8])
+      yield* Effect.scoped(Limiter.tryAcquire("search"))
+    }).pipe(Effect.provide(RateSync.layer(production).pipe(Layer.provide(MemoryStore.layer)))))
+
+  it.effect("the live factory builds memory stores from their config", () =>
+    Effect.gen(function*() {
+      yield* Effect.scoped(Limiter.tryAcquire("a"))
+      const denied = yield* Effect.scoped(Limiter.tryAcquire("a")).pipe(Effect.flip)
+      expect(denied._tag).toBe("RateLimitExceeded")
+    }).pipe(Effect.provide(
+      RateSync.layer({ stores: { m: { engine: "memory" } }, limiters: { a: { store: "m", rate_per_second: 1 } } })
+        .pipe(Layer.provide(Stores.layer))
+    )))
+
+  it.effect("withPermit holds a lease while the effect runs and releases it after, on failure too", () =>
+    Effect.gen(function*() {
+      const inside = yield* Effect.gen(function*() {
+        return (yield* Limiter.state("c")).leasesHeld
+      }).pipe(Limiter.withPermit("c"))
+      expect(inside).toBe(1)
+      const failed = yield* Effect.fail("boom" as const).pipe(Limiter.withPermit("c"), Effect.flip)
+      expect(failed).toBe("boom")
+      expect((yield* Limiter.state("c")).leasesHeld).toBe(0)
+    }).pipe(Effect.provide(
+      RateSync.layer({ stores: { m: { engine: "memory" } }, limiters: { c: { store: "m", max_concurrent: 1 } } })
+        .pipe(Layer.provide(MemoryStore.layer))
+    )))
+
+  it.effect("an unknown limiter fails with LimiterNotFound naming the known ones", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.scoped(Limiter.acquire("nope")).pipe(Effect.flip)
+      expect(error._tag).toBe("LimiterNotFound")
+      expect(error.message).toBe(`No limiter named "nope" (configured: api, search)`)
+    }).pipe(Effect.provide(RateSync.layer(production).pipe(Layer.provide(MemoryStore.layer)))))
+
+  const margined = (margin: number, limiters: Record<string, object>) =>
+    RateSync.layer({
+      stores: { m: { engine: "memory", timing_margin_ms: margin } },
+      limiters: Object.fromEntries(Object.entries(limiters).map(([name, l]) => [name, { store: "m", ...l }]))
+    }).pipe(Layer.provide(MemoryStore.layer))
+
+  it.effect("timing_margin_ms is taken from the burst allowance, never from the interval", () =>
+    Effect.gen(function*() {
+      // burst 10 at 1000/s with a 5 ms margin: 5 at once after idle, not 10 and never more.
+      for (let i = 0; i < 5; i++) yield* Effect.scoped(Limiter.tryAcquire("bursty"))
+      expect((yield* Effect.scoped(Limiter.tryAcquire("bursty")).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+      // The earlier library subtracted its 10 ms margin from a 10 ms interval: no limit at 100/s.
+      yield* Effect.scoped(Limiter.tryAcquire("hundred"))
+      expect((yield* Effect.scoped(Limiter.tryAcquire("hundred")).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+    }).pipe(Effect.provide(margined(5, {
+      bursty: { rate_per_second: 1000, burst: 10 },
+      hundred: { rate_per_second: 100 }
+    }))))
+
+  it.effect("with a margin the sustained rate is still the configured one, and the bound holds in caller time", () =>
+    Effect.gen(function*() {
+      const admitted: Array<{ slot: number; cost: number }> = []
+      const worker = Effect.scoped(Limiter.acquire("fast")).pipe(
+        Effect.zipRight(Effect.clockWith((clock) => clock.currentTimeMillis)),
+        Effect.map((at) => admitted.push({ slot: at, cost: 1 })),
+        Effect.forever
+      )
+      const fibers = yield* Effect.forEach(Array.from({ length: 8 }), () => Effect.fork(worker))
+      yield* TestClock.adjust("200 millis")
+      yield* Fiber.interruptAll(fibers)
+      expect(rateExcess(admitted, 1000, 1)).toBeLessThanOrEqual(1e-6)
+      expect(admitted.length).toBeGreaterThanOrEqual(200)
+    }).pipe(Effect.provide(margined(10, { fast: { rate_per_second: 1000, burst: 4 } }))))
+})
+
+describe("store failure", () => {
+  const spec = (failClosed: boolean): Array<LimiterSpec> => [{
+    name: "api",
+    store: "down",
+    rate: { _tag: "TokenBucket", ratePerSecond: 1, burst: 1, intervalMs: 1000 },
+    concurrency: undefined,
+    timeoutMs: undefined,
+    failClosed,
+    retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 10 }
+  }]
+
+  /** A store whose server is unreachable: every operation fails as a real engine's would. */
+  const unreachable: Store = (() => {
+    const down = new StoreUnavailable({ store: "down", engine: "test", message: "connection refused" })
+    return {
+      name: "down",
+      engine: "test",
+      timingMarginMs: 0,
+      acquire: () => Effect.fail(down),
+      release: () => Effect.fail(down),
+      renew: () => Effect.fail(down),
+      refund: () => Effect.fail(down),
+      backoff: () => Effect.fail(down),
+      state: () => Effect.fail(down),
+      releases: () => Effect.succeed(Effect.never)
+    }
+  })()
+
+  const capture = () => {
+    const lines: Array<string> = []
+    const logger = Logger.make(({ logLevel, message }) => {
+      lines.push(`${logLevel.label} ${Array.isArray(message) ? message.join(" ") : String(message)}`)
+    })
+    return { lines, layer: Logger.replace(Logger.defaultLogger, logger) }
+  }
+
+  it.effect("fail_closed = true fails with StoreUnavailable", () =>
+    Effect.gen(function*() {
+      const limiter = yield* RateLimiter.make({ limiters: spec(true), stores: new Map([["down", unreachable]]) })
+      const error = yield* Effect.scoped(limiter.acquire("api")).pipe(Effect.flip)
+      expect(error._tag).toBe("StoreUnavailable")
+      expect(error.message).toBe("connection refused")
+    }))
+
+  it.effect("by default it admits, warns once per outage, and counts it", () => {
+    const { layer, lines } = capture()
+    return Effect.gen(function*() {
+      const limiter = yield* RateLimiter.make({ limiters: spec(false), stores: new Map([["down", unreachable]]) })
+      const before = (yield* Metric.value(Metrics.failOpen.pipe(Metric.tagged("limiter", "api"), Metric.tagged("store", "down")))).count
+      for (let i = 0; i < 5; i++) {
+        const permit = yield* Effect.scoped(limiter.acquire("api"))
+        expect(permit.degraded).toBe(true)
+      }
+      const after = (yield* Metric.value(Metrics.failOpen.pipe(Metric.tagged("limiter", "api"), Metric.tagged("store", "down")))).count
+      expect(after - before).toBe(5)
+      expect(lines.filter((line) => line.startsWith("WARN"))).toEqual([
+        `WARN rate-sync: store "down" is unavailable: connection refused`
+      ])
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("metrics", () => {
+  it.effect("acquisitions, timeouts and wait time are recorded per limiter", () =>
+    Effect.gen(function*() {
+      const tagged = <T, I, O>(metric: Metric.Metric<T, I, O>) =>
+        metric.pipe(Metric.tagged("limiter", "metered"), Metric.tagged("store", "m"))
+      yield* Effect.scoped(Limiter.acquire("metered"))
+      const waiting = yield* Effect.fork(Effect.scoped(Limiter.acquire("metered")))
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(waiting)
+      yield* Effect.scoped(Limiter.acquire("metered", { timeout: "10 millis" })).pipe(Effect.flip)
+      expect((yield* Metric.value(tagged(Metrics.acquisitions))).count).toBe(2)
+      expect((yield* Metric.value(tagged(Metrics.timeouts))).count).toBe(1)
+      const waits = yield* Metric.value(tagged(Metrics.waitTime))
+      expect(waits.count).toBe(2)
+      expect(waits.max).toBe(1000)
+    }).pipe(Effect.provide(
+      RateSync.layer({ stores: { m: { engine: "memory" } }, limiters: { metered: { store: "m", rate_per_second: 1 } } })
+        .pipe(Layer.provide(MemoryStore.layer))
+    )))
+})
+
+describe("memory engine footprint", () => {
+  it.effect("idle keys are dropped once their state no longer matters", () =>
+    Effect.gen(function*() {
+      const store = yield* MemoryStore.make()
+      const limiter = yield* RateLimiter.make({
+        stores: new Map([["m", store]]),
+        limiters: [{
+          name: "k",
+          store: "m",
+          rate: { _tag: "TokenBucket", ratePerSecond: 10, burst: 1, intervalMs: 100 },
+          concurrency: undefined,
+          timeoutMs: undefined,
+          failClosed: false,
+          retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 10 }
+        }]
+      })
+      for (let i = 0; i < 10_000; i++) yield* Effect.scoped(limiter.tryAcquire("k", { key: `user-${i}` }))
+      expect(store.size()).toBe(10_000)
+      // A tenth of a second later every one of those keys is as good as new.
+      yield* TestClock.adjust(Duration.millis(100))
+      for (let i = 0; i < 5_000; i++) yield* Effect.scoped(limiter.tryAcquire("k", { key: "hot" }).pipe(Effect.ignore))
+      expect(store.size()).toBeLessThan(100)
+      // A key still inside its interval is kept, and still limited.
+      const denied = yield* Effect.scoped(limiter.tryAcquire("k", { key: "hot" })).pipe(Effect.flip)
+      expect(denied._tag).toBe("RateLimitExceeded")
+    }))
+})
