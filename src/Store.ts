@@ -28,6 +28,8 @@ export interface Reservation {
   readonly slotMs: number
   /** Token bucket: the theoretical arrival time this reservation wrote. */
   readonly tatMs: number
+  /** Engines with optimistic locking: the row version this reservation wrote, when it can be given back. */
+  readonly version?: number | undefined
 }
 
 export type AcquireOutcome =

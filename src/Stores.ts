@@ -5,6 +5,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
 import * as MemoryStore from "./memory/MemoryStore.js"
+import * as PostgresStore from "./postgres/PostgresStore.js"
 import { StoreFactory } from "./Store.js"
 
 export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
@@ -13,6 +14,7 @@ export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
       case "memory":
         return MemoryStore.make({ name, timingMarginMs: config.timing_margin_ms })
       case "postgres":
+        return PostgresStore.make(name, config)
       case "redis":
         return Effect.fail(
           new ConfigurationError({

@@ -14,6 +14,9 @@ export type Decision =
   | { readonly admitted: true; readonly tatMs: number; readonly slotMs: number; readonly waitMs: number }
   | { readonly admitted: false; readonly retryAfterMs: number }
 
+/** A wait below a nanosecond is float noise from adding and subtracting large times: none at all. */
+export const settle = (waitMs: number): number => (waitMs < 1e-6 ? 0 : waitMs)
+
 export const tolerance = (policy: TokenBucket, marginMs: number): number =>
   Math.max(policy.intervalMs, policy.burst * policy.intervalMs - marginMs)
 
@@ -26,8 +29,8 @@ export const reserve = (
   maxWaitMs: number
 ): Decision => {
   const next = Math.max(tat, now) + cost * policy.intervalMs
-  const slot = Math.max(now, next - tolerance(policy, marginMs))
-  const wait = slot - now
+  const wait = settle(next - tolerance(policy, marginMs) - now)
+  const slot = now + wait
   return wait > maxWaitMs
     ? { admitted: false, retryAfterMs: wait }
     : { admitted: true, tatMs: next, slotMs: slot, waitMs: wait }

@@ -7,6 +7,7 @@
  * latencies, up to the margin, cannot fit more than `limit` into any real window.
  */
 import type { SlidingWindow } from "../LimiterSpec.js"
+import { settle } from "./gcra.js"
 
 export const span = (policy: SlidingWindow, marginMs: number): SlidingWindow => ({
   ...policy,
@@ -55,8 +56,8 @@ export const reserve = (
   cost: number,
   maxWaitMs: number
 ): Decision => {
-  const slot = earliestSlot(log, Math.max(now, notBefore), policy, cost)
-  const wait = slot - now
+  const wait = settle(earliestSlot(log, Math.max(now, notBefore), policy, cost) - now)
+  const slot = now + wait
   return wait > maxWaitMs ? { admitted: false, retryAfterMs: wait } : { admitted: true, slotMs: slot, waitMs: wait }
 }
 

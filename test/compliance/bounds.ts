@@ -24,7 +24,7 @@ export const rateExcess = (admissions: ReadonlyArray<Admission>, ratePerSecond: 
   return worst
 }
 
-/** The most units in any half-open interval of `windowMs`. */
+/** The most units in any half-open interval of `windowMs` (entries exactly a window apart are in different ones; 1 ns absorbs float error). */
 export const windowPeak = (admissions: ReadonlyArray<Admission>, windowMs: number): number => {
   const list = sorted(admissions)
   let peak = 0
@@ -32,7 +32,7 @@ export const windowPeak = (admissions: ReadonlyArray<Admission>, windowMs: numbe
   let start = 0
   for (const admission of list) {
     units += admission.cost
-    while (list[start]!.slot <= admission.slot - windowMs) units -= list[start++]!.cost
+    while (list[start]!.slot <= admission.slot - windowMs + 1e-6) units -= list[start++]!.cost
     peak = Math.max(peak, units)
   }
   return peak

@@ -1,0 +1,712 @@
+/**
+ * The PostgreSQL store, on `@effect/sql-pg` with one pool per store, in exactly the seed page's
+ * table and needing only SELECT, INSERT and UPDATE on it:
+ *
+ * - token bucket: one row per key; `last_acquisition_at` is GCRA's theoretical arrival time.
+ * - sliding window: a header row (the lock, and `last_acquisition_at` = blocked until) and up to
+ *   `limit` ring rows, each holding one admission's time; ring rows are reused, never deleted.
+ * - concurrency: `max_concurrent` slot rows; `last_acquisition_at` is the lease's expiry and
+ *   `version` its holder's token. A slot whose expiry passed is free again, so a crashed holder's
+ *   slot comes back by itself.
+ *
+ * Every change is an optimistic write on `version`, retried under the limiter's `Schedule`.
+ * Time is the database's: every decision is made and written against `statement_timestamp()`.
+ * Requests of one process on one key are coalesced into one batch, so in-process contention costs
+ * no conflicts and, under load, less than one round trip per admission.
+ */
+import { createHash, randomInt } from "node:crypto"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import type { SqlClient } from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import { PgClient } from "@effect/sql-pg"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import * as Metric from "effect/Metric"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import pg from "pg"
+import { ConflictRetriesExhausted, type StoreError, StoreUnavailable } from "../Errors.js"
+import * as Gcra from "../internal/gcra.js"
+import * as Window from "../internal/window.js"
+import { capacity, type LimiterSpec, type SlidingWindow, stateKey, type TokenBucket } from "../LimiterSpec.js"
+import * as Metrics from "../Metrics.js"
+import * as Retry from "../Retry.js"
+import type { PostgresStoreConfig } from "../Settings.js"
+import type { AcquireOutcome, AcquireRequest, Reservation, StateView, Store } from "../Store.js"
+import * as Errors from "./errors.js"
+
+/** The seed page's table, in the configured schema. */
+export const createTableSql = (config: PostgresStoreConfig): ReadonlyArray<string> => {
+  const table = `"${config.schema_name}"."${config.table_name}"`
+  return [
+    `CREATE ${config.unlogged ? "UNLOGGED " : ""}TABLE IF NOT EXISTS ${table} (
+    group_id VARCHAR(255) PRIMARY KEY,
+    last_acquisition_at TIMESTAMPTZ NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    current_concurrent INTEGER NOT NULL DEFAULT 0,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+)`,
+    `CREATE INDEX IF NOT EXISTS "idx_${config.table_name}_updated" ON ${table}(updated_at)`
+  ]
+}
+
+/** Keys that can stand in a group_id as they are; anything else is hashed (long, unicode, '#'). */
+const PLAIN = /^[\x20-\x22\x24-\x7e]{0,150}$/
+
+const ceilMicros = (ms: number) => Math.ceil(ms * 1000 - 1e-6)
+
+const digest = (text: string) => createHash("sha256").update(text).digest("base64url")
+
+const keyPart = (limiter: string, key: string) => `${limiter}:${PLAIN.test(key) ? key : `#${digest(key)}`}`
+
+/** The most requests one write carries; a key with more waiters takes several writes. */
+const MAX_BATCH = 256
+
+/** Bounds the per-key cache of the last row written, which saves the read before a write. */
+const MAX_CACHED = 10_000
+
+const NEXT_VERSION = "CASE WHEN version >= 2147483646 THEN 1 ELSE version + 1 END"
+
+class Conflict {
+  readonly _tag = "Conflict"
+}
+
+interface Cached {
+  readonly tat: number
+  readonly version: number
+  /** Server time (store base) of the statement that wrote it, and the local clock on receipt. */
+  readonly serverMs: number
+  readonly localMs: number
+}
+
+interface Pending {
+  readonly request: AcquireRequest
+  readonly done: Deferred.Deferred<AcquireOutcome, StoreError>
+}
+
+interface Held {
+  readonly slot: string
+  readonly token: number
+}
+
+/** Why a lease transaction rolled back. */
+type Rollback =
+  | { readonly _tag: "Full"; readonly held: number; readonly expiresInMs: number | undefined }
+  | { readonly _tag: "Refused"; readonly retryAfterMs: number; readonly remaining: number }
+
+export interface PostgresStore extends Store {
+  /** The pool's client, for tests and tools. */
+  readonly sql: SqlClient
+}
+
+export const make = (name: string, config: PostgresStoreConfig) =>
+  Effect.gen(function*() {
+    const table = `"${config.schema_name}"."${config.table_name}"`
+    const context: Errors.Context = {
+      store: name,
+      table,
+      poolMaxSize: config.pool_max_size,
+      poolTimeoutMs: config.pool_timeout_ms
+    }
+    const toError = Errors.fromSql(context)
+    const margin = config.timing_margin_ms
+
+    const pool = new pg.Pool({
+      connectionString: config.url,
+      max: config.pool_max_size,
+      min: config.pool_min_size,
+      connectionTimeoutMillis: config.pool_timeout_ms,
+      application_name: "rate-sync",
+      ...(config.synchronous_commit ? {} : { options: "-c synchronous_commit=off" })
+    })
+    // An idle connection that dies is dropped from the pool; the next query opens a new one.
+    pool.on("error", () => {})
+    const sql = yield* PgClient.fromPool({
+      acquire: Effect.acquireRelease(Effect.succeed(pool), (p) => Effect.promise(() => p.end()))
+    }).pipe(Effect.provide(Reactivity.layer), Effect.mapError(toError))
+    const T = sql.literal(table)
+    const scope = yield* Effect.scope
+
+    yield* setup(sql, config, context)
+
+    // Times cross the wire relative to a base instant, as small floats that keep microseconds.
+    const base = yield* sql<{ base: string }>`SELECT floor(extract(epoch from statement_timestamp()) * 1000)::text AS base`.pipe(
+      Effect.map((rows) => Number(rows[0]?.base ?? 0)),
+      Effect.orElseSucceed(() => Math.floor(Date.now()))
+    )
+    const B = sql.literal(String(base))
+    const NOW = sql.literal(`(extract(epoch from statement_timestamp()) * 1000 - ${base})::float8`)
+    const atOf = (column: string) => sql.literal(`(extract(epoch from ${column}) * 1000 - ${base})::float8`)
+    const AT = atOf("s.last_acquisition_at")
+
+    // Written instants are whole microseconds, rounded up (stricter), built from text so no float rounds them.
+    const fromMicros = (us: unknown) => sql`('epoch'::timestamptz + ((${B}::numeric * 1000 + ${us}::numeric) || ' microseconds')::interval)`
+
+    const channel = `rate_sync_${digest(table).slice(0, 20).replace(/[^A-Za-z0-9]/g, "_")}`
+    const tag = (limiter: LimiterSpec) => <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
+      metric.pipe(Metric.tagged("limiter", limiter.name), Metric.tagged("store", name))
+
+    /** Retries conflicts under the limiter's schedule, counting each; other failures pass through. */
+    const retrying = <A, E>(limiter: LimiterSpec, attempt: Effect.Effect<A, E | Conflict | SqlError>) => {
+      let conflicts = 0
+      return attempt.pipe(
+        Effect.tapError((error) =>
+          error instanceof Conflict
+            ? Effect.zipRight(Effect.sync(() => conflicts++), Metric.increment(tag(limiter)(Metrics.conflicts)))
+            : Effect.void
+        ),
+        Effect.retry({ schedule: Retry.schedule(limiter.retry), while: (error) => error instanceof Conflict }),
+        Effect.catchIf(
+          (error): error is Conflict => error instanceof Conflict,
+          () => Effect.fail(new ConflictRetriesExhausted({ store: name, limiter: limiter.name, attempts: conflicts }))
+        ),
+        Effect.catchIf(isSqlError, (error) => Effect.fail(toError(error)))
+      )
+    }
+
+    // ---- token bucket -------------------------------------------------------------------------
+
+    const cache = new Map<string, Cached>()
+    const remember = (id: string, entry: Cached) => {
+      cache.delete(id)
+      cache.set(id, entry)
+      if (cache.size > MAX_CACHED) cache.delete(cache.keys().next().value!)
+    }
+
+    const readBucket = (id: string) =>
+      Effect.gen(function*() {
+        const rows = yield* sql<{ tat: number | null; version: number | null; now: number }>`
+          SELECT ${AT} AS tat, s.version, ${NOW} AS now FROM (SELECT 1) AS one LEFT JOIN ${T} s ON s.group_id = ${id}`
+        const row = rows[0]!
+        return { tat: row.tat ?? -Infinity, version: row.version, now: row.now }
+      })
+
+    /** The first write to a key creates its row; a lost race shows up as an ordinary conflict. */
+    const ensureRow = (id: string) =>
+      sql`INSERT INTO ${T} (group_id, last_acquisition_at, version) VALUES (${id}, '-infinity', 1)
+        ON CONFLICT (group_id) DO NOTHING`
+
+    /** Decides a batch in order against one read of the row, then writes it in one conditional UPDATE. */
+    const bucketAttempt = (id: string, rate: TokenBucket, batch: ReadonlyArray<AcquireRequest>, useCache: boolean) =>
+      Effect.gen(function*() {
+        const cached = useCache ? cache.get(id) : undefined
+        // A cached row is as of its write; the server clock has run at least as long as ours since.
+        const state = cached === undefined
+          ? yield* readBucket(id)
+          : { tat: cached.tat, version: cached.version, now: cached.serverMs + (performance.now() - cached.localMs) }
+        const tolerance = Gcra.tolerance(rate, margin)
+        const start = Math.max(state.tat, state.now)
+        let units = 0
+        const plan = batch.map((request) => {
+          const wait = Gcra.settle(start + (units + request.cost) * rate.intervalMs - tolerance - state.now)
+          if (wait > request.maxWaitMs) return { admitted: false as const, wait }
+          units += request.cost
+          return { admitted: true as const, through: units }
+        })
+        const remaining = (tat: number, now: number) => Gcra.remaining(tat, now, rate, margin)
+        if (units === 0) {
+          return plan.map((step): AcquireOutcome => ({
+            _tag: "RateLimited",
+            retryAfterMs: step.admitted ? 0 : step.wait,
+            limit: rate.burst,
+            remaining: remaining(state.tat, state.now)
+          }))
+        }
+        const micros = ceilMicros(units * rate.intervalMs)
+        if (state.version === null) yield* ensureRow(id)
+        const rows = yield* sql<{ tat: number; version: number; now: number }>`
+          UPDATE ${T} SET last_acquisition_at = GREATEST(last_acquisition_at, statement_timestamp())
+              + ${micros}::float8 * interval '1 microsecond',
+            version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
+          WHERE group_id = ${id} AND version = ${state.version ?? 1}
+          RETURNING ${atOf("last_acquisition_at")} AS tat, version, ${NOW} AS now`
+        const row = rows[0]
+        if (row === undefined) {
+          cache.delete(id)
+          return yield* Effect.fail(new Conflict())
+        }
+        remember(id, { tat: row.tat, version: row.version, serverMs: row.now, localMs: performance.now() })
+        // The same instant the database used: the batch started at max(old tat, now).
+        const began = row.tat - micros / 1000
+        const newest = plan.reduce((last, step, index) => (step.admitted ? index : last), -1)
+        return plan.map((step, index): AcquireOutcome => {
+          if (!step.admitted) {
+            return { _tag: "RateLimited", retryAfterMs: step.wait, limit: rate.burst, remaining: 0 }
+          }
+          const slot = Math.max(row.now, began + step.through * rate.intervalMs - tolerance)
+          const last = newest === index
+          return {
+            _tag: "Admitted",
+            waitMs: slot - row.now,
+            // Only the newest reservation can be given back, and only while nobody wrote after it.
+            reservation: { slotMs: slot, tatMs: began + step.through * rate.intervalMs, version: last ? row.version : undefined },
+            limit: rate.burst,
+            remaining: remaining(row.tat, slot)
+          }
+        })
+      })
+
+    // ---- sliding window -----------------------------------------------------------------------
+
+    const ringIds = (header: string, limit: number) => Array.from({ length: limit }, (_, i) => `${header}#${i}`)
+
+    const readWindow = (header: string, limit: number) =>
+      Effect.gen(function*() {
+        const ids = ringIds(header, limit)
+        const rows = yield* sql<{ group_id: string | null; at: number | null; version: number | null; now: number }>`
+          SELECT s.group_id, ${AT} AS at, s.version, ${NOW} AS now
+          FROM (SELECT 1) AS one LEFT JOIN ${T} s ON s.group_id = ANY(${[header, ...ids]})`
+        const now = rows[0]!.now
+        const byId = new Map(rows.flatMap((r) => (r.group_id === null ? [] : [[r.group_id, r] as const])))
+        const head = byId.get(header)
+        const ring = ids.map((id) => ({ id, at: byId.get(id)?.at ?? -Infinity }))
+        return { now, version: head?.version ?? null, blockedUntil: head?.at ?? -Infinity, ring }
+      })
+
+    const logOf = (ring: ReadonlyArray<{ at: number }>): Array<Window.Entry> =>
+      ring.filter((r) => r.at > -Infinity).map((r) => ({ at: r.at, count: 1 })).sort((a, b) => a.at - b.at)
+
+    const windowAttempt = (header: string, policy: SlidingWindow, batch: ReadonlyArray<AcquireRequest>) =>
+      Effect.gen(function*() {
+        const state = yield* readWindow(header, policy.limit)
+        const spanned = Window.span(policy, margin)
+        const ring = state.ring.map((r) => ({ ...r }))
+        const written = new Map<string, number>()
+        const plan = batch.map((request) => {
+          const decision = Window.reserve(logOf(ring), state.now, state.blockedUntil, spanned, request.cost, request.maxWaitMs)
+          if (!decision.admitted) return decision
+          // The oldest entries no longer count at the new slot: their rows take it.
+          const oldest = [...ring].sort((a, b) => a.at - b.at).slice(0, request.cost)
+          for (const row of oldest) {
+            row.at = decision.slotMs
+            written.set(row.id, decision.slotMs)
+          }
+          return decision
+        })
+        const used = (now: number) => logOf(ring).filter((e) => e.at > now - spanned.windowMs).length
+        if (written.size === 0) {
+          return plan.map((step): AcquireOutcome => ({
+            _tag: "RateLimited",
+            retryAfterMs: step.admitted ? 0 : step.retryAfterMs,
+            limit: policy.limit,
+            remaining: Math.max(0, policy.limit - used(state.now))
+          }))
+        }
+        if (state.version === null) yield* ensureRow(header)
+        const rows = yield* sql<{ now: number }>`
+          WITH h AS (
+            UPDATE ${T} SET version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
+            WHERE group_id = ${header} AND version = ${state.version ?? 1} RETURNING 1
+          )
+          INSERT INTO ${T} (group_id, last_acquisition_at, version)
+          SELECT u.id, ${fromMicros(sql.literal("u.at"))} + GREATEST(interval '0', statement_timestamp() - ${fromMicros(ceilMicros(state.now))}), 1
+          FROM h, unnest(${[...written.keys()]}::text[], ${[...written.values()].map(ceilMicros)}::bigint[]) AS u(id, at)
+          ON CONFLICT (group_id) DO UPDATE SET last_acquisition_at = EXCLUDED.last_acquisition_at, updated_at = statement_timestamp()
+          RETURNING ${NOW} AS now`
+        const row = rows[0]
+        if (row === undefined) return yield* Effect.fail(new Conflict())
+        // The batch was planned at the read's time and written later: every entry moved by the same
+        // amount, so the entries keep their spacing and none lies before the write.
+        const shift = Math.max(0, row.now - state.now)
+        return plan.map((step): AcquireOutcome =>
+          step.admitted
+            ? {
+              _tag: "Admitted",
+              waitMs: step.waitMs,
+              reservation: { slotMs: step.slotMs + shift, tatMs: 0, version: undefined },
+              limit: policy.limit,
+              remaining: Math.max(0, policy.limit - used(row.now))
+            }
+            : { _tag: "RateLimited", retryAfterMs: step.retryAfterMs, limit: policy.limit, remaining: 0 }
+        )
+      })
+
+    // ---- coalescing: one writer per key and process ---------------------------------------------
+
+    const queues = new Map<string, Array<Pending>>()
+
+    const decide = (id: string, limiter: LimiterSpec, batch: ReadonlyArray<AcquireRequest>) => {
+      const rate = limiter.rate!
+      let attempts = 0
+      const attempt = Effect.suspend(() =>
+        rate._tag === "TokenBucket" ? bucketAttempt(id, rate, batch, attempts++ === 0) : windowAttempt(id, rate, batch)
+      )
+      return retrying(limiter, attempt)
+    }
+
+    const drain = (id: string, queue: Array<Pending>): Effect.Effect<void> => {
+      let batch: Array<Pending> = []
+      return Effect.gen(function*() {
+        while (queue.length > 0) {
+          batch = queue.splice(0, MAX_BATCH)
+          const exit = yield* Effect.exit(decide(id, batch[0]!.request.limiter, batch.map((p) => p.request)))
+          batch.forEach((pending, i) => Deferred.unsafeDone(pending.done, Exit.map(exit, (outcomes) => outcomes[i]!)))
+          batch = []
+        }
+        queues.delete(id)
+      }).pipe(
+        // Closing the store ends a drain: whoever still waits on it learns the store is gone.
+        Effect.interruptible,
+        Effect.onInterrupt(() =>
+          Effect.sync(() => {
+            queues.delete(id)
+            const closed = new StoreUnavailable({ store: name, engine: "postgres", message: "the store was closed" })
+            for (const pending of [...batch, ...queue.splice(0)]) Deferred.unsafeDone(pending.done, Exit.fail(closed))
+          })
+        )
+      )
+    }
+
+    const submit = (id: string, request: AcquireRequest) =>
+      Effect.suspend(() => {
+        const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)
+        const queue = queues.get(id)
+        if (queue !== undefined) {
+          queue.push({ request, done })
+          return Deferred.await(done)
+        }
+        const fresh = [{ request, done }]
+        queues.set(id, fresh)
+        return Effect.zipRight(Effect.forkIn(drain(id, fresh), scope), Deferred.await(done))
+      })
+
+    const rateId = (limiter: LimiterSpec, key: string) =>
+      `${limiter.rate?._tag === "SlidingWindow" ? "w" : "r"}:${keyPart(limiter.name, key)}`
+
+    // ---- concurrency leases -------------------------------------------------------------------
+
+    const held = new Map<string, Held>()
+    /** Waiters of this process for a lease, per key, in the order they asked. */
+    const lines = new Map<string, Array<string>>()
+    const signals = new Map<string, Deferred.Deferred<void>>()
+    let listening = false
+
+    const slotIds = (limiter: LimiterSpec, key: string) =>
+      Array.from({ length: limiter.concurrency?.max ?? 0 }, (_, i) => `c:${keyPart(limiter.name, key)}#${i}`)
+
+    const notifyKey = (limiter: LimiterSpec, key: string) => digest(stateKey(limiter.name, key)).slice(0, 32)
+
+    const signal = (hash: string) => {
+      const deferred = signals.get(hash)
+      if (deferred !== undefined) {
+        signals.delete(hash)
+        Deferred.unsafeDone(deferred, Exit.void)
+      }
+    }
+
+    const leaveLine = (key: string, leaseId: string) => {
+      const line = lines.get(key)
+      if (line === undefined) return false
+      const index = line.indexOf(leaseId)
+      if (index < 0) return false
+      line.splice(index, 1)
+      if (line.length === 0) lines.delete(key)
+      return true
+    }
+
+    const ttlMicros = (limiter: LimiterSpec) => Math.round((limiter.concurrency?.leaseTtlMs ?? 0) * 1000)
+
+    const claim = (limiter: LimiterSpec, slots: ReadonlyArray<string>, token: number) =>
+      sql<{ group_id: string }>`
+        UPDATE ${T} SET version = ${token},
+          last_acquisition_at = statement_timestamp() + ${ttlMicros(limiter)}::float8 * interval '1 microsecond',
+          updated_at = statement_timestamp()
+        WHERE group_id = (
+          SELECT group_id FROM ${T} WHERE group_id = ANY(${slots}) AND last_acquisition_at <= statement_timestamp()
+          ORDER BY group_id LIMIT 1 FOR UPDATE SKIP LOCKED
+        ) AND last_acquisition_at <= statement_timestamp()
+        RETURNING group_id`
+
+    const slotInfo = (slots: ReadonlyArray<string>) =>
+      Effect.map(
+        sql<{ total: number; held: number; soonest: number | null; now: number }>`
+          SELECT count(*)::int AS total,
+            count(*) FILTER (WHERE s.last_acquisition_at > statement_timestamp())::int AS held,
+            min(${AT}) FILTER (WHERE s.last_acquisition_at > statement_timestamp()) AS soonest,
+            ${NOW} AS now
+          FROM ${T} s WHERE s.group_id = ANY(${slots})`,
+        (rows) => rows[0]!
+      )
+
+    const leaseAttempt = (request: AcquireRequest, leaseId: string) =>
+      sql.withTransaction(Effect.gen(function*() {
+        const { key, limiter } = request
+        const slots = slotIds(limiter, key)
+        const token = randomInt(1, 2_147_483_647)
+        let claimed = yield* claim(limiter, slots, token)
+        if (claimed.length === 0) {
+          const info = yield* slotInfo(slots)
+          if (info.total < slots.length) {
+            yield* sql`INSERT INTO ${T} (group_id, last_acquisition_at, version)
+              SELECT id, '-infinity', 0 FROM unnest(${slots}::text[]) AS id ON CONFLICT (group_id) DO NOTHING`
+            claimed = yield* claim(limiter, slots, token)
+          }
+          if (claimed.length === 0) {
+            return yield* Effect.fail<Rollback>({
+              _tag: "Full",
+              held: info.held,
+              expiresInMs: info.soonest === null ? undefined : info.soonest - info.now
+            })
+          }
+        }
+        let outcome: AcquireOutcome = { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined }
+        const rate = limiter.rate
+        if (rate !== undefined) {
+          const id = rateId(limiter, key)
+          const [decided] = rate._tag === "TokenBucket"
+            ? yield* bucketAttempt(id, rate, [request], false)
+            : yield* windowAttempt(id, rate, [request])
+          if (decided?._tag === "RateLimited") {
+            return yield* Effect.fail<Rollback>({ _tag: "Refused", retryAfterMs: decided.retryAfterMs, remaining: decided.remaining })
+          }
+          outcome = decided!
+        }
+        held.set(leaseId, { slot: claimed[0]!.group_id, token })
+        return outcome
+      }))
+
+    const acquireLease = (request: AcquireRequest, leaseId: string): Effect.Effect<AcquireOutcome, StoreError> => {
+      const { key, limiter } = request
+      const local = stateKey(limiter.name, key)
+      const max = limiter.concurrency?.max ?? 0
+      const line = lines.get(local)
+      // Waiters of this process go in the order they asked; only the first in line asks the database.
+      if (line !== undefined && line[0] !== leaseId && !held.has(leaseId)) {
+        if (request.queue && !line.includes(leaseId)) line.push(leaseId)
+        if (request.queue || line.length > 0) {
+          return Effect.succeed({ _tag: "ConcurrencyFull", expiresInMs: undefined, held: max, limit: max })
+        }
+      }
+      return retrying(limiter, leaseAttempt(request, leaseId)).pipe(
+        Effect.map((outcome) => {
+          if (leaveLine(local, leaseId) && lines.has(local)) signal(notifyKey(limiter, key))
+          return outcome
+        }),
+        Effect.catchIf(isRollback, (rollback): Effect.Effect<AcquireOutcome> => {
+          if (rollback._tag === "Refused") {
+            leaveLine(local, leaseId)
+            return Effect.succeed({
+              _tag: "RateLimited",
+              retryAfterMs: rollback.retryAfterMs,
+              limit: capacity(limiter.rate) ?? 0,
+              remaining: rollback.remaining
+            })
+          }
+          if (request.queue) {
+            const waiting = lines.get(local) ?? []
+            if (!waiting.includes(leaseId)) waiting.push(leaseId)
+            lines.set(local, waiting)
+          }
+          return Effect.succeed({ _tag: "ConcurrencyFull", expiresInMs: rollback.expiresInMs, held: rollback.held, limit: max })
+        })
+      )
+    }
+
+    const listen = Effect.suspend(() => {
+      // LISTEN keeps one pooled connection; with a single connection, waiters rely on re-checks.
+      if (listening || config.pool_max_size < 2) return Effect.void
+      listening = true
+      return sql.listen(channel).pipe(
+        Stream.runForEach((payload) => Effect.sync(() => signal(payload))),
+        Effect.retry(Schedule.spaced("1 second")),
+        Effect.ignore,
+        // Callers subscribe from uninterruptible regions; closing the store must still stop it.
+        Effect.interruptible,
+        Effect.forkIn(scope),
+        Effect.asVoid
+      )
+    })
+
+    const release = (limiter: LimiterSpec, key: string, leaseId: string) =>
+      Effect.suspend(() => {
+        const local = stateKey(limiter.name, key)
+        const hash = notifyKey(limiter, key)
+        const left = leaveLine(local, leaseId)
+        const lease = held.get(leaseId)
+        if (lease === undefined) {
+          if (left) signal(hash)
+          return Effect.void
+        }
+        held.delete(leaseId)
+        return sql`
+          WITH r AS (
+            UPDATE ${T} SET last_acquisition_at = '-infinity', updated_at = statement_timestamp()
+            WHERE group_id = ${lease.slot} AND version = ${lease.token} AND last_acquisition_at > statement_timestamp()
+            RETURNING 1
+          )
+          SELECT pg_notify(${channel}, ${hash}) FROM r`.pipe(
+          Effect.zipRight(Effect.sync(() => signal(hash))),
+          Effect.mapError(toError),
+          Effect.asVoid
+        )
+      })
+
+    const store: PostgresStore = {
+      name,
+      engine: "postgres",
+      timingMarginMs: margin,
+      sql,
+
+      acquire: (request) =>
+        request.limiter.concurrency !== undefined && request.leaseId !== undefined
+          ? acquireLease(request, request.leaseId)
+          : request.limiter.rate === undefined
+          ? Effect.succeed({ _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined })
+          : submit(rateId(request.limiter, request.key), request),
+
+      release,
+
+      renew: (limiter, _key, leaseId) =>
+        Effect.suspend(() => {
+          const lease = held.get(leaseId)
+          if (lease === undefined) return Effect.succeed(false)
+          return sql`
+            UPDATE ${T} SET last_acquisition_at = statement_timestamp() + ${ttlMicros(limiter)}::float8 * interval '1 microsecond',
+              updated_at = statement_timestamp()
+            WHERE group_id = ${lease.slot} AND version = ${lease.token} AND last_acquisition_at > statement_timestamp()
+            RETURNING 1`.pipe(
+            Effect.map((rows) => {
+              if (rows.length === 0) held.delete(leaseId)
+              return rows.length > 0
+            }),
+            Effect.mapError(toError)
+          )
+        }),
+
+      refund: (limiter, key, cost, reservation: Reservation) =>
+        Effect.suspend(() => {
+          const rate = limiter.rate
+          if (rate?._tag !== "TokenBucket" || reservation.version === undefined) return Effect.void
+          const id = rateId(limiter, key)
+          cache.delete(id)
+          const micros = ceilMicros(cost * rate.intervalMs)
+          return sql`
+            UPDATE ${T} SET last_acquisition_at = last_acquisition_at - ${micros}::float8 * interval '1 microsecond',
+              version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
+            WHERE group_id = ${id} AND version = ${reservation.version}`.pipe(Effect.asVoid, Effect.mapError(toError))
+        }),
+
+      backoff: (limiter, key, retryAfterMs) =>
+        Effect.suspend(() => {
+          const rate = limiter.rate
+          if (rate === undefined) return Effect.void
+          const id = rateId(limiter, key)
+          cache.delete(id)
+          // Token bucket: the next slot is no earlier than now + retryAfter. Window: blocked until then.
+          const pushMs = rate._tag === "TokenBucket"
+            ? retryAfterMs + Gcra.tolerance(rate, margin) - rate.intervalMs
+            : retryAfterMs
+          const until = sql`statement_timestamp() + ${pushMs}::float8 * interval '1 millisecond'`
+          return sql`
+            INSERT INTO ${T} (group_id, last_acquisition_at, version) VALUES (${id}, ${until}, 1)
+            ON CONFLICT (group_id) DO UPDATE SET
+              last_acquisition_at = GREATEST(${T}.last_acquisition_at, ${until}),
+              version = ${sql.literal(NEXT_VERSION.replaceAll("version", `${table}.version`))},
+              updated_at = statement_timestamp()`.pipe(Effect.asVoid, Effect.mapError(toError))
+        }),
+
+      state: (limiter, key) =>
+        Effect.gen(function*() {
+          const rate = limiter.rate
+          const concurrency = limiter.concurrency
+          const leases = concurrency === undefined
+            ? { held: 0 }
+            : yield* slotInfo(slotIds(limiter, key))
+          const waiting = lines.get(stateKey(limiter.name, key))?.length ?? 0
+          const base = { leasesHeld: leases.held, maxConcurrent: concurrency?.max, waiting }
+          if (rate === undefined) {
+            return { ...base, limit: undefined, remaining: undefined, resetAfterMs: 0, nextSlotAfterMs: 0 } satisfies StateView
+          }
+          if (rate._tag === "TokenBucket") {
+            const row = yield* readBucket(rateId(limiter, key))
+            return {
+              ...base,
+              limit: rate.burst,
+              remaining: Gcra.remaining(row.tat, row.now, rate, margin),
+              resetAfterMs: Gcra.resetAfter(row.tat, row.now),
+              nextSlotAfterMs: Gcra.nextSlotAfter(row.tat, row.now, rate, margin)
+            } satisfies StateView
+          }
+          const window = yield* readWindow(rateId(limiter, key), rate.limit)
+          const spanned = Window.span(rate, margin)
+          const log = logOf(window.ring).filter((e) => e.at > window.now - spanned.windowMs)
+          const last = log[log.length - 1]
+          return {
+            ...base,
+            limit: rate.limit,
+            remaining: Math.max(0, rate.limit - log.length),
+            resetAfterMs: Math.max(0, last === undefined ? 0 : last.at + spanned.windowMs - window.now, window.blockedUntil - window.now),
+            nextSlotAfterMs: Window.earliestSlot(log, Math.max(window.now, window.blockedUntil), spanned, 1) - window.now
+          } satisfies StateView
+        }).pipe(Effect.mapError(toError)),
+
+      releases: (limiter, key) =>
+        Effect.gen(function*() {
+          yield* listen
+          const hash = notifyKey(limiter, key)
+          let deferred = signals.get(hash)
+          if (deferred === undefined) {
+            deferred = Deferred.unsafeMake<void>(FiberId.none)
+            signals.set(hash, deferred)
+          }
+          return Deferred.await(deferred)
+        })
+    }
+    return store
+  })
+
+const isSqlError = (u: unknown): u is SqlError =>
+  typeof u === "object" && u !== null && "_tag" in u && u._tag === "SqlError"
+
+const isRollback = (u: unknown): u is Rollback =>
+  typeof u === "object" && u !== null && "_tag" in u && (u._tag === "Full" || u._tag === "Refused")
+
+/**
+ * Creates the table when `auto_create` is set, then checks it exists with SELECT, INSERT and
+ * UPDATE granted. A missing table or grant fails the layer with the fix; an unreachable database
+ * only warns, so the limiters start and follow `fail_closed` until it is back.
+ */
+const setup = (sql: SqlClient, config: PostgresStoreConfig, context: Errors.Context) =>
+  Effect.gen(function*() {
+    const toError = Errors.fromSql(context)
+    const unavailable = (message: string) => new StoreUnavailable({ store: context.store, engine: "postgres", message })
+    if (config.auto_create) {
+      for (const statement of createTableSql(config)) {
+        yield* sql.unsafe(statement).pipe(
+          // Several processes creating the table at once: the losers see it exist.
+          Effect.catchIf((error) => ["23505", "42P07"].includes(codeOf(error)), () => Effect.void),
+          Effect.mapError(toError)
+        )
+      }
+    }
+    const rows = yield* sql<{ found: boolean; can_select: boolean | null; can_insert: boolean | null; can_update: boolean | null }>`
+      SELECT to_regclass(${context.table}) IS NOT NULL AS found,
+        has_table_privilege(to_regclass(${context.table}), 'SELECT') AS can_select,
+        has_table_privilege(to_regclass(${context.table}), 'INSERT') AS can_insert,
+        has_table_privilege(to_regclass(${context.table}), 'UPDATE') AS can_update`.pipe(Effect.mapError(toError))
+    const row = rows[0]!
+    if (!row.found) {
+      return yield* Effect.fail(unavailable(Errors.describe(context, { code: "42P01", message: "" })))
+    }
+    const missing = (["SELECT", "INSERT", "UPDATE"] as const).filter((p) =>
+      !(p === "SELECT" ? row.can_select : p === "INSERT" ? row.can_insert : row.can_update)
+    )
+    if (missing.length > 0) {
+      return yield* Effect.fail(
+        unavailable(Errors.describe(context, { code: "42501", message: `${missing.join(", ")} not granted` }))
+      )
+    }
+  }).pipe(
+    Effect.catchIf(
+      (error) => error.message.startsWith("cannot reach PostgreSQL") || error.message.startsWith("connection pool exhausted"),
+      (error) => Effect.logWarning(`rate-sync: store "${context.store}" starts without its database: ${error.message}`)
+    )
+  )
+
+const codeOf = (error: SqlError): string => {
+  const cause: unknown = error.cause
+  return typeof cause === "object" && cause !== null ? String(Object.getOwnPropertyDescriptor(cause, "code")?.value ?? "") : ""
+}

