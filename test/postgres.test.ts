@@ -1,0 +1,129 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import { inject } from "vitest"
+import * as Metrics from "../src/Metrics.js"
+import * as PostgresStore from "../src/postgres/PostgresStore.js"
+import { RateLimiter } from "../src/RateLimiter.js"
+import * as RateSync from "../src/RateSync.js"
+import { decodeSettings } from "../src/Settings.js"
+import * as Stores from "../src/Stores.js"
+import { admin, asUser } from "./support/admin.js"
+
+const url = inject("databaseUrl")
+let n = 0
+const fresh = (prefix: string) => `${prefix}_${process.pid}_${n++}`
+
+const storeConfig = (store: Record<string, unknown>) =>
+  Effect.flatMap(decodeSettings({ stores: { db: { engine: "postgres", url, ...store } } }), (s) => {
+    const config = s.stores["db"]
+    return config?.engine === "postgres" ? Effect.succeed(config) : Effect.die("not a postgres store")
+  })
+
+const limiters = (store: Record<string, unknown>, limiter: Record<string, unknown>) =>
+  RateSync.layer({
+    stores: { db: { engine: "postgres", url, timing_margin_ms: 0, ...store } },
+    limiters: { api: { store: "db", ...limiter } }
+  }).pipe(Layer.provide(Stores.layer))
+
+describe("PostgreSQL engine", () => {
+  it.live("auto_create creates exactly the seed page's table and index", () =>
+    Effect.gen(function*() {
+      const table = fresh("seed")
+      yield* Effect.scoped(PostgresStore.make("db", yield* storeConfig({ table_name: table, auto_create: true })))
+      const [columns, indexes] = yield* Effect.promise(() =>
+        admin(url, [
+          `SELECT column_name, data_type, is_nullable, column_default, character_maximum_length
+           FROM information_schema.columns WHERE table_name = '${table}' ORDER BY ordinal_position`,
+          `SELECT indexdef FROM pg_indexes WHERE tablename = '${table}' ORDER BY indexname`
+        ])
+      )
+      expect(columns!.rows).toEqual([
+        { column_name: "group_id", data_type: "character varying", is_nullable: "NO", column_default: null, character_maximum_length: 255 },
+        { column_name: "last_acquisition_at", data_type: "timestamp with time zone", is_nullable: "NO", column_default: null, character_maximum_length: null },
+        { column_name: "version", data_type: "integer", is_nullable: "NO", column_default: "1", character_maximum_length: null },
+        { column_name: "current_concurrent", data_type: "integer", is_nullable: "NO", column_default: "0", character_maximum_length: null },
+        { column_name: "created_at", data_type: "timestamp with time zone", is_nullable: "NO", column_default: "now()", character_maximum_length: null },
+        { column_name: "updated_at", data_type: "timestamp with time zone", is_nullable: "NO", column_default: "now()", character_maximum_length: null }
+      ])
+      expect(indexes!.rows.map((r: { indexdef: string }) => r.indexdef)).toEqual([
+        `CREATE INDEX idx_${table}_updated ON public.${table} USING btree (updated_at)`,
+        `CREATE UNIQUE INDEX ${table}_pkey ON public.${table} USING btree (group_id)`
+      ])
+    }))
+
+  it.live("a missing table fails the layer with the fix", () =>
+    Effect.gen(function*() {
+      const error = yield* Layer.build(limiters({ table_name: fresh("absent"), auto_create: false }, { rate_per_second: 1 }))
+        .pipe(Effect.scoped, Effect.flip)
+      expect(error._tag).toBe("StoreUnavailable")
+      expect(error.message).toMatch(/^table "public"\."absent_\d+_\d+" does not exist: create it with the "Manual Table Setup" SQL or set auto_create = true$/)
+    }))
+
+  it.live("missing grants fail the layer with the GRANT to run", () =>
+    Effect.gen(function*() {
+      const role = fresh("readonly")
+      const table = fresh("ro")
+      yield* Effect.promise(() =>
+        admin(url, [
+          `CREATE TABLE ${table} (group_id VARCHAR(255) PRIMARY KEY, last_acquisition_at TIMESTAMPTZ NOT NULL, version INTEGER NOT NULL DEFAULT 1, current_concurrent INTEGER NOT NULL DEFAULT 0, created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW())`,
+          `CREATE ROLE ${role} LOGIN PASSWORD 'ro'`,
+          `GRANT SELECT ON ${table} TO ${role}`
+        ])
+      )
+      const error = yield* Layer.build(
+        RateSync.layer({
+          stores: { db: { engine: "postgres", url: asUser(url, role, "ro"), table_name: table } },
+          limiters: { api: { store: "db", rate_per_second: 1 } }
+        }).pipe(Layer.provide(Stores.layer))
+      ).pipe(Effect.scoped, Effect.flip)
+      expect(error.message).toBe(
+        `permission denied on "public"."${table}" (INSERT, UPDATE not granted): GRANT SELECT, INSERT, UPDATE ON "public"."${table}" TO the user of the url`
+      )
+    }))
+
+  it.live("an unreachable database: the layer starts, fail_closed fails with StoreUnavailable, the default admits", () =>
+    Effect.gen(function*() {
+      const down = { url: "postgres://postgres@127.0.0.1:1/test", pool_timeout_ms: 1_000 }
+      const closed = yield* Effect.scoped(RateLimiter.acquire("api")).pipe(
+        Effect.provide(limiters(down, { rate_per_second: 10, fail_closed: true })),
+        Effect.flip
+      )
+      expect(closed._tag).toBe("StoreUnavailable")
+      expect(closed.message).toMatch(/^cannot reach PostgreSQL \(ECONNREFUSED/)
+      const open = yield* Effect.scoped(RateLimiter.acquire("api")).pipe(
+        Effect.provide(limiters(down, { rate_per_second: 10 }))
+      )
+      expect(open.degraded).toBe(true)
+    }))
+
+  it.live("an exhausted pool fails after pool_timeout_ms with the fix, and never hangs", () =>
+    Effect.gen(function*() {
+      const store = yield* PostgresStore.make("db", yield* storeConfig({ pool_max_size: 1, pool_min_size: 0, pool_timeout_ms: 300, auto_create: true }))
+      // The only connection is busy for 2 s.
+      yield* Effect.forkScoped(store.sql`SELECT pg_sleep(2)`)
+      yield* Effect.sleep("100 millis")
+      const error = yield* store.acquire({
+        limiter: { name: "x", store: "db", rate: { _tag: "TokenBucket", ratePerSecond: 10, burst: 1, intervalMs: 100 }, concurrency: undefined, timeoutMs: undefined, failClosed: true, retry: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 5 } },
+        key: "k",
+        cost: 1,
+        leaseId: undefined,
+        maxWaitMs: 0,
+        queue: false
+      }).pipe(Effect.flip)
+      expect(error.message).toBe(
+        "connection pool exhausted: all 1 connections stayed busy for pool_timeout_ms = 300; increase pool_max_size"
+      )
+    }).pipe(Effect.scoped))
+
+  it.live("waiters of one process on one key are coalesced: no optimistic-lock conflicts", () =>
+    Effect.gen(function*() {
+      const conflicts = Metrics.conflicts.pipe(Metric.tagged("limiter", "api"), Metric.tagged("store", "db"))
+      const before = (yield* Metric.value(conflicts)).count
+      yield* Effect.forEach(Array.from({ length: 400 }), () => Effect.scoped(RateLimiter.acquire("api", { key: "hot" })), {
+        concurrency: 8
+      })
+      expect((yield* Metric.value(conflicts)).count - before).toBe(0)
+    }).pipe(Effect.provide(limiters({ auto_create: true }, { rate_per_second: 1_000_000 }))))
+})
