@@ -1,12 +1,27 @@
 /**
- * The production `StoreFactory`: each configured store is built by the engine its `engine` key names.
+ * The production `StoreFactory`: each configured store is built by the engine its `engine` key
+ * names. Server engines are loaded when first configured, so a memory-only program needs none of
+ * their drivers installed.
  */
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
 import * as MemoryStore from "./memory/MemoryStore.js"
-import * as PostgresStore from "./postgres/PostgresStore.js"
 import { StoreFactory } from "./Store.js"
+
+const load = <A>(name: string, engine: string, packages: string, module: () => Promise<A>) =>
+  Effect.tryPromise({
+    try: module,
+    catch: (cause) =>
+      new ConfigurationError({
+        issues: [
+          new ConfigIssue({
+            path: `stores.${name}.engine`,
+            message: `the "${engine}" engine needs ${packages} installed (${String(cause)})`
+          })
+        ]
+      })
+  })
 
 export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
   make: (name, config) => {
@@ -14,14 +29,16 @@ export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
       case "memory":
         return MemoryStore.make({ name, timingMarginMs: config.timing_margin_ms })
       case "postgres":
-        return PostgresStore.make(name, config)
+        return load(name, "postgres", "@effect/sql-pg and pg", () => import("./postgres/PostgresStore.js")).pipe(
+          Effect.flatMap((PostgresStore) => PostgresStore.make(name, config))
+        )
       case "redis":
         return Effect.fail(
           new ConfigurationError({
             issues: [
               new ConfigIssue({
                 path: `stores.${name}.engine`,
-                message: `the "${config.engine}" engine is not in this release of rate-sync yet; use "memory"`
+                message: `the "redis" engine is not in this release of rate-sync yet; use "memory" or "postgres"`
               })
             ]
           })

@@ -137,13 +137,14 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       Effect.map((rows) => Number(rows[0]?.base ?? 0)),
       Effect.orElseSucceed(() => Math.floor(Date.now()))
     )
-    const B = sql.literal(String(base))
     const NOW = sql.literal(`(extract(epoch from statement_timestamp()) * 1000 - ${base})::float8`)
     const atOf = (column: string) => sql.literal(`(extract(epoch from ${column}) * 1000 - ${base})::float8`)
     const AT = atOf("s.last_acquisition_at")
 
     // Written instants are whole microseconds, rounded up (stricter), built from text so no float rounds them.
-    const fromMicros = (us: unknown) => sql`('epoch'::timestamptz + ((${B}::numeric * 1000 + ${us}::numeric) || ' microseconds')::interval)`
+    // (An interval of absolute scale overflows on PostgreSQL 14, so instants are the base plus a small offset.)
+    const BASE_TS = sql.literal(`to_timestamp(${base} / 1000.0)`)
+    const fromMicros = (us: unknown) => sql`(${BASE_TS} + make_interval(secs => ${us}::float8 / 1000000))`
 
     const channel = `rate_sync_${digest(table).slice(0, 20).replace(/[^A-Za-z0-9]/g, "_")}`
     const tag = (limiter: LimiterSpec) => <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>

@@ -1,0 +1,179 @@
+/**
+ * `npm run accuracy -- --store postgres [--processes 4 --fibers 16 --rate R --burst B --seconds 10
+ *   --max-concurrent N]`: real processes share one limiter and record every admission on the
+ * machine's clock. Prints the most admitted in any 1 s window and in any 1/rate window, the
+ * achieved rate, and the peak number of permits held at once; exits non-zero when a bound of the
+ * contract is broken (or the achieved rate is under 97% of the configured one). Without --rate it
+ * runs at 200/s and at 2,000/s.
+ */
+import { spawn } from "node:child_process"
+import { parseArgs } from "node:util"
+import { Duration, Effect, Layer } from "effect"
+import { RateLimiter, RateSync, Stores } from "../src/index.js"
+import { resolveStore, type StoreTarget } from "./stores.js"
+
+const { values } = parseArgs({
+  options: {
+    store: { type: "string", default: "memory" },
+    processes: { type: "string" },
+    fibers: { type: "string", default: "16" },
+    rate: { type: "string" },
+    burst: { type: "string" },
+    seconds: { type: "string", default: "10" },
+    "max-concurrent": { type: "string" },
+    child: { type: "string" }
+  }
+})
+
+interface ChildPlan {
+  readonly target: StoreTarget
+  readonly limiter: string
+  readonly rate: number
+  readonly burst: number
+  readonly maxConcurrent: number | undefined
+  readonly fibers: number
+  readonly seconds: number
+  readonly startAt: number
+}
+
+interface ChildReport {
+  readonly admissions: Array<number>
+  readonly holds: Array<readonly [number, number]>
+  readonly failures: number
+}
+
+const wallClock = () => performance.timeOrigin + performance.now()
+
+const runChild = (plan: ChildPlan) =>
+  Effect.gen(function*() {
+    const admissions: Array<number> = []
+    const holds: Array<readonly [number, number]> = []
+    let failures = 0
+    const end = plan.startAt + plan.seconds * 1000
+    yield* Effect.sleep(Duration.millis(Math.max(0, plan.startAt - wallClock())))
+    const worker = Effect.gen(function*() {
+      while (wallClock() < end) {
+        yield* Effect.scoped(Effect.gen(function*() {
+          yield* RateLimiter.acquire(plan.limiter, { timeout: Duration.millis(Math.max(0, end - wallClock())) })
+          const at = wallClock()
+          if (at < end) admissions.push(at)
+          if (plan.maxConcurrent !== undefined) {
+            yield* Effect.sleep("2 millis")
+            holds.push([at, wallClock()])
+          }
+        })).pipe(Effect.catchAll((error) => Effect.sync(() => {
+          if (error._tag !== "AcquireTimeout") failures++
+        })))
+      }
+    })
+    yield* Effect.all(Array.from({ length: plan.fibers }, () => worker), { concurrency: "unbounded" })
+    return { admissions, holds, failures } satisfies ChildReport
+  }).pipe(
+    Effect.provide(
+      RateSync.layer({
+        stores: { s: plan.target.store },
+        limiters: {
+          [plan.limiter]: {
+            store: "s",
+            rate_per_second: plan.rate,
+            burst: plan.burst,
+            ...(plan.maxConcurrent === undefined ? {} : { max_concurrent: plan.maxConcurrent, lease_ttl_seconds: 5 })
+          }
+        }
+      }).pipe(Layer.provide(Stores.layer))
+    )
+  )
+
+const childReport = (plan: ChildPlan): Promise<ChildReport> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", new URL(import.meta.url).pathname, "--child", JSON.stringify(plan)], {
+      stdio: ["ignore", "pipe", "inherit"]
+    })
+    let out = ""
+    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
+    child.on("exit", (code) => {
+      const line = out.trim().split("\n").pop() ?? ""
+      if (code === 0 && line.startsWith("{")) resolve(JSON.parse(line) as ChildReport)
+      else reject(new Error(`accuracy worker exited with ${code}`))
+    })
+  })
+
+/** The most events in any half-open window of `width` ms. */
+const peakIn = (times: ReadonlyArray<number>, width: number) => {
+  let peak = 0
+  let start = 0
+  for (let i = 0; i < times.length; i++) {
+    while (times[start]! <= times[i]! - width) start++
+    peak = Math.max(peak, i - start + 1)
+  }
+  return peak
+}
+
+const peakHeld = (holds: ReadonlyArray<readonly [number, number]>) => {
+  const events = holds.flatMap(([a, b]) => [[a, 1], [b, -1]] as const).sort((x, y) => x[0] - y[0] || x[1] - y[1])
+  let held = 0
+  let peak = 0
+  for (const [, delta] of events) peak = Math.max(peak, (held += delta))
+  return peak
+}
+
+const measure = async (target: StoreTarget, rate: number, processes: number) => {
+  const burst = values.burst === undefined ? Math.max(1, Math.ceil(rate * 0.01)) : Number(values.burst)
+  const seconds = Number(values.seconds)
+  const maxConcurrent = values["max-concurrent"] === undefined ? undefined : Number(values["max-concurrent"])
+  const plan: ChildPlan = {
+    target,
+    limiter: `accuracy_${Date.now().toString(36)}_${rate}`,
+    rate,
+    burst,
+    maxConcurrent,
+    fibers: Number(values.fibers),
+    seconds,
+    startAt: wallClock() + 3_000
+  }
+  console.log(`${target.label}: ${processes} processes x ${plan.fibers} fibers, ${rate}/s, burst ${burst}, ${seconds} s${maxConcurrent === undefined ? "" : `, max_concurrent ${maxConcurrent}`}`)
+  const reports = await Promise.all(Array.from({ length: processes }, () => childReport(plan)))
+  const times = reports.flatMap((r) => r.admissions).sort((a, b) => a - b)
+  const failures = reports.reduce((n, r) => n + r.failures, 0)
+  const perSecond = peakIn(times, 1000)
+  const interval = 1000 / rate
+  const perInterval = peakIn(times, interval)
+  const achieved = times.length / seconds
+  const held = maxConcurrent === undefined ? undefined : peakHeld(reports.flatMap((r) => r.holds))
+  const checks = [
+    { what: `most in any 1 s: ${perSecond} (bound burst + rate = ${burst + rate})`, ok: perSecond <= burst + rate },
+    { what: `most in any ${interval.toFixed(3)} ms (1/rate): ${perInterval} (bound burst + 1 = ${burst + 1})`, ok: perInterval <= burst + 1 },
+    { what: `achieved ${achieved.toFixed(1)}/s = ${((100 * achieved) / rate).toFixed(1)}% of ${rate}/s (at least 97%)`, ok: achieved >= 0.97 * rate },
+    { what: `failed acquires (other than timeouts at the end): ${failures}`, ok: failures === 0 },
+    ...(held === undefined ? [] : [{ what: `peak permits held at once: ${held} (bound ${maxConcurrent})`, ok: held <= maxConcurrent! }])
+  ]
+  for (const check of checks) console.log(`  ${check.ok ? "ok  " : "FAIL"} ${check.what}`)
+  return { rate, burst, perSecond, perInterval, achieved, held, ok: checks.every((c) => c.ok) }
+}
+
+if (values.child !== undefined) {
+  const plan = JSON.parse(values.child) as ChildPlan
+  Effect.runPromise(runChild(plan)).then(
+    (report) => {
+      console.log(JSON.stringify(report))
+      process.exit(0)
+    },
+    (error) => {
+      console.error(error)
+      process.exit(1)
+    }
+  )
+} else {
+  const target = await resolveStore(values.store ?? "memory")
+  // A memory store lives in one process: sharing it across processes would measure nothing.
+  const processes = values.processes === undefined ? (target.shared ? 4 : 1) : Number(values.processes)
+  if (!target.shared && processes > 1) {
+    console.error("the memory store is per process: use --processes 1, or a shared store")
+    process.exit(2)
+  }
+  const rates = values.rate === undefined ? [200, 2_000] : [Number(values.rate)]
+  const results = []
+  for (const rate of rates) results.push(await measure(target, rate, processes))
+  await target.stop()
+  process.exit(results.every((r) => r.ok) ? 0 : 1)
+}
