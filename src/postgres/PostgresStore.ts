@@ -9,7 +9,8 @@
  *   `version` its holder's token. A slot whose expiry passed is free again, so a crashed holder's
  *   slot comes back by itself.
  *
- * Every change is an optimistic write on `version`, retried under the limiter's `Schedule`.
+ * Every change is an optimistic write on `version` (for the token bucket: or on the row still being
+ * within what the batch's plan allows), retried under the limiter's `Schedule`.
  * Time is the database's: every decision is made and written against `statement_timestamp()`.
  * Requests of one process on one key are coalesced into one batch, so in-process contention costs
  * no conflicts and, under load, less than one round trip per admission.
@@ -171,6 +172,8 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     // ---- token bucket -------------------------------------------------------------------------
 
     const cache = new Map<string, Cached>()
+    /** Keys where another process wrote since our cached write: reading first is cheaper there. */
+    const contendedUntil = new Map<string, number>()
     const remember = (id: string, entry: Cached) => {
       cache.delete(id)
       cache.set(id, entry)
@@ -193,7 +196,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     /** Decides a batch in order against one read of the row, then writes it in one conditional UPDATE. */
     const bucketAttempt = (id: string, rate: TokenBucket, batch: ReadonlyArray<AcquireRequest>, useCache: boolean) =>
       Effect.gen(function*() {
-        const cached = useCache ? cache.get(id) : undefined
+        const cached = useCache && (contendedUntil.get(id) ?? 0) < performance.now() ? cache.get(id) : undefined
         // A cached row is as of its write; the server clock has run at least as long as ours since.
         const state = cached === undefined
           ? yield* readBucket(id)
@@ -217,16 +220,31 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           }))
         }
         const micros = ceilMicros(units * rate.intervalMs)
+        // The plan also holds if another process wrote meanwhile, as long as the debt it finds still
+        // lets every admitted request start within its own bound.
+        const slack = plan.reduce(
+          (least, step) =>
+            step.admitted ? Math.min(least, batch[plan.indexOf(step)]!.maxWaitMs + tolerance - step.through * rate.intervalMs) : least,
+          Infinity
+        )
+        const stillValid = Number.isFinite(slack)
+          ? sql`last_acquisition_at <= statement_timestamp() + ${slack}::float8 * interval '1 millisecond'`
+          : sql.literal("TRUE")
         if (state.version === null) yield* ensureRow(id)
         const rows = yield* sql<{ tat: number; version: number; now: number }>`
           UPDATE ${T} SET last_acquisition_at = GREATEST(last_acquisition_at, statement_timestamp())
               + ${micros}::float8 * interval '1 microsecond',
             version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
-          WHERE group_id = ${id} AND version = ${state.version ?? 1}
+          WHERE group_id = ${id} AND (version = ${state.version ?? 1} OR ${stillValid})
           RETURNING ${atOf("last_acquisition_at")} AS tat, version, ${NOW} AS now`
         const row = rows[0]
         if (row === undefined) {
           cache.delete(id)
+          if (cached !== undefined) {
+            contendedUntil.delete(id)
+            contendedUntil.set(id, performance.now() + 1_000)
+            if (contendedUntil.size > MAX_CACHED) contendedUntil.delete(contendedUntil.keys().next().value!)
+          }
           return yield* Effect.fail(new Conflict())
         }
         remember(id, { tat: row.tat, version: row.version, serverMs: row.now, localMs: performance.now() })
