@@ -123,7 +123,16 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
 interface Bound {
   readonly spec: LimiterSpec
   readonly store: Store
-  readonly tag: <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) => Metric.Metric<Type, In, Out>
+  /** This limiter's metrics, tagged once: tagging builds a new metric key, too costly per call. */
+  readonly metrics: {
+    readonly acquisitions: Metric.Metric.Counter<number>
+    readonly waitTime: Metric.Metric.Histogram<number>
+    readonly timeouts: Metric.Metric.Counter<number>
+    readonly rejections: Metric.Metric.Counter<number>
+    readonly storeErrors: Metric.Metric.Counter<number>
+    readonly failOpen: Metric.Metric.Counter<number>
+    readonly leasesLost: Metric.Metric.Counter<number>
+  }
 }
 
 /** The slowest a waiter for a lease re-checks, as a safety net for lost wake-ups. */
@@ -138,10 +147,20 @@ export const make = (options: {
     for (const spec of options.limiters) {
       const store = options.stores.get(spec.store)
       if (store === undefined) throw new Error(`rate-sync: limiter "${spec.name}" names unknown store "${spec.store}"`)
+      const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
+        metric.pipe(Metric.tagged("limiter", spec.name), Metric.tagged("store", store.name))
       bound.set(spec.name, {
         spec,
         store,
-        tag: (metric) => metric.pipe(Metric.tagged("limiter", spec.name), Metric.tagged("store", store.name))
+        metrics: {
+          acquisitions: tag(Metrics.acquisitions),
+          waitTime: tag(Metrics.waitTime),
+          timeouts: tag(Metrics.timeouts),
+          rejections: tag(Metrics.rejections),
+          storeErrors: tag(Metrics.storeErrors),
+          failOpen: tag(Metrics.failOpen),
+          leasesLost: tag(Metrics.leasesLost)
+        }
       })
     }
     const names = [...bound.keys()]
@@ -158,7 +177,7 @@ export const make = (options: {
         Effect.tapBoth({
           onFailure: (error) =>
             Effect.zipRight(
-              Metric.increment(b.tag(Metrics.storeErrors)),
+              Metric.increment(b.metrics.storeErrors),
               error._tag === "StoreUnavailable" && !outages.has(b.store.name)
                 ? Effect.sync(() => outages.add(b.store.name)).pipe(
                   Effect.zipRight(Effect.logWarning(`rate-sync: store "${b.store.name}" is unavailable: ${error.message}`))
@@ -192,7 +211,7 @@ export const make = (options: {
         Effect.flatMap((renewed) =>
           renewed
             ? renewal
-            : Metric.increment(b.tag(Metrics.leasesLost)).pipe(
+            : Metric.increment(b.metrics.leasesLost).pipe(
               Effect.zipRight(Effect.logWarning(`rate-sync: limiter "${b.spec.name}" lost an expired lease`))
             )
         ),
@@ -217,7 +236,7 @@ export const make = (options: {
           remaining: undefined,
           leaseId: undefined,
           degraded: true
-        })).pipe(Effect.tap(() => Metric.increment(b.tag(Metrics.failOpen))))
+        })).pipe(Effect.tap(() => Metric.increment(b.metrics.failOpen)))
 
     type Refusal = Exclude<AcquireOutcome, { _tag: "Admitted" }>
 
@@ -239,8 +258,15 @@ export const make = (options: {
         return yield* Effect.uninterruptibleMask((restore) =>
           Effect.gen(function*() {
             while (true) {
-              const attempt = yield* Effect.scoped(Effect.gen(function*() {
-                const released = leaseId === undefined ? Effect.never : yield* b.store.releases(b.spec, key)
+              const attempt = yield* (leaseId === undefined ? Effect.gen(function*() {
+                // Without leases there is nothing to wait for but the rate slot: one store call.
+                const at = yield* now
+                return yield* observe(
+                  b,
+                  b.store.acquire({ limiter: b.spec, key, cost, leaseId, maxWaitMs: mode === "try" ? 0 : Math.max(0, deadline - at), queue: false })
+                )
+              }) : Effect.scoped(Effect.gen(function*() {
+                const released = yield* b.store.releases(b.spec, key)
                 const at = yield* now
                 const left = deadline - at
                 const maxWaitMs = mode === "try" ? 0 : Math.max(0, left)
@@ -248,7 +274,7 @@ export const make = (options: {
                   b,
                   b.store.acquire({ limiter: b.spec, key, cost, leaseId, maxWaitMs, queue: mode === "wait" })
                 )
-                if (outcome._tag !== "ConcurrencyFull" || mode === "try" || leaseId === undefined) return outcome
+                if (outcome._tag !== "ConcurrencyFull" || mode === "try") return outcome
                 if (left <= 0) {
                   yield* observe(b, b.store.release(b.spec, key, leaseId)).pipe(Effect.ignore)
                   return outcome
@@ -263,7 +289,7 @@ export const make = (options: {
                   Effect.onInterrupt(() => observe(b, b.store.release(b.spec, key, leaseId)).pipe(Effect.ignore))
                 )
                 return undefined
-              })).pipe(
+              }))).pipe(
                 Effect.catchTag("StoreUnavailable", (error) => admitDegraded(b, key, cost, error, started))
               )
               if (attempt === undefined) continue
@@ -273,7 +299,7 @@ export const make = (options: {
               }
               const at = yield* now
               const overDeadline = attempt._tag === "RateLimited" ? attempt.retryAfterMs - (deadline - at) : 0
-              yield* Metric.increment(b.tag(mode === "wait" ? Metrics.timeouts : Metrics.rejections))
+              yield* Metric.increment(mode === "wait" ? b.metrics.timeouts : b.metrics.rejections)
               return yield* Effect.fail(refuse(attempt, Math.max(0, overDeadline)))
             }
           })
@@ -281,12 +307,14 @@ export const make = (options: {
       }).pipe(
         Effect.tap((permit) =>
           Effect.zipRight(
-            Metric.increment(b.tag(Metrics.acquisitions)),
-            Metric.update(b.tag(Metrics.waitTime), Duration.toMillis(permit.waited))
+            Metric.increment(b.metrics.acquisitions),
+            Metric.update(b.metrics.waitTime, Duration.toMillis(permit.waited))
           )
         ),
         Effect.withSpan(mode === "wait" ? "rate_sync.acquire" : "rate_sync.try_acquire", {
-          attributes: { "rate_sync.limiter": b.spec.name, "rate_sync.cost": cost }
+          attributes: { "rate_sync.limiter": b.spec.name, "rate_sync.cost": cost },
+          // A stack trace per permit costs more than the rest of an in-memory acquire.
+          captureStackTrace: false
         })
       )
 
