@@ -15,6 +15,7 @@ export {
   type TryAcquireOptions
 } from "./RateLimiter.js"
 export * as RateSync from "./RateSync.js"
+export * as Retry from "./Retry.js"
 export * as Settings from "./Settings.js"
 export type { AcquireOutcome, AcquireRequest, Reservation, StateView, Store } from "./Store.js"
 export { StoreFactory } from "./Store.js"
