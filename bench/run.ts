@@ -25,25 +25,30 @@ interface Contender {
   readonly name: string
   readonly group: string
   readonly start: () => Promise<void>
-  readonly call: () => Promise<void>
+  /** CALLERS concurrent callers for SECONDS, each call's latency in ms. */
+  readonly run: () => Promise<Array<number>>
   readonly stop: () => Promise<void>
 }
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
 
-/** CALLERS concurrent loops for SECONDS, each call timed. */
-const measure = async (contender: Contender): Promise<Sample> => {
+const summarize = (latencies: Array<number>): Sample => {
+  latencies.sort((a, b) => a - b)
+  return { perSecond: latencies.length / SECONDS, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) }
+}
+
+/** A Promise-based peer: CALLERS concurrent async loops. */
+const promiseLoops = async (call: () => Promise<unknown>): Promise<Array<number>> => {
   const latencies: Array<number> = []
   const end = performance.now() + SECONDS * 1000
   await Promise.all(Array.from({ length: CALLERS }, async () => {
     while (performance.now() < end) {
       const started = performance.now()
-      await contender.call()
+      await call()
       latencies.push(performance.now() - started)
     }
   }))
-  latencies.sort((a, b) => a - b)
-  return { perSecond: latencies.length / SECONDS, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) }
+  return latencies
 }
 
 const median = (samples: ReadonlyArray<Sample>): Sample => {
@@ -55,10 +60,19 @@ const median = (samples: ReadonlyArray<Sample>): Sample => {
   }
 }
 
-/** rate-sync through its Promise-free Effect API, on a runtime built once. */
+/** rate-sync as Effect programs use it: CALLERS fibers in one runtime, built once. */
 const rateSync = (name: string, group: string, store: Parameters<typeof RateSync.layer>[0]["stores"]): Contender => {
   let runtime: ManagedRuntime.ManagedRuntime<RateLimiter, unknown> | undefined
   const acquire = Effect.scoped(RateLimiter.acquire("bench", { key: "hot" }))
+  const fibers = Effect.suspend(() => {
+    const latencies: Array<number> = []
+    const end = performance.now() + SECONDS * 1000
+    const caller = Effect.suspend(() => {
+      const started = performance.now()
+      return Effect.map(acquire, () => latencies.push(performance.now() - started))
+    }).pipe(Effect.repeat({ while: () => performance.now() < end }))
+    return Effect.as(Effect.all(Array.from({ length: CALLERS }, () => caller), { concurrency: "unbounded" }), latencies)
+  })
   return {
     name,
     group,
@@ -69,9 +83,7 @@ const rateSync = (name: string, group: string, store: Parameters<typeof RateSync
       )
       await runtime.runPromise(acquire)
     },
-    call: async () => {
-      await runtime!.runPromise(acquire)
-    },
+    run: () => runtime!.runPromise(fibers),
     stop: async () => {
       await runtime?.dispose()
     }
@@ -90,9 +102,7 @@ const main = async () => {
         name: "rate-limiter-flexible RateLimiterMemory",
         group: "memory",
         start: async () => {},
-        call: async () => {
-          await limiter.consume("hot")
-        },
+        run: () => promiseLoops(() => limiter.consume("hot")),
         stop: async () => {}
       }
     })(),
@@ -107,9 +117,7 @@ const main = async () => {
             (error?: unknown) => (error ? reject(error) : resolve())
           )
         }),
-      call: async () => {
-        await flexible!.consume("hot")
-      },
+      run: () => promiseLoops(() => flexible!.consume("hot")),
       stop: async () => {}
     }
   ]
@@ -119,7 +127,7 @@ const main = async () => {
   for (let run = 1; run <= RUNS; run++) {
     for (const contender of contenders) {
       process.stdout.write(`run ${run}/${RUNS}: ${contender.name} (${SECONDS} s, ${CALLERS} callers, one hot key)... `)
-      const sample = await measure(contender)
+      const sample = summarize(await contender.run())
       samples.get(contender.name)!.push(sample)
       console.log(`${Math.round(sample.perSecond)}/s, p50 ${sample.p50.toFixed(2)} ms, p99 ${sample.p99.toFixed(2)} ms`)
     }
@@ -137,7 +145,8 @@ const main = async () => {
     "# Benchmark results",
     "",
     `Measured ${new Date().toISOString().slice(0, 10)} by \`npm run bench\` on ${cpus().length} cores (${cpus()[0]?.model ?? "unknown CPU"}), ${Math.round(totalmem() / 2 ** 30)} GiB,`,
-    `Node ${process.version}, PostgreSQL ${version}. One hot key, ${CALLERS} concurrent callers, a rate high enough never to wait;`,
+    `Node ${process.version}, PostgreSQL ${version}. One hot key, ${CALLERS} concurrent callers (rate-sync: fibers in one Effect`,
+    `runtime; rate-limiter-flexible: async loops), a rate high enough never to wait;`,
     `each figure is the median of ${RUNS} runs of ${SECONDS} s, contenders alternating within each run.`,
     "",
     "| store | library | admissions/s | p50 latency | p99 latency | vs peer |",

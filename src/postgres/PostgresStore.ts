@@ -693,7 +693,18 @@ const setup = (sql: SqlClient, config: PostgresStoreConfig, context: Errors.Cont
     const toError = Errors.fromSql(context)
     const unavailable = (message: string) => new StoreUnavailable({ store: context.store, engine: "postgres", message })
     if (config.auto_create) {
-      for (const statement of createTableSql(config)) {
+      // Only what is missing: even CREATE INDEX IF NOT EXISTS takes a lock that stalls every writer.
+      const [present] = yield* sql<{ has_table: boolean; has_index: boolean }>`
+        SELECT to_regclass(${context.table}) IS NOT NULL AS has_table,
+          to_regclass(${`"${config.schema_name}"."idx_${config.table_name}_updated"`}) IS NOT NULL AS has_index`.pipe(
+        Effect.mapError(toError)
+      )
+      const [createTable, createIndex] = createTableSql(config)
+      const missing = [
+        ...(present?.has_table === true ? [] : [createTable!]),
+        ...(present?.has_index === true ? [] : [createIndex!])
+      ]
+      for (const statement of missing) {
         yield* sql.unsafe(statement).pipe(
           // Several processes creating the table at once: the losers see it exist.
           Effect.catchIf((error) => ["23505", "42P07"].includes(codeOf(error)), () => Effect.void),
