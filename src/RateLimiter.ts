@@ -240,6 +240,60 @@ export const make = (options: {
 
     type Refusal = Exclude<AcquireOutcome, { _tag: "Admitted" }>
 
+    /**
+     * Without leases an acquire is one store call and at most one sleep: kept to few Effect steps,
+     * since it is the hot path of most limiters.
+     */
+    const rateOnly = <E>(
+      b: Bound,
+      key: string,
+      cost: number,
+      timeoutMs: number | undefined,
+      mode: "wait" | "try",
+      refuse: (outcome: Refusal, overDeadlineMs: number) => E
+    ) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.clockWith((clock) => {
+          const started = clock.unsafeCurrentTimeMillis()
+          const maxWaitMs = mode === "try" ? 0 : timeoutMs === undefined ? Infinity : Math.max(0, timeoutMs)
+          const permit = (outcome: Extract<AcquireOutcome, { _tag: "Admitted" }>): Permit => ({
+            limiter: b.spec.name,
+            key,
+            cost,
+            slotMs: outcome.reservation?.slotMs,
+            waited: Duration.millis(Math.max(0, clock.unsafeCurrentTimeMillis() - started)),
+            remaining: outcome.remaining,
+            leaseId: undefined,
+            degraded: false
+          })
+          return observe(b, b.store.acquire({ limiter: b.spec, key, cost, leaseId: undefined, maxWaitMs, queue: false })).pipe(
+            Effect.matchEffect({
+              onFailure: (error): Effect.Effect<Permit, E | StoreError> =>
+                error._tag === "StoreUnavailable" ? admitDegraded(b, key, cost, error, started) : Effect.fail(error),
+              onSuccess: (outcome): Effect.Effect<Permit, E> => {
+                if (outcome._tag === "Admitted") {
+                  const reservation = outcome.reservation
+                  return outcome.waitMs <= 0 ? Effect.sync(() => permit(outcome)) : restore(Effect.sleep(Duration.millis(outcome.waitMs))).pipe(
+                    Effect.onInterrupt(() =>
+                      reservation === undefined
+                        ? Effect.void
+                        : observe(b, b.store.refund(b.spec, key, cost, reservation)).pipe(Effect.ignore)
+                    ),
+                    Effect.map(() => permit(outcome))
+                  )
+                }
+                const overDeadline = outcome._tag === "RateLimited" && timeoutMs !== undefined
+                  ? Math.max(0, outcome.retryAfterMs - (timeoutMs - (clock.unsafeCurrentTimeMillis() - started)))
+                  : 0
+                return Metric.increment(mode === "wait" ? b.metrics.timeouts : b.metrics.rejections).pipe(
+                  Effect.zipRight(Effect.fail(refuse(outcome, overDeadline)))
+                )
+              }
+            })
+          )
+        })
+      )
+
     const run = <E>(
       b: Bound,
       key: string,
@@ -250,22 +304,16 @@ export const make = (options: {
     ) =>
       Effect.gen(function*() {
         yield* checkCost(b, cost)
+        if (b.spec.concurrency === undefined) return yield* rateOnly(b, key, cost, timeoutMs, mode, refuse)
         const scope = yield* Effect.scope
         const started = yield* now
         const deadline = timeoutMs === undefined ? Infinity : started + timeoutMs
-        const leaseId = b.spec.concurrency === undefined ? undefined : randomUUID()
+        const leaseId = randomUUID()
 
         return yield* Effect.uninterruptibleMask((restore) =>
           Effect.gen(function*() {
             while (true) {
-              const attempt = yield* (leaseId === undefined ? Effect.gen(function*() {
-                // Without leases there is nothing to wait for but the rate slot: one store call.
-                const at = yield* now
-                return yield* observe(
-                  b,
-                  b.store.acquire({ limiter: b.spec, key, cost, leaseId, maxWaitMs: mode === "try" ? 0 : Math.max(0, deadline - at), queue: false })
-                )
-              }) : Effect.scoped(Effect.gen(function*() {
+              const attempt = yield* Effect.scoped(Effect.gen(function*() {
                 const released = yield* b.store.releases(b.spec, key)
                 const at = yield* now
                 const left = deadline - at
@@ -289,7 +337,7 @@ export const make = (options: {
                   Effect.onInterrupt(() => observe(b, b.store.release(b.spec, key, leaseId)).pipe(Effect.ignore))
                 )
                 return undefined
-              }))).pipe(
+              })).pipe(
                 Effect.catchTag("StoreUnavailable", (error) => admitDegraded(b, key, cost, error, started))
               )
               if (attempt === undefined) continue
@@ -322,14 +370,14 @@ export const make = (options: {
       b: Bound,
       key: string,
       cost: number,
-      leaseId: string | undefined,
+      leaseId: string,
       outcome: Extract<AcquireOutcome, { _tag: "Admitted" }>,
       scope: Scope.Scope,
       restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>,
       started: number
     ) =>
       Effect.gen(function*() {
-        if (leaseId !== undefined) yield* holdLease(b, key, leaseId, scope)
+        yield* holdLease(b, key, leaseId, scope)
         if (outcome.waitMs > 0) {
           const reservation: Reservation | undefined = outcome.reservation
           yield* restore(Effect.sleep(Duration.millis(outcome.waitMs))).pipe(

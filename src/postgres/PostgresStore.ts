@@ -360,6 +360,8 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       let batch: Array<Pending> = []
       return Effect.gen(function*() {
         while (queue.length > 0) {
+          // Let the other fibers of this process that are about to ask join this batch.
+          yield* Effect.yieldNow()
           batch = queue.splice(0, MAX_BATCH)
           const exit = yield* Effect.exit(decide(id, batch[0]!.request.limiter, batch.map((p) => p.request)))
           batch.forEach((pending, i) => Deferred.unsafeDone(pending.done, Exit.map(exit, (outcomes) => outcomes[i]!)))
