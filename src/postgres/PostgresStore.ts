@@ -223,8 +223,8 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         // The plan also holds if another process wrote meanwhile, as long as the debt it finds still
         // lets every admitted request start within its own bound.
         const slack = plan.reduce(
-          (least, step) =>
-            step.admitted ? Math.min(least, batch[plan.indexOf(step)]!.maxWaitMs + tolerance - step.through * rate.intervalMs) : least,
+          (least, step, i) =>
+            step.admitted ? Math.min(least, batch[i]!.maxWaitMs + tolerance - step.through * rate.intervalMs) : least,
           Infinity
         )
         const stillValid = Number.isFinite(slack)
