@@ -41,7 +41,8 @@ if (role === "--worker" && url !== undefined && limiter !== undefined && until !
 } else {
   const database = await postgresUrl()
   const limiter = `demo_${Date.now().toString(36)}`
-  const start = Date.now() + 2_000
+  // Long enough for three processes to start and connect before the first counted second.
+  const start = Date.now() + 4_000
   const until = start + SECONDS * 1000
   console.log(`${WORKERS} worker processes x 8 fibers share limiter "${limiter}": ${RATE}/s, burst ${BURST}, through PostgreSQL`)
   const counts = Array.from({ length: SECONDS }, () => new Array<number>(WORKERS).fill(0))
