@@ -240,18 +240,21 @@ export const make = (options: {
 
     type Refusal = Exclude<AcquireOutcome, { _tag: "Admitted" }>
 
+    /** One acquire or tryAcquire; `refuse` turns a refusal into the caller's error. */
+    interface Call<E> {
+      readonly b: Bound
+      readonly key: string
+      readonly cost: number
+      readonly timeoutMs: number | undefined
+      readonly mode: "wait" | "try"
+      readonly refuse: (outcome: Refusal, overDeadlineMs: number) => E
+    }
+
     /**
      * Without leases an acquire is one store call and at most one sleep: kept to few Effect steps,
      * since it is the hot path of most limiters.
      */
-    const rateOnly = <E>(
-      b: Bound,
-      key: string,
-      cost: number,
-      timeoutMs: number | undefined,
-      mode: "wait" | "try",
-      refuse: (outcome: Refusal, overDeadlineMs: number) => E
-    ) =>
+    const rateOnly = <E>({ b, cost, key, mode, refuse, timeoutMs }: Call<E>) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.clockWith((clock) => {
           const started = clock.unsafeCurrentTimeMillis()
@@ -294,17 +297,11 @@ export const make = (options: {
         })
       )
 
-    const run = <E>(
-      b: Bound,
-      key: string,
-      cost: number,
-      timeoutMs: number | undefined,
-      mode: "wait" | "try",
-      refuse: (outcome: Refusal, overDeadlineMs: number) => E
-    ) =>
-      Effect.gen(function*() {
+    const run = <E>(call: Call<E>) => {
+      const { b, cost, key, mode, refuse, timeoutMs } = call
+      return Effect.gen(function*() {
         yield* checkCost(b, cost)
-        if (b.spec.concurrency === undefined) return yield* rateOnly(b, key, cost, timeoutMs, mode, refuse)
+        if (b.spec.concurrency === undefined) return yield* rateOnly(call)
         const scope = yield* Effect.scope
         const started = yield* now
         const deadline = timeoutMs === undefined ? Infinity : started + timeoutMs
@@ -365,6 +362,7 @@ export const make = (options: {
           captureStackTrace: false
         })
       )
+    }
 
     const admitted = (
       b: Bound,
@@ -407,19 +405,19 @@ export const make = (options: {
         const timeoutMs = options?.timeout === undefined
           ? b.spec.timeoutMs
           : Duration.toMillis(Duration.decode(options.timeout))
-        return run(b, key, options?.cost ?? 1, timeoutMs, "wait", (refusal, overDeadlineMs) =>
+        return run({ b, key, cost: options?.cost ?? 1, timeoutMs, mode: "wait", refuse: (refusal, overDeadlineMs) =>
           new AcquireTimeout({
             limiter: b.spec.name,
             key,
             timeout: Duration.millis(timeoutMs ?? 0),
             retryAfter: refusal._tag === "RateLimited" ? Duration.millis(overDeadlineMs) : undefined
-          }))
+          }) })
       })
 
     const tryAcquire = (limiter: string, options?: TryAcquireOptions) =>
       Effect.flatMap(lookup(limiter), (b) => {
         const key = options?.key ?? ""
-        return run(b, key, options?.cost ?? 1, 0, "try", (refusal) =>
+        return run({ b, key, cost: options?.cost ?? 1, timeoutMs: 0, mode: "try", refuse: (refusal) =>
           refusal._tag === "RateLimited"
             ? new RateLimitExceeded({
               limiter: b.spec.name,
@@ -435,7 +433,7 @@ export const make = (options: {
               retryAfter: Duration.millis(Math.max(0, refusal.expiresInMs ?? 0)),
               limit: refusal.limit,
               remaining: 0
-            }))
+            }) })
       })
 
     return RateLimiter.of({

