@@ -24,7 +24,13 @@ export const resolveStore = async (name: string): Promise<StoreTarget> => {
       const { stop, url } = await postgresUrl()
       return { label: "postgres", store: { engine: "postgres", url, auto_create: true }, shared: true, stop }
     }
+    case "redis": {
+      const url = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379"
+      // A prefix of this run's own, so runs never share state.
+      const key_prefix = `rate-sync-script:${Date.now().toString(36)}:`
+      return { label: "redis", store: { engine: "redis", url, key_prefix }, shared: true, stop: async () => {} }
+    }
     default:
-      throw new Error(`unknown store "${name}" (memory, postgres)`)
+      throw new Error(`unknown store "${name}" (memory, postgres, redis)`)
   }
 }

@@ -1,47 +1,68 @@
 /**
- * The limiter's metrics, labelled by limiter (and store for store-side events). Export them
- * with any Effect metrics exporter (OpenTelemetry, Prometheus).
+ * The limiter's metrics, labelled by limiter and store. Export them with any Effect metrics
+ * exporter (OpenTelemetry, Prometheus); read one limiter's value with
+ * `Metric.value(Metrics.acquisitions.pipe(Metric.tagged("limiter", name), Metric.tagged("store", store)))`.
  */
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
 
-export const acquisitions = Metric.counter("rate_sync_acquisitions_total", {
-  description: "Permits granted",
-  incremental: true
-})
+const keys = {
+  acquisitions: MetricKey.counter("rate_sync_acquisitions_total", { description: "Permits granted", incremental: true }),
+  waitTime: MetricKey.histogram(
+    "rate_sync_wait_ms",
+    MetricBoundaries.exponential({ start: 0.5, factor: 2, count: 18 }),
+    "Time from asking for a permit to holding it, in milliseconds"
+  ),
+  timeouts: MetricKey.counter("rate_sync_timeouts_total", {
+    description: "Acquires that failed with AcquireTimeout",
+    incremental: true
+  }),
+  rejections: MetricKey.counter("rate_sync_rejections_total", {
+    description: "tryAcquire calls that found no free permit",
+    incremental: true
+  }),
+  storeErrors: MetricKey.counter("rate_sync_store_errors_total", { description: "Store operations that failed", incremental: true }),
+  failOpen: MetricKey.counter("rate_sync_fail_open_total", {
+    description: "Permits granted without the store because it was unavailable and fail_closed = false",
+    incremental: true
+  }),
+  conflicts: MetricKey.counter("rate_sync_conflicts_total", {
+    description: "Optimistic-lock conflicts retried by a store",
+    incremental: true
+  }),
+  leasesLost: MetricKey.counter("rate_sync_leases_lost_total", {
+    description: "Held leases found expired at renewal (the holder stalled past lease_ttl_seconds)",
+    incremental: true
+  })
+}
 
-export const waitTime = Metric.histogram(
-  "rate_sync_wait_ms",
-  MetricBoundaries.exponential({ start: 0.5, factor: 2, count: 18 }),
-  "Time from asking for a permit to holding it, in milliseconds"
-)
+export const acquisitions = Metric.fromMetricKey(keys.acquisitions)
+export const waitTime = Metric.fromMetricKey(keys.waitTime)
+export const timeouts = Metric.fromMetricKey(keys.timeouts)
+export const rejections = Metric.fromMetricKey(keys.rejections)
+export const storeErrors = Metric.fromMetricKey(keys.storeErrors)
+export const failOpen = Metric.fromMetricKey(keys.failOpen)
+export const conflicts = Metric.fromMetricKey(keys.conflicts)
+export const leasesLost = Metric.fromMetricKey(keys.leasesLost)
 
-export const timeouts = Metric.counter("rate_sync_timeouts_total", {
-  description: "Acquires that failed with AcquireTimeout",
-  incremental: true
-})
+/**
+ * One limiter's metrics, labelled in their keys. (`Metric.tagged` would build a new metric key, and
+ * hash it, on every update: a large share of a fast acquire.)
+ */
+export const forLimiter = (limiter: string, store: string) => {
+  const labels = [MetricLabel.make("limiter", limiter), MetricLabel.make("store", store)]
+  return {
+    acquisitions: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.acquisitions, labels)),
+    waitTime: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.waitTime, labels)),
+    timeouts: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.timeouts, labels)),
+    rejections: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.rejections, labels)),
+    storeErrors: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.storeErrors, labels)),
+    failOpen: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.failOpen, labels)),
+    conflicts: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.conflicts, labels)),
+    leasesLost: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.leasesLost, labels))
+  }
+}
 
-export const rejections = Metric.counter("rate_sync_rejections_total", {
-  description: "tryAcquire calls that found no free permit",
-  incremental: true
-})
-
-export const storeErrors = Metric.counter("rate_sync_store_errors_total", {
-  description: "Store operations that failed",
-  incremental: true
-})
-
-export const failOpen = Metric.counter("rate_sync_fail_open_total", {
-  description: "Permits granted without the store because it was unavailable and fail_closed = false",
-  incremental: true
-})
-
-export const conflicts = Metric.counter("rate_sync_conflicts_total", {
-  description: "Optimistic-lock conflicts retried by a store",
-  incremental: true
-})
-
-export const leasesLost = Metric.counter("rate_sync_leases_lost_total", {
-  description: "Held leases found expired at renewal (the holder stalled past lease_ttl_seconds)",
-  incremental: true
-})
+export type LimiterMetrics = ReturnType<typeof forLimiter>

@@ -123,16 +123,7 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
 interface Bound {
   readonly spec: LimiterSpec
   readonly store: Store
-  /** This limiter's metrics, tagged once: tagging builds a new metric key, too costly per call. */
-  readonly metrics: {
-    readonly acquisitions: Metric.Metric.Counter<number>
-    readonly waitTime: Metric.Metric.Histogram<number>
-    readonly timeouts: Metric.Metric.Counter<number>
-    readonly rejections: Metric.Metric.Counter<number>
-    readonly storeErrors: Metric.Metric.Counter<number>
-    readonly failOpen: Metric.Metric.Counter<number>
-    readonly leasesLost: Metric.Metric.Counter<number>
-  }
+  readonly metrics: Metrics.LimiterMetrics
 }
 
 /** The slowest a waiter for a lease re-checks, as a safety net for lost wake-ups. */
@@ -147,21 +138,7 @@ export const make = (options: {
     for (const spec of options.limiters) {
       const store = options.stores.get(spec.store)
       if (store === undefined) throw new Error(`rate-sync: limiter "${spec.name}" names unknown store "${spec.store}"`)
-      const tag = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
-        metric.pipe(Metric.tagged("limiter", spec.name), Metric.tagged("store", store.name))
-      bound.set(spec.name, {
-        spec,
-        store,
-        metrics: {
-          acquisitions: tag(Metrics.acquisitions),
-          waitTime: tag(Metrics.waitTime),
-          timeouts: tag(Metrics.timeouts),
-          rejections: tag(Metrics.rejections),
-          storeErrors: tag(Metrics.storeErrors),
-          failOpen: tag(Metrics.failOpen),
-          leasesLost: tag(Metrics.leasesLost)
-        }
-      })
+      bound.set(spec.name, { spec, store, metrics: Metrics.forLimiter(spec.name, store.name) })
     }
     const names = [...bound.keys()]
     // Stores in an outage, so the warning is logged once per outage rather than per call.

@@ -33,15 +33,8 @@ export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
           Effect.flatMap((PostgresStore) => PostgresStore.make(name, config))
         )
       case "redis":
-        return Effect.fail(
-          new ConfigurationError({
-            issues: [
-              new ConfigIssue({
-                path: `stores.${name}.engine`,
-                message: `the "redis" engine is not in this release of rate-sync yet; use "memory" or "postgres"`
-              })
-            ]
-          })
+        return load(name, "redis", "ioredis", () => import("./redis/RedisStore.js")).pipe(
+          Effect.flatMap((RedisStore) => RedisStore.make(name, config))
         )
     }
   }

@@ -29,6 +29,7 @@ import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import pg from "pg"
 import { ConflictRetriesExhausted, type StoreError, StoreUnavailable } from "../Errors.js"
+import * as Coalesce from "../internal/coalesce.js"
 import * as Gcra from "../internal/gcra.js"
 import * as Window from "../internal/window.js"
 import { capacity, type LimiterSpec, type SlidingWindow, stateKey, type TokenBucket } from "../LimiterSpec.js"
@@ -83,10 +84,6 @@ interface Cached {
   readonly localMs: number
 }
 
-interface Pending {
-  readonly request: AcquireRequest
-  readonly done: Deferred.Deferred<AcquireOutcome, StoreError>
-}
 
 interface Held {
   readonly slot: string
@@ -345,54 +342,20 @@ export const make = (name: string, config: PostgresStoreConfig) =>
 
     // ---- coalescing: one writer per key and process ---------------------------------------------
 
-    const queues = new Map<string, Array<Pending>>()
-
-    const decide = (id: string, limiter: LimiterSpec, batch: ReadonlyArray<AcquireRequest>) => {
-      const rate = limiter.rate!
-      let attempts = 0
-      const attempt = Effect.suspend(() =>
-        rate._tag === "TokenBucket" ? bucketAttempt(id, rate, batch, attempts++ === 0) : windowAttempt(id, rate, batch)
-      )
-      return retrying(limiter, attempt)
-    }
-
-    const drain = (id: string, queue: Array<Pending>): Effect.Effect<void> => {
-      let batch: Array<Pending> = []
-      return Effect.gen(function*() {
-        while (queue.length > 0) {
-          // Let the other fibers of this process that are about to ask join this batch.
-          yield* Effect.yieldNow()
-          batch = queue.splice(0, MAX_BATCH)
-          const exit = yield* Effect.exit(decide(id, batch[0]!.request.limiter, batch.map((p) => p.request)))
-          batch.forEach((pending, i) => Deferred.unsafeDone(pending.done, Exit.map(exit, (outcomes) => outcomes[i]!)))
-          batch = []
-        }
-        queues.delete(id)
-      }).pipe(
-        // Closing the store ends a drain: whoever still waits on it learns the store is gone.
-        Effect.interruptible,
-        Effect.onInterrupt(() =>
-          Effect.sync(() => {
-            queues.delete(id)
-            const closed = new StoreUnavailable({ store: name, engine: "postgres", message: "the store was closed" })
-            for (const pending of [...batch, ...queue.splice(0)]) Deferred.unsafeDone(pending.done, Exit.fail(closed))
-          })
+    const { submit } = Coalesce.make({
+      scope,
+      maxBatch: MAX_BATCH,
+      decide: (id, batch) => {
+        const limiter = batch[0]!.limiter
+        const rate = limiter.rate!
+        let attempts = 0
+        const attempt = Effect.suspend(() =>
+          rate._tag === "TokenBucket" ? bucketAttempt(id, rate, batch, attempts++ === 0) : windowAttempt(id, rate, batch)
         )
-      )
-    }
-
-    const submit = (id: string, request: AcquireRequest) =>
-      Effect.suspend(() => {
-        const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)
-        const queue = queues.get(id)
-        if (queue !== undefined) {
-          queue.push({ request, done })
-          return Deferred.await(done)
-        }
-        const fresh = [{ request, done }]
-        queues.set(id, fresh)
-        return Effect.zipRight(Effect.forkIn(drain(id, fresh), scope), Deferred.await(done))
-      })
+        return retrying(limiter, attempt)
+      },
+      closed: new StoreUnavailable({ store: name, engine: "postgres", message: "the store was closed" })
+    })
 
     const rateId = (limiter: LimiterSpec, key: string) =>
       `${limiter.rate?._tag === "SlidingWindow" ? "w" : "r"}:${keyPart(limiter.name, key)}`

@@ -17,7 +17,7 @@ interface EmbeddedServer {
 
 type EmbeddedConstructor = new (options: Record<string, unknown>) => EmbeddedServer
 
-const freePort = () =>
+export const freePort = () =>
   new Promise<number>((resolve, reject) => {
     const server = createServer()
     server.once("error", reject)

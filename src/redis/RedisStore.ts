@@ -1,0 +1,290 @@
+/**
+ * The Redis engine on `ioredis`: every operation is one Lua script (`scripts.ts`), run with
+ * EVALSHA and sent as EVAL when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH),
+ * which loads it again. Time is Redis `TIME`; keys carry TTLs that end with their state.
+ *
+ * Commands are never queued while the connection is down: they fail at once with
+ * `StoreUnavailable` (so limiters follow `fail_closed`), while the client reconnects by itself.
+ */
+import { createHash } from "node:crypto"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
+import { Redis, type RedisOptions } from "ioredis"
+import { StoreUnavailable } from "../Errors.js"
+import * as Coalesce from "../internal/coalesce.js"
+import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
+import type { RedisStoreConfig } from "../Settings.js"
+import type { AcquireOutcome, AcquireRequest, StateView, Store } from "../Store.js"
+import * as Scripts from "./scripts.js"
+
+interface Script {
+  readonly lua: string
+  readonly sha: string
+}
+
+const script = (lua: string): Script => ({ lua, sha: createHash("sha1").update(lua).digest("hex") })
+
+const SCRIPTS = {
+  acquireLease: script(Scripts.acquireLease),
+  acquireRates: script(Scripts.acquireRates),
+  release: script(Scripts.release),
+  renew: script(Scripts.renew),
+  refund: script(Scripts.refund),
+  backoff: script(Scripts.backoff),
+  state: script(Scripts.state)
+}
+
+export interface RedisStore extends Store {
+  /** The store's command connections and its subscriber, for tests and tools. */
+  readonly clients: ReadonlyArray<Redis>
+  readonly subscriber: Redis
+}
+
+const messageOf = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
+
+/** Where the url points, without its password. */
+const describeUrl = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    return `${parsed.protocol}//${parsed.host}${parsed.pathname === "/" ? "" : parsed.pathname}`
+  } catch {
+    return "the configured url"
+  }
+}
+
+const isStrings = (u: unknown): u is ReadonlyArray<string> => Array.isArray(u) && u.every((x) => typeof x === "string")
+
+/** The most requests one script call carries. */
+const MAX_BATCH = 256
+
+const optionalNumber = (s: string | undefined): number | undefined => (s === undefined || s === "" ? undefined : Number(s))
+
+export const make = (name: string, config: RedisStoreConfig) =>
+  Effect.gen(function*() {
+    const where = describeUrl(config.url)
+    const toError = (cause: unknown) => {
+      const detail = messageOf(cause)
+      const offline = /Stream isn't writeable|Connection is closed|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|Command timed out|max retries/i
+        .test(detail)
+      return new StoreUnavailable({
+        store: name,
+        engine: "redis",
+        message: offline
+          ? `cannot reach Redis at ${where} (${detail}); it reconnects by itself, limiters follow fail_closed meanwhile`
+          : `Redis error at ${where}: ${detail}`,
+        cause
+      })
+    }
+
+    const options: RedisOptions = {
+      connectTimeout: config.connect_timeout_ms,
+      commandTimeout: config.command_timeout_ms,
+      // A command must not wait for a reconnect, nor run twice after one: it fails and the limiter decides.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: (attempt) => Math.min(50 * attempt, 2_000),
+      // Shown by CLIENT LIST: which store of which process holds the connection.
+      connectionName: `rate-sync:${name}:${process.pid}`
+    }
+    const open = (extra: RedisOptions) => {
+      const client = new Redis(config.url, { ...options, ...extra })
+      // Errors reach the caller through the commands; the client's own events only need a listener.
+      client.on("error", () => {})
+      return client
+    }
+    // QUIT lets replies in flight arrive; a connection that is down has none and would wait for ever.
+    const close = (client: Redis) =>
+      Effect.promise(() => client.quit().catch(() => "")).pipe(
+        Effect.timeout(config.command_timeout_ms),
+        Effect.ignore,
+        Effect.zipRight(Effect.sync(() => client.disconnect()))
+      )
+    const clients = yield* Effect.acquireRelease(
+      Effect.sync(() => Array.from({ length: config.pool_max_size }, () => open({}))),
+      (all) => Effect.forEach(all, (client) => client.status === "ready" ? close(client) : Effect.sync(() => client.disconnect()))
+    )
+    // Subscriptions wait for the connection (and are renewed after a reconnect) instead of failing.
+    const subscriber = yield* Effect.acquireRelease(
+      Effect.sync(() => open({ enableOfflineQueue: true, maxRetriesPerRequest: null, commandTimeout: undefined })),
+      (client) => Effect.sync(() => client.disconnect())
+    )
+
+    const ready = (client: Redis) =>
+      client.status === "ready"
+        ? Promise.resolve()
+        : new Promise<void>((resolve, reject) => {
+          client.once("ready", resolve)
+          client.once("error", reject)
+        })
+    yield* Effect.tryPromise(() => Promise.all(clients.map(ready))).pipe(
+      Effect.timeout(config.connect_timeout_ms),
+      Effect.catchAll((cause) =>
+        Effect.logWarning(
+          `rate-sync: store "${name}" starts without Redis at ${where} (${messageOf(cause)}); limiters follow fail_closed until it answers`
+        )
+      )
+    )
+
+    const channel = `${config.key_prefix}released`
+    const signals = new Map<string, { deferred: Deferred.Deferred<void>; refs: number }>()
+    const signal = (sid: string) => {
+      const entry = signals.get(sid)
+      if (entry === undefined) return
+      signals.delete(sid)
+      Deferred.unsafeDone(entry.deferred, Exit.void)
+    }
+    subscriber.on("message", (_channel: string, sid: string) => signal(sid))
+    subscriber.subscribe(channel).catch(() => {})
+
+    // Values cross the wire relative to this offset (whole µs), so they stay small and exact.
+    // It is not a time anyone relies on: only differences of the server's own instants are.
+    const base = Math.floor(Date.now()) * 1_000
+    let next = 0
+    const client = () => clients[next++ % clients.length]!
+
+    const run = (which: Script, limiter: LimiterSpec, key: string, extra: ReadonlyArray<string>) =>
+      Effect.suspend(() => {
+        const sid = stateKey(limiter.name, key)
+        const root = `${config.key_prefix}{${sid}}`
+        const rate = limiter.rate
+        const args = [
+          String(base),
+          rate === undefined ? "" : rate._tag === "TokenBucket" ? "tb" : "sw",
+          String(rate?._tag === "TokenBucket" ? rate.intervalMs * 1_000 : 0),
+          String(rate?._tag === "TokenBucket" ? rate.burst : 0),
+          String(rate?._tag === "SlidingWindow" ? rate.limit : 0),
+          String(rate?._tag === "SlidingWindow" ? (rate.windowMs + config.timing_margin_ms) * 1_000 : 0),
+          String(config.timing_margin_ms * 1_000),
+          String((limiter.concurrency?.leaseTtlMs ?? 0) * 1_000),
+          String(limiter.concurrency?.max ?? 0),
+          sid,
+          channel,
+          ...extra
+        ]
+        const keys = [`${root}:s`, `${root}:log`, `${root}:h`, `${root}:q`, `${root}:qe`]
+        const target = client()
+        return Effect.tryPromise({
+          try: () =>
+            target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
+              messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
+            ),
+          catch: toError
+        })
+      })
+
+    const strings = (reply: unknown) =>
+      isStrings(reply) ? Effect.succeed(reply) : Effect.fail(toError(new Error(`unexpected script reply ${JSON.stringify(reply)}`)))
+
+    /** A script's outcomes, 7 strings each. */
+    const outcomes = (reply: unknown) =>
+      Effect.map(strings(reply), (flat) =>
+        Array.from({ length: Math.floor(flat.length / 7) }, (_, i): AcquireOutcome => {
+          const [tag, a, b, c, d, e, f] = flat.slice(i * 7, i * 7 + 7)
+          if (tag === "R") return { _tag: "RateLimited", retryAfterMs: Number(a), limit: Number(b), remaining: Number(c) }
+          if (tag === "C") return { _tag: "ConcurrencyFull", expiresInMs: optionalNumber(a), held: Number(b), limit: Number(c) }
+          const slotMs = optionalNumber(b)
+          return {
+            _tag: "Admitted",
+            waitMs: Number(a),
+            reservation: slotMs === undefined ? undefined : { slotMs, tatMs: Number(c), version: optionalNumber(d) },
+            limit: optionalNumber(e),
+            remaining: optionalNumber(f)
+          }
+        }))
+
+    const maxWaitArg = (request: AcquireRequest) => String(Number.isFinite(request.maxWaitMs) ? request.maxWaitMs * 1_000 : -1)
+
+    // The waiters of this process on one key share a script call.
+    const coalescer = Coalesce.make({
+      scope: yield* Effect.scope,
+      maxBatch: MAX_BATCH,
+      decide: (_id, batch) =>
+        run(SCRIPTS.acquireRates, batch[0]!.limiter, batch[0]!.key, batch.flatMap((r) => [String(r.cost), maxWaitArg(r)])).pipe(
+          Effect.flatMap(outcomes)
+        ),
+      closed: new StoreUnavailable({ store: name, engine: "redis", message: "the store was closed" })
+    })
+
+    const store: RedisStore = {
+      name,
+      engine: "redis",
+      timingMarginMs: config.timing_margin_ms,
+      clients,
+      subscriber,
+
+      acquire: (request) => {
+        if (request.limiter.concurrency !== undefined && request.leaseId !== undefined) {
+          return run(SCRIPTS.acquireLease, request.limiter, request.key, [
+            String(request.cost),
+            request.leaseId,
+            maxWaitArg(request),
+            request.queue ? "1" : "0"
+          ]).pipe(Effect.flatMap(outcomes), Effect.map((all) => all[0]!))
+        }
+        return request.limiter.rate === undefined
+          ? Effect.succeed({ _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined })
+          : coalescer.submit(stateKey(request.limiter.name, request.key), request)
+      },
+
+      release: (limiter, key, leaseId) =>
+        run(SCRIPTS.release, limiter, key, [leaseId]).pipe(
+          // Waiters in this process need not wait for the message to come back.
+          Effect.tap(() => Effect.sync(() => signal(stateKey(limiter.name, key)))),
+          Effect.asVoid
+        ),
+
+      renew: (limiter, key, leaseId) => run(SCRIPTS.renew, limiter, key, [leaseId]).pipe(Effect.map((reply) => reply === 1)),
+
+      refund: (limiter, key, cost, reservation) => {
+        const rate = limiter.rate
+        if (rate === undefined || (rate._tag === "TokenBucket" && reservation.version === undefined)) return Effect.void
+        return run(SCRIPTS.refund, limiter, key, [
+          String(cost),
+          String(reservation.version ?? ""),
+          String(base + Math.round(reservation.slotMs * 1_000))
+        ]).pipe(Effect.asVoid)
+      },
+
+      backoff: (limiter, key, retryAfterMs) =>
+        limiter.rate === undefined
+          ? Effect.void
+          : run(SCRIPTS.backoff, limiter, key, [String(Math.max(0, retryAfterMs) * 1_000)]).pipe(Effect.asVoid),
+
+      state: (limiter, key) =>
+        run(SCRIPTS.state, limiter, key, []).pipe(
+          Effect.flatMap(strings),
+          Effect.map(([limit, remaining, reset, next, held, waiting]): StateView => ({
+            limit: optionalNumber(limit),
+            remaining: optionalNumber(remaining),
+            resetAfterMs: Number(reset),
+            nextSlotAfterMs: Number(next),
+            leasesHeld: Number(held),
+            maxConcurrent: limiter.concurrency?.max,
+            waiting: Number(waiting)
+          }))
+        ),
+
+      releases: (limiter, key) =>
+        Effect.acquireRelease(
+          Effect.sync(() => {
+            const sid = stateKey(limiter.name, key)
+            let entry = signals.get(sid)
+            if (entry === undefined) {
+              entry = { deferred: Deferred.unsafeMake<void>(FiberId.none), refs: 0 }
+              signals.set(sid, entry)
+            }
+            entry.refs++
+            return { sid, entry }
+          }),
+          ({ entry, sid }) =>
+            Effect.sync(() => {
+              // The last waiter on a key that saw no release drops its entry, so idle keys leave no trace.
+              if (--entry.refs === 0 && signals.get(sid) === entry) signals.delete(sid)
+            })
+        ).pipe(Effect.map(({ entry }) => Deferred.await(entry.deferred)))
+    }
+    return store
+  })
+

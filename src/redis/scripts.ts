@@ -1,0 +1,319 @@
+/**
+ * The Redis engine's Lua scripts: one per operation, each atomic, the same algorithms as
+ * `internal/gcra.ts`, `window.ts` and `leases.ts` (the compliance suite holds them to the same
+ * results). Time is Redis `TIME`, in whole microseconds since the epoch: exact in a double.
+ *
+ * KEYS (one hash tag, so Redis Cluster keeps them on one node):
+ *   1 state   hash: a, n, i (token bucket: tat = a + n * i, a in whole µs), w (write counter),
+ *             b (blocked until, µs), seq (window member counter), t (line ticket counter)
+ *   2 log     sorted set: one member per admitted window unit, scored by its slot (µs)
+ *   3 holders sorted set: lease id -> expiry (µs)
+ *   4 line    sorted set: waiting lease id -> ticket (its place in line)
+ *   5 lineexp hash: waiting lease id -> expiry (µs)
+ * Every key expires when the state it holds would be no different from none (`expire_all`).
+ *
+ * ARGV 1-10 are common: base (µs; values returned to the client are relative to it, so they stay
+ * small and exact), kind ("tb", "sw" or ""), interval (µs), burst, limit, window (µs, lengthened by
+ * the margin), margin (µs), lease ttl (µs), max concurrent, the key's state id (the release channel's
+ * message). Results are strings: Lua numbers would be truncated to integers on the way out.
+ */
+
+const prelude = `
+local S, LOG, H, Q, QE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local base = tonumber(ARGV[1])
+local kind = ARGV[2]
+local interval = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local limit = tonumber(ARGV[5])
+local window = tonumber(ARGV[6])
+local margin = tonumber(ARGV[7])
+local ttl = tonumber(ARGV[8])
+local maxc = tonumber(ARGV[9])
+local sid = ARGV[10]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local N = now - base
+
+local function fmt(x) return string.format('%.17g', x) end
+local function ms(us) return fmt(us / 1000) end
+
+local tolerance = 0
+if kind == 'tb' then tolerance = math.max(interval, burst * interval - margin) end
+
+-- token bucket: the tat relative to base, or nil for a fresh key
+local function tat_rel()
+  local v = redis.call('HMGET', S, 'a', 'n', 'i')
+  if not v[1] then return nil end
+  return (tonumber(v[1]) - base) + tonumber(v[2]) * tonumber(v[3])
+end
+
+-- writes tat = from + cost * interval, keeping the anchor while the bucket is busy so sums stay exact
+local function write_tat(tat, cost)
+  local v = redis.call('HMGET', S, 'i')
+  if tat ~= nil and tat > N and tonumber(v[1]) == interval then
+    redis.call('HINCRBY', S, 'n', cost)
+  else
+    local from = N
+    if tat ~= nil and tat > N then from = math.ceil(tat) end
+    redis.call('HSET', S, 'a', fmt(base + from), 'n', cost, 'i', fmt(interval))
+  end
+  return redis.call('HINCRBY', S, 'w', 1)
+end
+
+-- a wait below a nanosecond is float noise
+local function settle(wait) if wait < 0.001 then return 0 end return wait end
+
+local function remaining_tb(tat)
+  local debt = 0
+  if tat ~= nil and tat > N then debt = tat - N end
+  return math.max(0, math.floor((tolerance - debt) / interval + 1e-9))
+end
+
+local function blocked()
+  local b = redis.call('HGET', S, 'b')
+  if b then return tonumber(b) end
+  return 0
+end
+
+local function prune_log()
+  redis.call('ZREMRANGEBYSCORE', LOG, '-inf', now - window)
+end
+
+-- the earliest slot (absolute µs) at or after not_before that fits cost units in every window
+local function earliest(not_before, cost)
+  local slot = not_before
+  local last = redis.call('ZRANGE', LOG, -1, -1, 'WITHSCORES')
+  if last[2] then slot = math.max(slot, tonumber(last[2])) end
+  local pivot = redis.call('ZREVRANGE', LOG, limit - cost, limit - cost, 'WITHSCORES')
+  if pivot[2] then slot = math.max(slot, tonumber(pivot[2]) + window) end
+  return math.ceil(slot)
+end
+
+local function purge_leases()
+  redis.call('ZREMRANGEBYSCORE', H, '-inf', now)
+  local line = redis.call('HGETALL', QE)
+  for i = 1, #line, 2 do
+    if tonumber(line[i + 1]) <= now then
+      redis.call('HDEL', QE, line[i])
+      redis.call('ZREM', Q, line[i])
+    end
+  end
+end
+
+local function can_grant(id)
+  if redis.call('ZSCORE', H, id) then return true end
+  local ahead = redis.call('ZRANK', Q, id)
+  if not ahead then ahead = redis.call('ZCARD', Q) end
+  return redis.call('ZCARD', H) + ahead < maxc
+end
+
+local function soonest_expiry()
+  local first = redis.call('ZRANGE', H, 0, 0, 'WITHSCORES')
+  if first[2] then return ms(tonumber(first[2]) - now) end
+  return ''
+end
+
+-- gives a lease or a place in line back; wakes waiters when that may let one in
+local function leave(id)
+  local had = redis.call('ZREM', H, id) == 1
+  redis.call('ZREM', Q, id)
+  redis.call('HDEL', QE, id)
+  if had or redis.call('ZCARD', Q) > 0 then redis.call('PUBLISH', ARGV[11], sid) end
+end
+
+local cap = ''
+if kind == 'tb' then cap = fmt(burst) elseif kind == 'sw' then cap = fmt(limit) end
+
+local function rate_remaining()
+  if kind == 'tb' then return fmt(remaining_tb(tat_rel())) end
+  return fmt(math.max(0, limit - redis.call('ZCARD', LOG)))
+end
+
+-- how long a request of cost units waits for its slot (µs); the log must be pruned first
+local function rate_wait(cost)
+  if kind == 'tb' then
+    local tat = tat_rel()
+    local from = N
+    if tat ~= nil and tat > N then from = tat end
+    return settle(from + cost * interval - tolerance - N)
+  end
+  return settle(earliest(math.max(now, blocked()), cost) - now)
+end
+
+-- records an admission at now + wait: returns its slot, tat (ms), version and what remains
+local function take(cost, wait)
+  if kind == 'tb' then
+    local version = write_tat(tat_rel(), cost)
+    local written = tat_rel()
+    return ms(N + wait), ms(written), fmt(version), fmt(remaining_tb(written))
+  end
+  local at = now + wait
+  local last = redis.call('HINCRBY', S, 'seq', cost)
+  for m = last - cost + 1, last do redis.call('ZADD', LOG, at, m) end
+  return ms(at - base), '0', '', fmt(math.max(0, limit - redis.call('ZCARD', LOG)))
+end
+
+-- every key lives exactly as long as its state differs from a fresh key's
+local function expire_all()
+  local stale = 0
+  local v = redis.call('HMGET', S, 'a', 'n', 'i', 'b')
+  if v[1] then stale = math.max(stale, tonumber(v[1]) + tonumber(v[2]) * tonumber(v[3])) end
+  if v[4] then stale = math.max(stale, tonumber(v[4])) end
+  local last = redis.call('ZRANGE', LOG, -1, -1, 'WITHSCORES')
+  if last[2] then stale = math.max(stale, tonumber(last[2]) + window) end
+  local holder = redis.call('ZRANGE', H, -1, -1, 'WITHSCORES')
+  if holder[2] then stale = math.max(stale, tonumber(holder[2])) end
+  for _, e in ipairs(redis.call('HVALS', QE)) do stale = math.max(stale, tonumber(e)) end
+  if stale <= now then
+    redis.call('DEL', S, LOG, H, Q, QE)
+  else
+    local at = math.ceil(stale / 1000) + 1
+    for _, k in ipairs(KEYS) do redis.call('PEXPIREAT', k, at) end
+  end
+end
+`
+
+/**
+ * Every outcome is 7 strings: {"A", wait ms, slot ms, tat ms, version, limit, remaining},
+ * {"R", retry after ms, limit, remaining, "", "", ""} or {"C", soonest expiry ms, held, limit, "", "", ""}.
+ *
+ * A request with a lease. ARGV 11 channel, 12 cost, 13 lease id, 14 max wait (µs, -1 for none),
+ * 15 queue ("1": keep a place in line when every lease is held).
+ */
+export const acquireLease = `${prelude}
+local cost = tonumber(ARGV[12])
+local id = ARGV[13]
+local max_wait = tonumber(ARGV[14])
+
+purge_leases()
+local wait = 0
+if kind ~= '' then
+  if kind == 'sw' then prune_log() end
+  wait = rate_wait(cost)
+  -- the rate decision comes first: a slot beyond the deadline only moves further away
+  if max_wait >= 0 and wait > max_wait then
+    leave(id)
+    local remaining = rate_remaining()
+    expire_all()
+    return {'R', ms(wait), cap, remaining, '', '', ''}
+  end
+end
+if not can_grant(id) then
+  if ARGV[15] == '1' then
+    if not redis.call('ZSCORE', Q, id) then redis.call('ZADD', Q, redis.call('HINCRBY', S, 't', 1), id) end
+    redis.call('HSET', QE, id, fmt(now + ttl))
+  end
+  local soonest = soonest_expiry()
+  local held = redis.call('ZCARD', H)
+  expire_all()
+  return {'C', soonest, fmt(held), fmt(maxc), '', '', ''}
+end
+redis.call('ZREM', Q, id)
+redis.call('HDEL', QE, id)
+redis.call('ZADD', H, now + ttl, id)
+local slot, tat, version, remaining = '', '', '', ''
+if kind ~= '' then slot, tat, version, remaining = take(cost, wait) end
+expire_all()
+return {'A', ms(wait), slot, tat, version, cap, remaining}
+`
+
+/**
+ * A batch of rate requests without leases, decided in order (the waiters of one process on one
+ * key). ARGV 11 channel, then pairs: cost, max wait (µs, -1 for none).
+ */
+export const acquireRates = `${prelude}
+if kind == 'sw' then prune_log() end
+local out = {}
+for i = 12, #ARGV, 2 do
+  local cost = tonumber(ARGV[i])
+  local max_wait = tonumber(ARGV[i + 1])
+  local wait = rate_wait(cost)
+  if max_wait >= 0 and wait > max_wait then
+    for _, v in ipairs({'R', ms(wait), cap, rate_remaining(), '', '', ''}) do out[#out + 1] = v end
+  else
+    local slot, tat, version, remaining = take(cost, wait)
+    for _, v in ipairs({'A', ms(wait), slot, tat, version, cap, remaining}) do out[#out + 1] = v end
+  end
+end
+expire_all()
+return out
+`
+
+/** ARGV 11 channel, 12 lease id. */
+export const release = `${prelude}
+purge_leases()
+leave(ARGV[12])
+expire_all()
+return 1
+`
+
+/** ARGV 12 lease id. Returns 1 when the lease was still held and now runs for another ttl. */
+export const renew = `${prelude}
+purge_leases()
+local renewed = 0
+if redis.call('ZSCORE', H, ARGV[12]) then
+  redis.call('ZADD', H, 'XX', now + ttl, ARGV[12])
+  renewed = 1
+end
+expire_all()
+return renewed
+`
+
+/** ARGV 12 cost, 13 version written by the reservation (token bucket), 14 slot (µs, window). */
+export const refund = `${prelude}
+local cost = tonumber(ARGV[12])
+if kind == 'tb' then
+  -- only the newest reservation goes back: later ones were spaced from it
+  if redis.call('HGET', S, 'w') == ARGV[13] then
+    redis.call('HINCRBY', S, 'n', -cost)
+    redis.call('HINCRBY', S, 'w', 1)
+  end
+elseif kind == 'sw' then
+  local units = redis.call('ZRANGEBYSCORE', LOG, ARGV[14], ARGV[14], 'LIMIT', 0, cost)
+  if #units > 0 then redis.call('ZREM', LOG, unpack(units)) end
+end
+expire_all()
+return 1
+`
+
+/** ARGV 12 retry after (µs): no slot is granted before now + retry after. */
+export const backoff = `${prelude}
+local push = tonumber(ARGV[12])
+if kind == 'tb' then
+  local target = N + push + tolerance - interval
+  local tat = tat_rel()
+  if tat == nil or target > tat then
+    redis.call('HSET', S, 'a', fmt(base + math.ceil(target)), 'n', 0, 'i', fmt(interval))
+    redis.call('HINCRBY', S, 'w', 1)
+  end
+elseif kind == 'sw' then
+  redis.call('HSET', S, 'b', fmt(math.max(blocked(), math.ceil(now + push))))
+end
+expire_all()
+return 1
+`
+
+/** Returns {limit, remaining, reset after ms, next slot after ms, leases held, waiting}. */
+export const state = `${prelude}
+purge_leases()
+local remaining, reset, next = '', 0, 0
+if kind == 'tb' then
+  local tat = tat_rel()
+  remaining = fmt(remaining_tb(tat))
+  if tat ~= nil then
+    reset = math.max(0, tat - N)
+    next = math.max(0, tat + interval - tolerance - N)
+  end
+elseif kind == 'sw' then
+  prune_log()
+  remaining = fmt(math.max(0, limit - redis.call('ZCARD', LOG)))
+  local b = blocked()
+  local last = redis.call('ZRANGE', LOG, -1, -1, 'WITHSCORES')
+  if last[2] then reset = math.max(reset, tonumber(last[2]) + window - now) end
+  reset = math.max(reset, b - now)
+  next = earliest(math.max(now, b), 1) - now
+end
+local held, waiting = redis.call('ZCARD', H), redis.call('ZCARD', Q)
+expire_all()
+return {cap, remaining, ms(reset), ms(next), fmt(held), fmt(waiting)}
+`

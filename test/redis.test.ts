@@ -1,0 +1,146 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { Redis } from "ioredis"
+import { inject } from "vitest"
+import * as RateLimiterModule from "../src/RateLimiter.js"
+import { RateLimiter } from "../src/RateLimiter.js"
+import * as RateSync from "../src/RateSync.js"
+import * as RedisStore from "../src/redis/RedisStore.js"
+import { decodeSettings, toLimiterSpec } from "../src/Settings.js"
+import * as Stores from "../src/Stores.js"
+
+const url = inject("redisUrl")
+let n = 0
+const freshPrefix = () => `rate-sync-redis-test:${process.pid}:${n++}:`
+
+const limiters = (store: Record<string, unknown>, limiter: Record<string, unknown>) =>
+  RateSync.layer({
+    stores: { r: { engine: "redis", url, timing_margin_ms: 0, ...store } },
+    limiters: { api: { store: "r", ...limiter } }
+  }).pipe(Layer.provide(Stores.layer))
+
+/** A connection of the test's own, to look at what the store wrote. */
+const inspect = <A>(use: (redis: Redis) => Promise<A>) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => new Redis(url)),
+    (redis) => Effect.promise(() => use(redis)),
+    (redis) => Effect.promise(() => redis.quit())
+  )
+
+const keysUnder = (prefix: string) => inspect((redis) => redis.keys(`${prefix}*`))
+
+describe.skipIf(url === "")("Redis engine", () => {
+  it.live("every key carries a TTL that covers its state and no more, so idle keys vanish", () => {
+    const prefix = freshPrefix()
+    return Effect.gen(function*() {
+      // Rate 10/s, burst 1: one admission's state lasts one interval (100 ms).
+      yield* Effect.scoped(RateLimiter.acquire("api", { key: "idle" }))
+      const [keys, ttls] = yield* inspect(async (redis) => {
+        const keys = await redis.keys(`${prefix}*`)
+        return [keys, await Promise.all(keys.map((key) => redis.pttl(key)))] as const
+      })
+      expect(keys.length).toBeGreaterThan(0)
+      for (const ttl of ttls) {
+        expect(ttl).toBeGreaterThan(0)
+        expect(ttl).toBeLessThanOrEqual(102)
+      }
+      yield* Effect.sleep("250 millis")
+      expect(yield* keysUnder(prefix)).toEqual([])
+    }).pipe(Effect.provide(limiters({ key_prefix: prefix }, { rate_per_second: 10 })))
+  })
+
+  it.live("a held lease's keys live as long as the lease, and renewal extends them", () => {
+    const prefix = freshPrefix()
+    return Effect.gen(function*() {
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* RateLimiter.acquire("api", { key: "held" })
+        // The lease ttl is 1 s; renewal runs every third of it.
+        yield* Effect.sleep("1500 millis")
+        const ttls = yield* inspect(async (redis) => Promise.all((await redis.keys(`${prefix}*`)).map((key) => redis.pttl(key))))
+        expect(ttls.length).toBeGreaterThan(0)
+        for (const ttl of ttls) expect(ttl).toBeGreaterThan(300)
+        expect((yield* RateLimiter.state("api", { key: "held" })).leasesHeld).toBe(1)
+      }))
+      // Released: nothing left that differs from a fresh key.
+      expect(yield* keysUnder(prefix)).toEqual([])
+    }).pipe(Effect.provide(limiters({ key_prefix: prefix }, { max_concurrent: 1, lease_ttl_seconds: 1 })))
+  })
+
+  it.live("all keys of one limiter key share one hash tag, whatever the key holds", () => {
+    const prefix = freshPrefix()
+    return Effect.gen(function*() {
+      const key = "a}b{c'\"; DROP TABLE x; -- é"
+      const keys = yield* Effect.scoped(Effect.zipRight(RateLimiter.acquire("api", { key }), keysUnder(prefix)))
+      expect(keys.length).toBeGreaterThan(1)
+      const tags = new Set(keys.map((k) => k.slice(k.indexOf("{") + 1, k.indexOf("}", k.indexOf("{")))))
+      expect(tags.size).toBe(1)
+    }).pipe(Effect.provide(limiters({ key_prefix: prefix }, { rate_per_second: 1, max_concurrent: 2 })))
+  })
+
+  it.live("scripts flushed from the server (restart, SCRIPT FLUSH) are loaded again", () =>
+    Effect.gen(function*() {
+      yield* Effect.scoped(RateLimiter.acquire("api"))
+      yield* inspect((redis) => redis.script("FLUSH"))
+      const permit = yield* Effect.scoped(RateLimiter.acquire("api"))
+      expect(permit.degraded).toBe(false)
+      expect((yield* RateLimiter.state("api")).remaining).toBe(998)
+    }).pipe(Effect.provide(limiters({ key_prefix: freshPrefix() }, { rate_per_second: 1, burst: 1_000 }))))
+
+  it.live("an unreachable server: the layer starts, fail_closed fails with StoreUnavailable, the default admits", () =>
+    Effect.gen(function*() {
+      const down = { url: "redis://127.0.0.1:1", connect_timeout_ms: 300 }
+      const closed = yield* Effect.scoped(RateLimiter.acquire("api")).pipe(
+        Effect.provide(limiters(down, { rate_per_second: 10, fail_closed: true })),
+        Effect.flip
+      )
+      expect(closed._tag).toBe("StoreUnavailable")
+      expect(closed.message).toMatch(/^cannot reach Redis at redis:\/\/127\.0\.0\.1:1 /)
+      const open = yield* Effect.scoped(RateLimiter.acquire("api")).pipe(Effect.provide(limiters(down, { rate_per_second: 10 })))
+      expect(open.degraded).toBe(true)
+    }))
+
+  it.live("connections killed by the server are re-established and the limiter resumes by itself", () =>
+    Effect.gen(function*() {
+      const prefix = freshPrefix()
+      const settings = yield* decodeSettings({
+        stores: { r: { engine: "redis", url, key_prefix: prefix } },
+        limiters: { api: { store: "r", rate_per_second: 1_000, fail_closed: true } }
+      })
+      const config = settings.stores["r"]
+      if (config?.engine !== "redis") return yield* Effect.die("not a redis store")
+      const store = yield* RedisStore.make("r", config)
+      const limiter = yield* RateLimiterModule.make({
+        stores: new Map([["r", store]]),
+        limiters: [toLimiterSpec("api", settings.limiters["api"]!)]
+      })
+      yield* Effect.scoped(limiter.acquire("api"))
+      const subscribers = () => inspect(async (redis) => Number((await redis.pubsub("NUMSUB", `${prefix}released`))[1]))
+      expect(yield* subscribers()).toBe(1)
+
+      // This store's connections (commands and subscriber) carry its name and this process's id.
+      const killed = yield* inspect(async (redis) => {
+        const lines = String(await redis.client("LIST")).split("\n").filter((line) => line.includes(` name=rate-sync:r:${process.pid} `))
+        for (const line of lines) await redis.client("KILL", "ID", /\bid=(\d+)/.exec(line)![1]!)
+        return lines.length
+      })
+      expect(killed).toBe(2)
+      let resumed = false
+      for (let i = 0; i < 100 && !resumed; i++) {
+        const outcome = yield* Effect.scoped(limiter.acquire("api")).pipe(Effect.either)
+        if (outcome._tag === "Right") resumed = true
+        else {
+          expect(outcome.left._tag).toBe("StoreUnavailable")
+          yield* Effect.sleep("100 millis")
+        }
+      }
+      expect(resumed).toBe(true)
+      // The subscriber is back on its channel as well, so releases keep waking waiters.
+      let subscribed = 0
+      for (let i = 0; i < 100 && subscribed === 0; i++) {
+        subscribed = yield* subscribers()
+        if (subscribed === 0) yield* Effect.sleep("100 millis")
+      }
+      expect(subscribed).toBe(1)
+    }).pipe(Effect.scoped))
+})
