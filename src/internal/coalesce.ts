@@ -3,7 +3,16 @@
  * queue up and are decided together by the next call, so the waiters of a process cost one store
  * round trip per batch instead of one each (and, under optimistic locking, no conflicts among
  * themselves). Requests are decided in the order they arrived.
+ *
+ * Token-bucket keys also reserve slots ahead: a batch asks for as many extra unit slots as the key
+ * was asked for since the last batch, but only slots due within `marginMs`. The next callers of
+ * this process take those without a round trip. A spare slot is used at most `marginMs / 2` after
+ * it was due, so with the callers' own jitter it stays inside the timing margin, which the burst
+ * allowance already gives up for lateness: the bound holds. One not taken in time is dropped
+ * (never used late); that costs capacity only when demand falls, and at tight rates, where slots
+ * lie further apart than the margin, no spare is ever reserved.
  */
+import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -12,41 +21,119 @@ import type * as Scope from "effect/Scope"
 import type { StoreError } from "../Errors.js"
 import type { AcquireOutcome, AcquireRequest } from "../Store.js"
 
+type Admitted = Extract<AcquireOutcome, { _tag: "Admitted" }>
+
 interface Pending {
   readonly request: AcquireRequest
   readonly done: Deferred.Deferred<AcquireOutcome, StoreError>
+}
+
+interface Spare {
+  /** When the slot is due, in ms of the local clock. */
+  readonly dueAt: number
+  readonly outcome: Admitted
+}
+
+interface KeyState {
+  queue: Array<Pending> | undefined
+  /** Reserved ahead, in slot order. */
+  readonly spares: Array<Spare>
+  /** Requests served from spares since the last batch: the demand to reserve for. */
+  served: number
 }
 
 export interface Options {
   /** Where the per-key drains run: closing it ends them. */
   readonly scope: Scope.Scope
   readonly maxBatch: number
+  /** The store's timing margin: how far ahead spares are reserved (0: none). */
+  readonly marginMs: number
   /** Decides a batch of requests for one key (all of the same limiter), one outcome per request. */
   readonly decide: (id: string, batch: ReadonlyArray<AcquireRequest>) => Effect.Effect<ReadonlyArray<AcquireOutcome>, StoreError>
   /** What the requests still waiting learn when the store is closed under them. */
   readonly closed: StoreError
 }
 
-export const make = (options: Options) => {
-  const queues = new Map<string, Array<Pending>>()
+/** The most spare slots one batch reserves for a key. */
+const MAX_SPARES = 64
 
-  const drain = (id: string, queue: Array<Pending>): Effect.Effect<void> => {
+/** Bounds the keys whose spares and demand are remembered. */
+const MAX_KEYS = 10_000
+
+export const make = (options: Options) => {
+  const keys = new Map<string, KeyState>()
+  const slackMs = options.marginMs / 2
+
+  const stateOf = (id: string): KeyState => {
+    let state = keys.get(id)
+    if (state === undefined) {
+      state = { queue: undefined, spares: [], served: 0 }
+      keys.set(id, state)
+      if (keys.size > MAX_KEYS) {
+        for (const [key, other] of keys) {
+          if (other.queue === undefined) {
+            keys.delete(key)
+            break
+          }
+        }
+      }
+    }
+    return state
+  }
+
+  const reservesAhead = (request: AcquireRequest) =>
+    options.marginMs > 0 && request.cost === 1 && request.limiter.rate?._tag === "TokenBucket"
+
+  /** A spare slot for `request` at local time `now`, taken from the pool; stale ones are dropped. */
+  const takeSpare = (state: KeyState, request: AcquireRequest, now: number): Admitted | undefined => {
+    const spares = state.spares
+    while (spares.length > 0 && spares[0]!.dueAt + slackMs < now) spares.shift()
+    const spare = spares[0]
+    if (spare === undefined || spare.dueAt - now > request.maxWaitMs) return undefined
+    spares.shift()
+    state.served++
+    return { ...spare.outcome, waitMs: Math.max(0, spare.dueAt - now) }
+  }
+
+  const drain = (id: string, state: KeyState, queue: Array<Pending>, clock: Clock.Clock): Effect.Effect<void> => {
     let batch: Array<Pending> = []
+    const now = () => Number(clock.unsafeCurrentTimeNanos()) / 1e6
     return Effect.gen(function*() {
       while (queue.length > 0) {
         // Let the other fibers of this process that are about to ask join this batch.
         yield* Effect.yieldNow()
         batch = queue.splice(0, options.maxBatch)
-        const exit = yield* Effect.exit(options.decide(id, batch.map((p) => p.request)))
+        const first = batch[0]!.request
+        const ahead = reservesAhead(first)
+          ? Math.max(0, Math.min(MAX_SPARES, batch.length + state.served - state.spares.length))
+          : 0
+        state.served = 0
+        const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
+        const requests = [...batch.map((p) => p.request), ...Array.from({ length: ahead }, () => spare)]
+        const exit = yield* Effect.exit(options.decide(id, requests))
+        const at = now()
         batch.forEach((pending, i) => Deferred.unsafeDone(pending.done, Exit.map(exit, (outcomes) => outcomes[i]!)))
+        if (Exit.isSuccess(exit)) {
+          for (const outcome of exit.value.slice(batch.length)) {
+            if (outcome._tag === "Admitted") state.spares.push({ dueAt: at + outcome.waitMs, outcome })
+          }
+        }
         batch = []
+        // Whoever queued meanwhile may be served by what was just reserved.
+        for (let i = 0; i < queue.length; i++) {
+          const outcome = reservesAhead(queue[i]!.request) ? takeSpare(state, queue[i]!.request, at) : undefined
+          if (outcome !== undefined) {
+            Deferred.unsafeDone(queue[i]!.done, Exit.succeed(outcome))
+            queue.splice(i--, 1)
+          }
+        }
       }
-      queues.delete(id)
+      state.queue = undefined
     }).pipe(
       Effect.interruptible,
       Effect.onInterrupt(() =>
         Effect.sync(() => {
-          queues.delete(id)
+          state.queue = undefined
           for (const pending of [...batch, ...queue.splice(0)]) Deferred.unsafeDone(pending.done, Exit.fail(options.closed))
         })
       )
@@ -55,16 +142,20 @@ export const make = (options: Options) => {
 
   /** Decides `request` with whatever else is waiting for the key `id` in this process. */
   const submit = (id: string, request: AcquireRequest): Effect.Effect<AcquireOutcome, StoreError> =>
-    Effect.suspend(() => {
+    Effect.clockWith((clock) => {
+      const state = stateOf(id)
+      if (reservesAhead(request)) {
+        const spare = takeSpare(state, request, Number(clock.unsafeCurrentTimeNanos()) / 1e6)
+        if (spare !== undefined) return Effect.succeed(spare)
+      }
       const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)
-      const queue = queues.get(id)
-      if (queue !== undefined) {
-        queue.push({ request, done })
+      if (state.queue !== undefined) {
+        state.queue.push({ request, done })
         return Deferred.await(done)
       }
       const fresh = [{ request, done }]
-      queues.set(id, fresh)
-      return Effect.zipRight(Effect.forkIn(drain(id, fresh), options.scope), Deferred.await(done))
+      state.queue = fresh
+      return Effect.zipRight(Effect.forkIn(drain(id, state, fresh, clock), options.scope), Deferred.await(done))
     })
 
   return { submit }

@@ -345,6 +345,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     const { submit } = Coalesce.make({
       scope,
       maxBatch: MAX_BATCH,
+      marginMs: margin,
       decide: (id, batch) => {
         const limiter = batch[0]!.limiter
         const rate = limiter.rate!

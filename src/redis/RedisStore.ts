@@ -200,6 +200,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
     const coalescer = Coalesce.make({
       scope: yield* Effect.scope,
       maxBatch: MAX_BATCH,
+      marginMs: config.timing_margin_ms,
       decide: (_id, batch) =>
         run(SCRIPTS.acquireRates, batch[0]!.limiter, batch[0]!.key, batch.flatMap((r) => [String(r.cost), maxWaitArg(r)])).pipe(
           Effect.flatMap(outcomes)
