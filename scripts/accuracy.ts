@@ -59,29 +59,21 @@ const runChild = (plan: ChildPlan) =>
     let failures = 0
     const failureKinds: Record<string, number> = {}
     const end = plan.startAt + plan.seconds * 1000
-    // Warm-up, on a limiter of its own: compiled code paths and opened connections before the clock starts.
-    const warmUntil = plan.startAt - 1_000
-    yield* Effect.all(
-      Array.from({ length: plan.fibers }, () =>
-        Effect.scoped(RateLimiter.acquire(`${plan.limiter}_warmup`)).pipe(
-          Effect.repeat({ while: () => wallClock() < warmUntil }),
-          Effect.ignore
-        )),
-      { concurrency: "unbounded" }
-    )
-    yield* Effect.sleep(Duration.millis(Math.max(0, plan.startAt - wallClock())))
+    // The fibers run from the child's start to the end; only [startAt, end) is recorded. What comes
+    // before warms up compiled code paths, connections and the limiter itself, on the same key.
     const worker = Effect.gen(function*() {
       while (wallClock() < end) {
         yield* Effect.scoped(Effect.gen(function*() {
           yield* RateLimiter.acquire(plan.limiter, { timeout: Duration.millis(Math.max(0, end - wallClock())) })
           const at = wallClock()
-          if (at < end) admissions.push(at)
+          const record = at >= plan.startAt && at < end
+          if (record) admissions.push(at)
           if (plan.maxConcurrent !== undefined) {
             yield* Effect.sleep("2 millis")
-            holds.push([at, wallClock()])
+            if (record) holds.push([at, wallClock()])
           }
         })).pipe(Effect.catchAll((error) => Effect.sync(() => {
-          if (error._tag !== "AcquireTimeout") {
+          if (error._tag !== "AcquireTimeout" && wallClock() >= plan.startAt) {
             failures++
             failureKinds[error._tag] = (failureKinds[error._tag] ?? 0) + 1
           }
@@ -95,7 +87,6 @@ const runChild = (plan: ChildPlan) =>
       RateSync.layer({
         stores: { s: { ...plan.target.store, timing_margin_ms: plan.margin } },
         limiters: {
-          [`${plan.limiter}_warmup`]: { store: "s", rate_per_second: plan.rate, burst: plan.burst },
           [plan.limiter]: {
             store: "s",
             rate_per_second: plan.rate,

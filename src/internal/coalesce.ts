@@ -55,7 +55,7 @@ export interface Options {
 }
 
 /** The most spare slots one batch reserves for a key. */
-const MAX_SPARES = 64
+const MAX_SPARES = 256
 
 /** Bounds the keys whose spares and demand are remembered. */
 const MAX_KEYS = 10_000
