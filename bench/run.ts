@@ -1,33 +1,36 @@
 /**
- * `npm run bench`: admissions per second and latency on one hot key, this library against its
- * peers, each measured in the same run on the same server, alternating, median of several runs.
- * Writes bench/RESULTS.md.
+ * `npm run bench`: this library against its peers and the physical floors, on the same servers in
+ * one run. Every workload runs every contender once per round, contenders alternating, for several
+ * rounds; a figure is the median over rounds and a ratio is the median of the ratios taken within
+ * each round. Writes bench/RESULTS.md and the SVG charts it shows.
+ *
+ * BENCH_SECONDS (default 2) and BENCH_RUNS (default 3) set the length and number of rounds.
  */
-import { writeFileSync } from "node:fs"
+import { execFileSync } from "node:child_process"
+import { readFileSync, writeFileSync } from "node:fs"
 import { cpus, totalmem } from "node:os"
-import { Effect, Layer, ManagedRuntime } from "effect"
+import { Redis } from "ioredis"
 import pg from "pg"
-import { RateLimiterMemory, RateLimiterPostgres } from "rate-limiter-flexible"
-import { RateLimiter, RateSync, Stores } from "../src/index.js"
 import { postgresUrl } from "../scripts/stores.js"
+import { all, type Contender, type StoreName, type Workload } from "./contenders.js"
+import { KEYS } from "./memory.js"
+import { barChart } from "./svg.js"
 
-const SECONDS = Number(process.env["BENCH_SECONDS"] ?? 3)
+const SECONDS = Number(process.env["BENCH_SECONDS"] ?? 2)
 const RUNS = Number(process.env["BENCH_RUNS"] ?? 3)
-const CALLERS = 8
+const REDIS_URL = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379"
+
+const WORKLOADS: ReadonlyArray<Workload> = [
+  { label: "one hot key, 1 caller", callers: 1, keys: 1 },
+  { label: "one hot key, 8 callers", callers: 8, keys: 1 },
+  { label: "one hot key, 64 callers", callers: 64, keys: 1 },
+  { label: "10,000 keys, 8 callers", callers: 8, keys: 10_000 }
+]
 
 interface Sample {
   readonly perSecond: number
   readonly p50: number
   readonly p99: number
-}
-
-interface Contender {
-  readonly name: string
-  readonly group: string
-  readonly start: () => Promise<void>
-  /** CALLERS concurrent callers for SECONDS, each call's latency in ms. */
-  readonly run: () => Promise<Array<number>>
-  readonly stop: () => Promise<void>
 }
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
@@ -37,133 +40,139 @@ const summarize = (latencies: Array<number>): Sample => {
   return { perSecond: latencies.length / SECONDS, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) }
 }
 
-/** A Promise-based peer: CALLERS concurrent async loops. */
-const promiseLoops = async (call: () => Promise<unknown>): Promise<Array<number>> => {
-  const latencies: Array<number> = []
-  const end = performance.now() + SECONDS * 1000
-  await Promise.all(Array.from({ length: CALLERS }, async () => {
-    while (performance.now() < end) {
-      const started = performance.now()
-      await call()
-      latencies.push(performance.now() - started)
-    }
-  }))
-  return latencies
+const median = (values: ReadonlyArray<number>) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0
+
+const version = (name: string) => {
+  const pkg: unknown = JSON.parse(readFileSync(new URL(`../node_modules/${name}/package.json`, import.meta.url), "utf8"))
+  return typeof pkg === "object" && pkg !== null && "version" in pkg ? String(pkg.version) : "?"
 }
 
-const median = (samples: ReadonlyArray<Sample>): Sample => {
-  const mid = (values: Array<number>) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)]!
-  return {
-    perSecond: mid(samples.map((s) => s.perSecond)),
-    p50: mid(samples.map((s) => s.p50)),
-    p99: mid(samples.map((s) => s.p99))
-  }
+const serverVersions = async (databaseUrl: string) => {
+  const client = new pg.Client({ connectionString: databaseUrl })
+  const postgres = await client.connect().then(() => client.query("SHOW server_version")).then(
+    (r) => String(r.rows[0]?.server_version ?? "?"),
+    () => "?"
+  )
+  await client.end().catch(() => {})
+  const redis = new Redis(REDIS_URL)
+  const info = await redis.info("server").catch(() => "")
+  await redis.quit().catch(() => {})
+  return { postgres, redis: /redis_version:(\S+)/.exec(info)?.[1] ?? "?" }
 }
 
-/** rate-sync as Effect programs use it: CALLERS fibers in one runtime, built once. */
-const rateSync = (name: string, group: string, store: Parameters<typeof RateSync.layer>[0]["stores"]): Contender => {
-  let runtime: ManagedRuntime.ManagedRuntime<RateLimiter, unknown> | undefined
-  const acquire = Effect.scoped(RateLimiter.acquire("bench", { key: "hot" }))
-  const fibers = Effect.suspend(() => {
-    const latencies: Array<number> = []
-    const end = performance.now() + SECONDS * 1000
-    const caller = Effect.suspend(() => {
-      const started = performance.now()
-      return Effect.map(acquire, () => latencies.push(performance.now() - started))
-    }).pipe(Effect.repeat({ while: () => performance.now() < end }))
-    return Effect.as(Effect.all(Array.from({ length: CALLERS }, () => caller), { concurrency: "unbounded" }), latencies)
+/** Heap held by 100,000 idle keys, each library in a process of its own. */
+const idleMemory = () =>
+  ["rate-sync", "rate-limiter-flexible", "effect-experimental"].map((library) => {
+    process.stdout.write(`memory per ${KEYS.toLocaleString("en-US")} idle keys: ${library}... `)
+    const output = execFileSync(process.execPath, ["--expose-gc", "--import", "tsx", new URL("./memory.ts", import.meta.url).pathname, library], {
+      encoding: "utf8"
+    })
+    const bytes = Number(output.trim())
+    console.log(`${(bytes / 2 ** 20).toFixed(1)} MiB`)
+    return { library, bytes }
   })
-  return {
-    name,
-    group,
-    start: async () => {
-      runtime = ManagedRuntime.make(
-        RateSync.layer({ stores: store, limiters: { bench: { store: "s", rate_per_second: 1_000_000, burst: 1_000_000 } } })
-          .pipe(Layer.provide(Stores.layer))
-      )
-      await runtime.runPromise(acquire)
-    },
-    run: () => runtime!.runPromise(fibers),
-    stop: async () => {
-      await runtime?.dispose()
-    }
-  }
-}
 
 const main = async () => {
   const database = await postgresUrl()
-  const pool = new pg.Pool({ connectionString: database.url, max: 10 })
-  let flexible: RateLimiterPostgres | undefined
-  const contenders: Array<Contender> = [
-    rateSync("rate-sync memory", "memory", { s: { engine: "memory" } }),
-    (() => {
-      const limiter = new RateLimiterMemory({ points: 1_000_000_000, duration: 1 })
-      return {
-        name: "rate-limiter-flexible RateLimiterMemory",
-        group: "memory",
-        start: async () => {},
-        run: () => promiseLoops(() => limiter.consume("hot")),
-        stop: async () => {}
-      }
-    })(),
-    rateSync("rate-sync postgres", "postgres", { s: { engine: "postgres", url: database.url, auto_create: true, pool_max_size: 10 } }),
-    rateSync("rate-sync postgres, synchronous_commit = false", "postgres", {
-      s: { engine: "postgres", url: database.url, auto_create: true, pool_max_size: 10, synchronous_commit: false }
-    }),
-    rateSync("rate-sync postgres, unlogged = true", "postgres", {
-      s: { engine: "postgres", url: database.url, auto_create: true, pool_max_size: 10, unlogged: true, table_name: "rate_sync_bench_unlogged" }
-    }),
-    {
-      name: "rate-limiter-flexible RateLimiterPostgres",
-      group: "postgres",
-      start: () =>
-        new Promise<void>((resolve, reject) => {
-          flexible = new RateLimiterPostgres(
-            { storeClient: pool, tableName: "rlflx_bench", points: 1_000_000_000, duration: 1 },
-            (error?: unknown) => (error ? reject(error) : resolve())
-          )
-        }),
-      run: () => promiseLoops(() => flexible!.consume("hot")),
-      stop: async () => {}
-    }
-  ]
+  const contenders = all(database.url, REDIS_URL)
+  const samples = new Map<string, Array<Sample>>()
+  const id = (workload: Workload, contender: Contender) => `${workload.label}|${contender.store}|${contender.name}`
 
-  const samples = new Map<string, Array<Sample>>(contenders.map((c) => [c.name, []]))
-  for (const contender of contenders) await contender.start()
-  for (let run = 1; run <= RUNS; run++) {
-    for (const contender of contenders) {
-      process.stdout.write(`run ${run}/${RUNS}: ${contender.name} (${SECONDS} s, ${CALLERS} callers, one hot key)... `)
-      const sample = summarize(await contender.run())
-      samples.get(contender.name)!.push(sample)
-      console.log(`${Math.round(sample.perSecond)}/s, p50 ${sample.p50.toFixed(2)} ms, p99 ${sample.p99.toFixed(2)} ms`)
+  for (const contender of contenders) {
+    process.stdout.write(`starting ${contender.store}: ${contender.name}... `)
+    await contender.start()
+    console.log("ready")
+  }
+  const total = WORKLOADS.length * RUNS * contenders.length
+  let done = 0
+  for (const workload of WORKLOADS) {
+    for (let run = 1; run <= RUNS; run++) {
+      for (const contender of contenders) {
+        done++
+        process.stdout.write(`[${done}/${total}] ${workload.label}, round ${run}/${RUNS}: ${contender.store} ${contender.name}... `)
+        const sample = summarize(await contender.run(workload, SECONDS))
+        const list = samples.get(id(workload, contender)) ?? []
+        list.push(sample)
+        samples.set(id(workload, contender), list)
+        console.log(`${Math.round(sample.perSecond).toLocaleString("en-US")}/s, p50 ${sample.p50.toFixed(3)} ms, p99 ${sample.p99.toFixed(3)} ms`)
+      }
     }
   }
   for (const contender of contenders) await contender.stop()
-  await pool.end()
+  const servers = await serverVersions(database.url)
   await database.stop()
+  const memory = idleMemory()
 
-  const server = new pg.Client({ connectionString: database.url })
-  const version = await server.connect().then(() => server.query("SHOW server_version")).then((r) => String(r.rows[0]?.server_version ?? "?"), () => "?")
-  await server.end().catch(() => {})
-
-  const rows = contenders.map((c) => ({ contender: c, result: median(samples.get(c.name)!) }))
-  const lines = [
+  const lines: Array<string> = [
     "# Benchmark results",
     "",
     `Measured ${new Date().toISOString().slice(0, 10)} by \`npm run bench\` on ${cpus().length} cores (${cpus()[0]?.model ?? "unknown CPU"}), ${Math.round(totalmem() / 2 ** 30)} GiB,`,
-    `Node ${process.version}, PostgreSQL ${version}. One hot key, ${CALLERS} concurrent callers (rate-sync: fibers in one Effect`,
-    `runtime; rate-limiter-flexible: async loops), a rate high enough never to wait;`,
-    `each figure is the median of ${RUNS} runs of ${SECONDS} s, contenders alternating within each run.`,
+    `Node ${process.version}, PostgreSQL ${servers.postgres}, Redis ${servers.redis}, all on the same machine. Peers: rate-limiter-flexible ${version("rate-limiter-flexible")},`,
+    `@effect/experimental ${version("@effect/experimental")}; drivers pg ${version("pg")}, ioredis ${version("ioredis")}.`,
     "",
-    "| store | library | admissions/s | p50 latency | p99 latency | vs rate-limiter-flexible |",
-    "|---|---|---:|---:|---:|---:|"
+    `Each limiter admits without ever waiting (its rate is far above what is reached), so the figures are the cost of a`,
+    `decision. Effect libraries run their callers as fibers in one runtime; the others as async loops. A figure is the`,
+    `median of ${RUNS} rounds of ${SECONDS} s, contenders alternating within each round; a ratio is the median of the ratios`,
+    `taken within each round. Floors are one round trip of the same driver doing the least a limiter could (on`,
+    `PostgreSQL the first floor, synchronous_commit on, is the one compared): a limiter that waits for its store on`,
+    `every call cannot beat it; rate-sync can, because the waiters of a process share a call and reserve slots ahead.`,
+    ""
   ]
-  for (const { contender, result } of rows) {
-    const peer = rows.find((r) => r.contender.group === contender.group && r.contender.name.startsWith("rate-limiter-flexible"))
-    const ratio = peer === undefined || peer.contender === contender ? "" : `${(result.perSecond / peer.result.perSecond).toFixed(2)}x`
-    lines.push(`| ${contender.group} | ${contender.name} | ${Math.round(result.perSecond).toLocaleString("en-US")} | ${result.p50.toFixed(2)} ms | ${result.p99.toFixed(2)} ms | ${ratio} |`)
+  const stores: ReadonlyArray<StoreName> = ["memory", "postgres", "redis"]
+  for (const workload of WORKLOADS) {
+    lines.push(
+      `## ${workload.label}`,
+      "",
+      "| store | library | admissions/s | p50 | p99 | x rate-limiter-flexible | x floor |",
+      "|---|---|---:|---:|---:|---:|---:|"
+    )
+    for (const store of stores) {
+      const here = contenders.filter((c) => c.store === store)
+      const flexible = here.find((c) => c.name.startsWith("rate-limiter-flexible"))!
+      const floor = here.find((c) => c.kind === "floor")
+      /** This contender's throughput over another's, taken within each round, median over rounds. */
+      const ratio = (contender: Contender, other: Contender | undefined) => {
+        if (other === undefined || other === contender || contender.kind === "floor") return ""
+        const mine = samples.get(id(workload, contender)) ?? []
+        const theirs = samples.get(id(workload, other)) ?? []
+        return `${median(mine.map((s, i) => s.perSecond / (theirs[i]?.perSecond ?? Infinity))).toFixed(2)}x`
+      }
+      for (const contender of here) {
+        const list = samples.get(id(workload, contender)) ?? []
+        lines.push(
+          `| ${store} | ${contender.kind === "rate-sync" ? `**${contender.name}**` : contender.name} | ${Math.round(median(list.map((s) => s.perSecond))).toLocaleString("en-US")} | ${median(list.map((s) => s.p50)).toFixed(3)} ms | ${median(list.map((s) => s.p99)).toFixed(3)} ms | ${ratio(contender, flexible)} | ${ratio(contender, floor)} |`
+        )
+      }
+    }
+    lines.push("")
   }
-  writeFileSync(new URL("./RESULTS.md", import.meta.url), lines.join("\n") + "\n")
+  lines.push(
+    `## Memory per ${KEYS.toLocaleString("en-US")} idle keys (memory stores)`,
+    "",
+    "| library | heap held | per key |",
+    "|---|---:|---:|",
+    ...memory.map((m) => `| ${m.library} | ${(m.bytes / 2 ** 20).toFixed(1)} MiB | ${Math.round(m.bytes / KEYS)} B |`),
+    "",
+    "![Throughput, one hot key, 8 callers](throughput-hot-8.svg)",
+    "",
+    "![Throughput, 10,000 keys, 8 callers](throughput-keys.svg)",
+    ""
+  )
+  writeFileSync(new URL("./RESULTS.md", import.meta.url), lines.join("\n"))
+
+  const chart = (workload: Workload, file: string) => {
+    const bars = stores.flatMap((store) =>
+      contenders.filter((c) => c.store === store).map((c) => ({
+        group: store,
+        label: c.name,
+        value: median((samples.get(id(workload, c)) ?? []).map((s) => s.perSecond)),
+        highlight: c.kind === "rate-sync"
+      }))
+    )
+    writeFileSync(new URL(file, import.meta.url), barChart(`Admissions per second: ${workload.label}`, "admissions per second", bars))
+  }
+  chart(WORKLOADS[1]!, "./throughput-hot-8.svg")
+  chart(WORKLOADS[3]!, "./throughput-keys.svg")
   console.log("\n" + lines.join("\n"))
 }
 

@@ -12,9 +12,12 @@
  * burst (1 + rate x margin) leaves the schedule evenly paced.
  */
 import { spawn } from "node:child_process"
+import { writeFileSync } from "node:fs"
+import { cpus } from "node:os"
 import { parseArgs } from "node:util"
 import { Duration, Effect, Layer } from "effect"
 import { RateLimiter, RateSync, Stores } from "../src/index.js"
+import { seriesChart } from "../bench/svg.js"
 import { resolveStore, type StoreTarget } from "./stores.js"
 
 const { values } = parseArgs({
@@ -170,7 +173,13 @@ const measure = async (target: StoreTarget, rate: number, processes: number) => 
   const series = Array.from({ length: seconds }, (_, i) => times.filter((t) => t >= plan.startAt + i * 1000 && t < plan.startAt + (i + 1) * 1000).length)
   console.log(`  admitted per second: ${series.join(" ")}`)
   for (const check of checks) console.log(`  ${check.ok ? "ok  " : "FAIL"} ${check.what}`)
-  return { rate, burst, perSecond, perInterval, achieved, held, series, ok: checks.every((c) => c.ok) }
+  // Finer buckets for the chart: admissions per 100 ms against the configured rate.
+  const buckets = new Array<number>(seconds * 10).fill(0)
+  for (const t of times) {
+    const i = Math.floor((t - plan.startAt) / 100)
+    if (i >= 0 && i < buckets.length) buckets[i]!++
+  }
+  return { rate, burst, perSecond, perInterval, achieved, held, series, buckets, checks, ok: checks.every((c) => c.ok) }
 }
 
 if (values.child !== undefined) {
@@ -196,5 +205,23 @@ if (values.child !== undefined) {
   const results = []
   for (const rate of rates) results.push(await measure(target, rate, processes))
   await target.stop()
+  // The results page: a summary and, per rate, a chart of admissions over time.
+  const lines = [
+    `# Accuracy: ${target.label}`,
+    "",
+    `Measured ${new Date().toISOString().slice(0, 10)} by \`npm run accuracy -- --store ${target.label}\` on ${cpus().length} cores, Node ${process.version}:`,
+    `${processes} processes x ${values.fibers} fibers on one limiter for ${values.seconds} s, timing_margin_ms ${values.margin}, every`,
+    "admission recorded on the machine's clock (after a warm-up on the same limiter).",
+    ""
+  ]
+  for (const result of results) {
+    const file = `accuracy-${target.label}-${result.rate}.svg`
+    writeFileSync(
+      new URL(`../bench/${file}`, import.meta.url),
+      seriesChart(`${target.label}: ${result.rate}/s, burst ${result.burst}, ${processes} processes x ${values.fibers} fibers`, 100, result.buckets, result.rate)
+    )
+    lines.push(`## ${result.rate}/s, burst ${result.burst}`, "", ...result.checks.map((c) => `- ${c.ok ? "ok" : "FAIL"}: ${c.what}`), "", `![admissions over time](${file})`, "")
+  }
+  writeFileSync(new URL(`../bench/accuracy-${target.label}.md`, import.meta.url), lines.join("\n"))
   process.exit(results.every((r) => r.ok) ? 0 : 1)
 }

@@ -6,6 +6,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Metric from "effect/Metric"
 import * as TestClock from "effect/TestClock"
+import * as Tracer from "effect/Tracer"
 import { StoreUnavailable } from "../src/Errors.js"
 import type { LimiterSpec } from "../src/LimiterSpec.js"
 import * as MemoryStore from "../src/memory/MemoryStore.js"
@@ -202,6 +203,27 @@ describe("metrics", () => {
       expect(waits.max).toBe(1000)
     }).pipe(Effect.provide(
       RateSync.layer({ stores: { m: { engine: "memory" } }, limiters: { metered: { store: "m", rate_per_second: 1 } } })
+        .pipe(Layer.provide(MemoryStore.layer))
+    )))
+})
+
+describe("tracing", () => {
+  it.effect("with a tracer installed, acquire and tryAcquire run in spans named for them", () =>
+    Effect.gen(function*() {
+      const builtIn = yield* Effect.tracer
+      const names: Array<string> = []
+      const recording = Tracer.make({
+        span: (name, ...rest) => {
+          names.push(name)
+          return builtIn.span(name, ...rest)
+        },
+        context: (f) => f()
+      })
+      yield* Effect.scoped(Limiter.acquire("traced")).pipe(Effect.withTracer(recording))
+      yield* Effect.scoped(Limiter.tryAcquire("traced")).pipe(Effect.withTracer(recording), Effect.ignore)
+      expect(names).toEqual(["rate_sync.acquire", "rate_sync.try_acquire"])
+    }).pipe(Effect.provide(
+      RateSync.layer({ stores: { m: { engine: "memory" } }, limiters: { traced: { store: "m", rate_per_second: 1 } } })
         .pipe(Layer.provide(MemoryStore.layer))
     )))
 })

@@ -4,8 +4,8 @@
  * round trip per batch instead of one each (and, under optimistic locking, no conflicts among
  * themselves). Requests are decided in the order they arrived.
  *
- * Token-bucket keys also reserve slots ahead: a batch asks for as many extra unit slots as the key
- * was asked for since the last batch, but only slots due within `marginMs`. The next callers of
+ * Token-bucket keys asked for concurrently also reserve slots ahead: a batch asks for as many extra
+ * unit slots as the key was asked for since the last batch, but only slots due within `marginMs`. The next callers of
  * this process take those without a round trip. A spare slot is used at most `marginMs / 2` after
  * it was due, so with the callers' own jitter it stays inside the timing margin, which the burst
  * allowance already gives up for lateness: the bound holds. One not taken in time is dropped
@@ -40,6 +40,9 @@ interface KeyState {
   readonly spares: Array<Spare>
   /** Requests served from spares since the last batch: the demand to reserve for. */
   served: number
+  /** When the key was last asked for (local ms), and the time between the last two asks. */
+  lastAt: number
+  gapMs: number
 }
 
 export interface Options {
@@ -67,7 +70,7 @@ export const make = (options: Options) => {
   const stateOf = (id: string): KeyState => {
     let state = keys.get(id)
     if (state === undefined) {
-      state = { queue: undefined, spares: [], served: 0 }
+      state = { queue: undefined, spares: [], served: 0, lastAt: -Infinity, gapMs: Infinity }
       keys.set(id, state)
       if (keys.size > MAX_KEYS) {
         for (const [key, other] of keys) {
@@ -104,7 +107,11 @@ export const make = (options: Options) => {
         yield* Effect.yieldNow()
         batch = queue.splice(0, options.maxBatch)
         const first = batch[0]!.request
-        const ahead = reservesAhead(first)
+        // Only a key asked for often enough that a spare would be taken in time gets slots reserved
+        // ahead: an occasional caller (a user of a per-user limit, say) would see half its burst go
+        // to slots nobody takes.
+        const concurrent = batch.length > 1 || state.served > 0 || state.gapMs <= slackMs
+        const ahead = reservesAhead(first) && concurrent
           ? Math.max(0, Math.min(MAX_SPARES, batch.length + state.served - state.spares.length))
           : 0
         state.served = 0
@@ -145,7 +152,10 @@ export const make = (options: Options) => {
     Effect.clockWith((clock) => {
       const state = stateOf(id)
       if (reservesAhead(request)) {
-        const spare = takeSpare(state, request, Number(clock.unsafeCurrentTimeNanos()) / 1e6)
+        const now = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+        state.gapMs = now - state.lastAt
+        state.lastAt = now
+        const spare = takeSpare(state, request, now)
         if (spare !== undefined) return Effect.succeed(spare)
       }
       const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)

@@ -191,11 +191,22 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         ON CONFLICT (group_id) DO NOTHING`
 
     /** Decides a batch in order against one read of the row, then writes it in one conditional UPDATE. */
-    const bucketAttempt = (id: string, rate: TokenBucket, batch: ReadonlyArray<AcquireRequest>, useCache: boolean) =>
+    const bucketAttempt = (
+      id: string,
+      rate: TokenBucket,
+      batch: ReadonlyArray<AcquireRequest>,
+      useCache: boolean
+    ): Effect.Effect<Array<AcquireOutcome>, Conflict | SqlError> =>
       Effect.gen(function*() {
-        const cached = useCache && (contendedUntil.get(id) ?? 0) < performance.now() ? cache.get(id) : undefined
+        const uncontended = useCache && (contendedUntil.get(id) ?? 0) < performance.now()
+        const cached = uncontended ? cache.get(id) : undefined
+        // A key this process knows nothing of is most likely idle: plan as if it were and write in one
+        // upsert, on the condition that the row (if any) lets the plan hold; else read and retry.
+        const blind = uncontended && cached === undefined
         // A cached row is as of its write; the server clock has run at least as long as ours since.
-        const state = cached === undefined
+        const state = blind
+          ? { tat: -Infinity, version: null, now: 0 }
+          : cached === undefined
           ? yield* readBucket(id)
           : { tat: cached.tat, version: cached.version, now: cached.serverMs + (performance.now() - cached.localMs) }
         const tolerance = Gcra.tolerance(rate, margin)
@@ -208,6 +219,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           return { admitted: true as const, through: units }
         })
         const remaining = (tat: number, now: number) => Gcra.remaining(tat, now, rate, margin)
+        if (units === 0 && blind) return yield* bucketAttempt(id, rate, batch, false)
         if (units === 0) {
           return plan.map((step): AcquireOutcome => ({
             _tag: "RateLimited",
@@ -225,19 +237,29 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           Infinity
         )
         const stillValid = Number.isFinite(slack)
-          ? sql`last_acquisition_at <= statement_timestamp() + ${slack}::float8 * interval '1 millisecond'`
+          ? sql`s.last_acquisition_at <= statement_timestamp() + ${slack}::float8 * interval '1 millisecond'`
           : sql.literal("TRUE")
-        if (state.version === null) yield* ensureRow(id)
-        const rows = yield* sql<{ tat: number; version: number; now: number }>`
-          UPDATE ${T} SET last_acquisition_at = GREATEST(last_acquisition_at, statement_timestamp())
-              + ${micros}::float8 * interval '1 microsecond',
-            version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
-          WHERE group_id = ${id} AND (version = ${state.version ?? 1} OR ${stillValid})
-          RETURNING ${atOf("last_acquisition_at")} AS tat, version, ${NOW} AS now`
+        const added = sql`${micros}::float8 * interval '1 microsecond'`
+        if (!blind && state.version === null) yield* ensureRow(id)
+        const rows = blind
+          ? yield* sql<{ tat: number; version: number; now: number }>`
+            INSERT INTO ${T} AS s (group_id, last_acquisition_at, version)
+            VALUES (${id}, statement_timestamp() + ${added}, 1)
+            ON CONFLICT (group_id) DO UPDATE SET
+              last_acquisition_at = GREATEST(s.last_acquisition_at, statement_timestamp()) + ${added},
+              version = ${sql.literal(`CASE WHEN s.version >= 2147483646 THEN 1 ELSE s.version + 1 END`)},
+              updated_at = statement_timestamp()
+            WHERE ${stillValid}
+            RETURNING ${atOf("last_acquisition_at")} AS tat, version, ${NOW} AS now`
+          : yield* sql<{ tat: number; version: number; now: number }>`
+            UPDATE ${T} AS s SET last_acquisition_at = GREATEST(last_acquisition_at, statement_timestamp()) + ${added},
+              version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
+            WHERE group_id = ${id} AND (version = ${state.version ?? 1} OR ${stillValid})
+            RETURNING ${atOf("last_acquisition_at")} AS tat, version, ${NOW} AS now`
         const row = rows[0]
         if (row === undefined) {
           cache.delete(id)
-          if (cached !== undefined) {
+          if (cached !== undefined || blind) {
             contendedUntil.delete(id)
             contendedUntil.set(id, performance.now() + 1_000)
             if (contendedUntil.size > MAX_CACHED) contendedUntil.delete(contendedUntil.keys().next().value!)

@@ -126,6 +126,20 @@ export const complianceSuite = (harness: Harness) => {
         }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: rate, burst: 41 } }, { timing_margin_ms: 20 })))
       })
 
+      test("with a timing margin, a lone caller still gets its whole burst (nothing is reserved ahead for it)", () => {
+        const name = unique("lone")
+        return Effect.gen(function*() {
+          let admitted = 0
+          for (let i = 0; i < 10; i++) {
+            const outcome = yield* Effect.scoped(RateLimiter.tryAcquire(name)).pipe(Effect.either)
+            if (outcome._tag === "Right") admitted++
+            yield* elapse(30)
+          }
+          // Burst 10 at 1/s less the 20 ms margin: 9 at once, and the tenth earned in the 270 ms since.
+          expect(admitted).toBe(10)
+        }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 1, burst: 10 } }, { timing_margin_ms: 20 })))
+      })
+
       test("costs above 1 count as that many units", () => {
         const name = unique("cost")
         const rate = live ? 200 : 50

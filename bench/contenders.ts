@@ -1,0 +1,236 @@
+/**
+ * What `npm run bench` measures: this library on each store and in each PostgreSQL mode, the peers
+ * people would pick instead (installed from npm, used through their public APIs), and the physical
+ * floors (the cheapest single round trip the same driver can make).
+ */
+import * as ExperimentalLimiter from "@effect/experimental/RateLimiter"
+import * as ExperimentalRedis from "@effect/experimental/RateLimiter/Redis"
+import { Duration, Effect, Layer, ManagedRuntime } from "effect"
+import { Redis } from "ioredis"
+import pg from "pg"
+import { RateLimiterMemory, RateLimiterPostgres, RateLimiterRedis } from "rate-limiter-flexible"
+import { RateLimiter, RateSync, Stores } from "../src/index.js"
+import type { StoreConfigInput } from "../src/Settings.js"
+
+export type StoreName = "memory" | "postgres" | "redis"
+
+export interface Workload {
+  readonly label: string
+  readonly callers: number
+  /** 1: every call on one hot key; more: each call on a key drawn at random from that many. */
+  readonly keys: number
+}
+
+export interface Contender {
+  readonly name: string
+  readonly store: StoreName
+  readonly kind: "rate-sync" | "peer" | "floor"
+  readonly start: () => Promise<void>
+  /** Runs `workload` for `seconds`; every call's latency in ms. */
+  readonly run: (workload: Workload, seconds: number) => Promise<Array<number>>
+  readonly stop: () => Promise<void>
+}
+
+const keyOf = (workload: Workload) => workload.keys === 1 ? "hot" : `k${Math.floor(Math.random() * workload.keys)}`
+
+/** A Promise-based caller loop, `workload.callers` at once. */
+const promiseLoops = async (workload: Workload, seconds: number, call: (key: string) => Promise<unknown>) => {
+  const latencies: Array<number> = []
+  const end = performance.now() + seconds * 1000
+  await Promise.all(Array.from({ length: workload.callers }, async () => {
+    while (performance.now() < end) {
+      const started = performance.now()
+      await call(keyOf(workload))
+      latencies.push(performance.now() - started)
+    }
+  }))
+  return latencies
+}
+
+/** An Effect-based caller loop: `workload.callers` fibers in one runtime, as Effect programs run. */
+const fiberLoops = <E, R>(workload: Workload, seconds: number, call: (key: string) => Effect.Effect<unknown, E, R>) =>
+  Effect.suspend(() => {
+    const latencies: Array<number> = []
+    const end = performance.now() + seconds * 1000
+    const caller = Effect.suspend(() => {
+      const started = performance.now()
+      return Effect.map(call(keyOf(workload)), () => latencies.push(performance.now() - started))
+    }).pipe(Effect.repeat({ while: () => performance.now() < end }))
+    return Effect.as(Effect.all(Array.from({ length: workload.callers }, () => caller), { concurrency: "unbounded" }), latencies)
+  })
+
+/** This library with one store; the limiter's rate is high enough never to wait. */
+export const rateSync = (name: string, store: StoreName, config: StoreConfigInput): Contender => {
+  let runtime: ManagedRuntime.ManagedRuntime<RateLimiter, unknown> | undefined
+  const acquire = (key: string) => Effect.scoped(RateLimiter.acquire("bench", { key }))
+  return {
+    name,
+    store,
+    kind: "rate-sync",
+    start: async () => {
+      runtime = ManagedRuntime.make(
+        RateSync.layer({ stores: { s: config }, limiters: { bench: { store: "s", rate_per_second: 1_000_000, burst: 1_000_000 } } })
+          .pipe(Layer.provide(Stores.layer))
+      )
+      await runtime.runPromise(acquire("hot"))
+    },
+    run: (workload, seconds) => runtime!.runPromise(fiberLoops(workload, seconds, acquire)),
+    stop: async () => {
+      await runtime?.dispose()
+    }
+  }
+}
+
+/** `@effect/experimental`'s RateLimiter on a store layer, `consume` with a limit never reached. */
+export const effectExperimental = (
+  name: string,
+  store: StoreName,
+  storeLayer: Layer.Layer<ExperimentalLimiter.RateLimiterStore>
+): Contender => {
+  let runtime: ManagedRuntime.ManagedRuntime<ExperimentalLimiter.RateLimiter, unknown> | undefined
+  const consume = (key: string) =>
+    Effect.flatMap(ExperimentalLimiter.RateLimiter, (limiter) =>
+      // Its Redis store keeps whole milliseconds per token (window / limit): one per ms, an hour's window.
+      limiter.consume({ key, limit: 3_600_000, window: Duration.hours(1), onExceeded: "fail" }))
+  return {
+    name,
+    store,
+    kind: "peer",
+    start: async () => {
+      runtime = ManagedRuntime.make(ExperimentalLimiter.layer.pipe(Layer.provide(storeLayer)))
+      await runtime.runPromise(consume("hot"))
+    },
+    run: (workload, seconds) => runtime!.runPromise(fiberLoops(workload, seconds, consume)),
+    stop: async () => {
+      await runtime?.dispose()
+    }
+  }
+}
+
+export const flexibleMemory = (): Contender => {
+  const limiter = new RateLimiterMemory({ points: 1_000_000_000, duration: 1 })
+  return {
+    name: "rate-limiter-flexible RateLimiterMemory",
+    store: "memory",
+    kind: "peer",
+    start: async () => {},
+    run: (workload, seconds) => promiseLoops(workload, seconds, (key) => limiter.consume(key)),
+    stop: async () => {}
+  }
+}
+
+export const flexiblePostgres = (url: string): Contender => {
+  const pool = new pg.Pool({ connectionString: url, max: 10 })
+  let limiter: RateLimiterPostgres | undefined
+  return {
+    name: "rate-limiter-flexible RateLimiterPostgres",
+    store: "postgres",
+    kind: "peer",
+    start: () =>
+      new Promise<void>((resolve, reject) => {
+        limiter = new RateLimiterPostgres(
+          { storeClient: pool, tableName: "rlflx_bench", points: 1_000_000_000, duration: 1 },
+          (error?: unknown) => (error ? reject(error) : resolve())
+        )
+      }),
+    run: (workload, seconds) => promiseLoops(workload, seconds, (key) => limiter!.consume(key)),
+    stop: () => pool.end()
+  }
+}
+
+export const flexibleRedis = (url: string): Contender => {
+  const client = new Redis(url, { enableOfflineQueue: false })
+  const limiter = new RateLimiterRedis({ storeClient: client, keyPrefix: `rlflx-bench-${process.pid}`, points: 1_000_000_000, duration: 1 })
+  return {
+    name: "rate-limiter-flexible RateLimiterRedis",
+    store: "redis",
+    kind: "peer",
+    start: async () => {
+      await new Promise<void>((resolve) => (client.status === "ready" ? resolve() : client.once("ready", () => resolve())))
+    },
+    run: (workload, seconds) => promiseLoops(workload, seconds, (key) => limiter.consume(key)),
+    stop: async () => {
+      await client.quit()
+    }
+  }
+}
+
+/** The floor on PostgreSQL: one single-statement UPDATE ... RETURNING per call, through `pg`. */
+export const postgresFloor = (url: string, synchronousCommit: boolean): Contender => {
+  const pool = new pg.Pool({ connectionString: url, max: 10, ...(synchronousCommit ? {} : { options: "-c synchronous_commit=off" }) })
+  return {
+    name: `floor: UPDATE ... RETURNING, synchronous_commit = ${synchronousCommit ? "on" : "off"}`,
+    store: "postgres",
+    kind: "floor",
+    start: async () => {
+      await pool.query("CREATE TABLE IF NOT EXISTS rate_sync_bench_floor (k text PRIMARY KEY, n bigint NOT NULL)")
+      await pool.query(
+        "INSERT INTO rate_sync_bench_floor SELECT 'k' || i, 0 FROM generate_series(0, 9999) i UNION ALL SELECT 'hot', 0 ON CONFLICT DO NOTHING"
+      )
+    },
+    run: (workload, seconds) =>
+      promiseLoops(workload, seconds, (key) => pool.query("UPDATE rate_sync_bench_floor SET n = n + 1 WHERE k = $1 RETURNING n", [key])),
+    stop: () => pool.end()
+  }
+}
+
+/** The floor on Redis: EVALSHA of a trivial script per call, through `ioredis`. */
+export const redisFloor = (url: string): Contender => {
+  const client = new Redis(url)
+  let sha = ""
+  return {
+    name: "floor: EVALSHA of a trivial script",
+    store: "redis",
+    kind: "floor",
+    start: async () => {
+      sha = String(await client.script("LOAD", "return 1"))
+    },
+    run: (workload, seconds) => promiseLoops(workload, seconds, (key) => client.evalsha(sha, 1, key)),
+    stop: async () => {
+      await client.quit()
+    }
+  }
+}
+
+export const all = (postgresUrl: string, redisUrl: string): Array<Contender> => {
+  const prefix = `rate-sync-bench:${Date.now().toString(36)}:`
+  return [
+    rateSync("rate-sync", "memory", { engine: "memory" }),
+    flexibleMemory(),
+    effectExperimental("@effect/experimental RateLimiter (memory store)", "memory", ExperimentalLimiter.layerStoreMemory),
+    rateSync("rate-sync", "postgres", { engine: "postgres", url: postgresUrl, auto_create: true }),
+    rateSync("rate-sync, synchronous_commit = false", "postgres", {
+      engine: "postgres",
+      url: postgresUrl,
+      auto_create: true,
+      synchronous_commit: false
+    }),
+    rateSync("rate-sync, unlogged = true", "postgres", {
+      engine: "postgres",
+      url: postgresUrl,
+      auto_create: true,
+      unlogged: true,
+      table_name: "rate_sync_bench_unlogged"
+    }),
+    flexiblePostgres(postgresUrl),
+    postgresFloor(postgresUrl, true),
+    postgresFloor(postgresUrl, false),
+    rateSync("rate-sync", "redis", { engine: "redis", url: redisUrl, key_prefix: prefix }),
+    flexibleRedis(redisUrl),
+    effectExperimental(
+      "@effect/experimental RateLimiter (Redis store)",
+      "redis",
+      ExperimentalRedis.layerStore({ ...redisOptions(redisUrl), prefix: `${prefix}fx:` })
+    ),
+    redisFloor(redisUrl)
+  ]
+}
+
+const redisOptions = (url: string) => {
+  const parsed = new URL(url)
+  return {
+    host: parsed.hostname,
+    port: Number(parsed.port || 6379),
+    ...(parsed.password === "" ? {} : { password: decodeURIComponent(parsed.password) })
+  }
+}
