@@ -118,7 +118,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
           client.once("ready", resolve)
           client.once("error", reject)
         })
-    yield* Effect.tryPromise(() => Promise.all(clients.map(ready))).pipe(
+    yield* Effect.tryPromise({ try: () => Promise.all(clients.map(ready)), catch: (cause) => cause }).pipe(
       Effect.timeout(config.connect_timeout_ms),
       Effect.catchAll((cause) =>
         Effect.logWarning(
