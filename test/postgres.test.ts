@@ -126,4 +126,44 @@ describe("PostgreSQL engine", () => {
       })
       expect((yield* Metric.value(conflicts)).count - before).toBe(0)
     }).pipe(Effect.provide(limiters({ auto_create: true }, { rate_per_second: 1_000_000 }))))
+
+  it.live("cleanup deletes only rows idle for the given age, limits keep working, and without DELETE it says which grant", () =>
+    Effect.gen(function*() {
+      const table = fresh("cleanup")
+      const store = yield* PostgresStore.make("db", yield* storeConfig({ table_name: table, auto_create: true }))
+      const spec = (name: string) => ({
+        name,
+        store: "db",
+        rate: { _tag: "TokenBucket" as const, ratePerSecond: 1, burst: 1, intervalMs: 1_000 },
+        concurrency: undefined,
+        timeoutMs: undefined,
+        failClosed: true,
+        retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 5 }
+      })
+      const take = (name: string, key: string) =>
+        store.acquire({ limiter: spec(name), key, cost: 1, leaseId: undefined, maxWaitMs: 0, queue: false })
+      for (const key of ["old-1", "old-2", "recent"]) expect((yield* take("c", key))._tag).toBe("Admitted")
+      // Two keys last used eight days ago; "recent" just now.
+      yield* Effect.promise(() =>
+        admin(url, [
+          `UPDATE ${table} SET last_acquisition_at = now() - interval '8 days', updated_at = now() - interval '8 days' WHERE group_id LIKE '%old-%'`
+        ])
+      )
+      expect(yield* store.cleanup("7 days")).toBe(2)
+      const [left] = yield* Effect.promise(() => admin(url, [`SELECT group_id FROM ${table} ORDER BY group_id`]))
+      expect(left!.rows.map((r: { group_id: string }) => r.group_id)).toEqual(["r:c:recent"])
+      // The recent key is still limited; a cleaned key starts afresh.
+      expect((yield* take("c", "recent"))._tag).toBe("RateLimited")
+      expect((yield* take("c", "old-1"))._tag).toBe("Admitted")
+      const tooYoung = yield* store.cleanup("5 seconds").pipe(Effect.flip)
+      expect(tooYoung._tag).toBe("ConfigurationError")
+
+      const role = fresh("nodelete")
+      yield* Effect.promise(() => admin(url, [`CREATE ROLE ${role} LOGIN PASSWORD 'nd'`, `GRANT SELECT, INSERT, UPDATE ON ${table} TO ${role}`]))
+      const limited = yield* PostgresStore.make("db", yield* storeConfig({ url: asUser(url, role, "nd"), table_name: table }))
+      const denied = yield* limited.cleanup("7 days").pipe(Effect.flip)
+      expect(denied.message).toBe(
+        `permission denied for cleanup on "public"."${table}": it deletes idle rows, so it needs GRANT DELETE ON "public"."${table}" TO the user of the url (nothing else needs DELETE)`
+      )
+    }).pipe(Effect.scoped))
 })

@@ -21,6 +21,7 @@ import type { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
 import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
@@ -28,7 +29,7 @@ import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import pg from "pg"
-import { ConflictRetriesExhausted, type StoreError, StoreUnavailable } from "../Errors.js"
+import { ConfigIssue, ConfigurationError, ConflictRetriesExhausted, type StoreError, StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
 import * as Gcra from "../internal/gcra.js"
 import * as Window from "../internal/window.js"
@@ -98,6 +99,12 @@ type Rollback =
 export interface PostgresStore extends Store {
   /** The pool's client, for tests and tools. */
   readonly sql: SqlClient
+  /**
+   * Deletes the rows no limiter has touched for `olderThan` (at least a minute) and whose state lies
+   * that far in the past: the seed page's cleanup, as an operation. It is the only statement of the
+   * library that needs `DELETE` granted; nothing else ever deletes. Returns how many rows went.
+   */
+  readonly cleanup: (olderThan: Duration.DurationInput) => Effect.Effect<number, StoreUnavailable | ConfigurationError>
 }
 
 export const make = (name: string, config: PostgresStoreConfig) =>
@@ -554,6 +561,41 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       engine: "postgres",
       timingMarginMs: margin,
       sql,
+
+      cleanup: (olderThan) =>
+        Effect.suspend((): Effect.Effect<number, StoreUnavailable | ConfigurationError> => {
+          const ms = Duration.toMillis(Duration.decode(olderThan))
+          if (!(ms >= 60_000)) {
+            return Effect.fail(
+              new ConfigurationError({
+                issues: [new ConfigIssue({ path: "cleanup.older_than", message: `Expected at least one minute, found ${ms} ms` })]
+              })
+            )
+          }
+          // A row can be in a writer's read-modify-write only while it is recent: after a minute untouched it is not.
+          return sql<{ deleted: string }>`
+            WITH d AS (
+              DELETE FROM ${T}
+              WHERE last_acquisition_at < statement_timestamp() - ${ms}::float8 * interval '1 millisecond'
+                AND updated_at < statement_timestamp() - ${ms}::float8 * interval '1 millisecond'
+              RETURNING 1
+            )
+            SELECT count(*)::text AS deleted FROM d`.pipe(
+            Effect.map((rows) => Number(rows[0]?.deleted ?? 0)),
+            Effect.tap(() => Effect.sync(() => cache.clear())),
+            Effect.mapError((error) => {
+              const unavailable = toError(error)
+              return codeOf(error) === "42501"
+                ? new StoreUnavailable({
+                  store: name,
+                  engine: "postgres",
+                  message: `permission denied for cleanup on ${table}: it deletes idle rows, so it needs GRANT DELETE ON ${table} TO the user of the url (nothing else needs DELETE)`,
+                  cause: unavailable.cause
+                })
+                : unavailable
+            })
+          )
+        }),
 
       acquire: (request) =>
         request.limiter.concurrency !== undefined && request.leaseId !== undefined
