@@ -38,31 +38,23 @@ const keys = {
   })
 }
 
-export const acquisitions = Metric.fromMetricKey(keys.acquisitions)
-export const waitTime = Metric.fromMetricKey(keys.waitTime)
-export const timeouts = Metric.fromMetricKey(keys.timeouts)
-export const rejections = Metric.fromMetricKey(keys.rejections)
-export const storeErrors = Metric.fromMetricKey(keys.storeErrors)
-export const failOpen = Metric.fromMetricKey(keys.failOpen)
-export const conflicts = Metric.fromMetricKey(keys.conflicts)
-export const leasesLost = Metric.fromMetricKey(keys.leasesLost)
+/** The metrics, each with `labels` in its key. (`Metric.tagged` would build a new metric key, and hash
+ * it, on every update: a large share of a fast acquire.) */
+const labelled = (labels: ReadonlyArray<MetricLabel.MetricLabel>) => ({
+  acquisitions: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.acquisitions, labels)),
+  waitTime: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.waitTime, labels)),
+  timeouts: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.timeouts, labels)),
+  rejections: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.rejections, labels)),
+  storeErrors: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.storeErrors, labels)),
+  failOpen: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.failOpen, labels)),
+  conflicts: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.conflicts, labels)),
+  leasesLost: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.leasesLost, labels))
+})
 
-/**
- * One limiter's metrics, labelled in their keys. (`Metric.tagged` would build a new metric key, and
- * hash it, on every update: a large share of a fast acquire.)
- */
-export const forLimiter = (limiter: string, store: string) => {
-  const labels = [MetricLabel.make("limiter", limiter), MetricLabel.make("store", store)]
-  return {
-    acquisitions: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.acquisitions, labels)),
-    waitTime: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.waitTime, labels)),
-    timeouts: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.timeouts, labels)),
-    rejections: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.rejections, labels)),
-    storeErrors: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.storeErrors, labels)),
-    failOpen: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.failOpen, labels)),
-    conflicts: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.conflicts, labels)),
-    leasesLost: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.leasesLost, labels))
-  }
-}
+export const { acquisitions, conflicts, failOpen, leasesLost, rejections, storeErrors, timeouts, waitTime } = labelled([])
+
+/** One limiter's metrics, labelled by limiter and store. */
+export const forLimiter = (limiter: string, store: string) =>
+  labelled([MetricLabel.make("limiter", limiter), MetricLabel.make("store", store)])
 
 export type LimiterMetrics = ReturnType<typeof forLimiter>

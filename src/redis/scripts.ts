@@ -40,22 +40,34 @@ local function ms(us) return fmt(us / 1000) end
 local tolerance = 0
 if kind == 'tb' then tolerance = math.max(interval, burst * interval - margin) end
 
--- token bucket: the tat relative to base, or nil for a fresh key
+-- token bucket: its hash fields, read once per script and kept in step with what it writes
+local bucket = nil
+local function load_bucket()
+  if bucket == nil then
+    local v = redis.call('HMGET', S, 'a', 'n', 'i')
+    bucket = { a = tonumber(v[1]), n = tonumber(v[2]), i = tonumber(v[3]) }
+  end
+  return bucket
+end
+
+-- the tat relative to base, or nil for a fresh key
 local function tat_rel()
-  local v = redis.call('HMGET', S, 'a', 'n', 'i')
-  if not v[1] then return nil end
-  return (tonumber(v[1]) - base) + tonumber(v[2]) * tonumber(v[3])
+  local b = load_bucket()
+  if not b.a then return nil end
+  return (b.a - base) + b.n * b.i
 end
 
 -- writes tat = from + cost * interval, keeping the anchor while the bucket is busy so sums stay exact
 local function write_tat(tat, cost)
-  local v = redis.call('HMGET', S, 'i')
-  if tat ~= nil and tat > N and tonumber(v[1]) == interval then
+  local b = load_bucket()
+  if tat ~= nil and tat > N and b.i == interval then
+    b.n = b.n + cost
     redis.call('HINCRBY', S, 'n', cost)
   else
     local from = N
     if tat ~= nil and tat > N then from = math.ceil(tat) end
-    redis.call('HSET', S, 'a', fmt(base + from), 'n', cost, 'i', fmt(interval))
+    b.a, b.n, b.i = base + from, cost, interval
+    redis.call('HSET', S, 'a', fmt(b.a), 'n', cost, 'i', fmt(interval))
   end
   return redis.call('HINCRBY', S, 'w', 1)
 end
@@ -283,7 +295,8 @@ if kind == 'tb' then
   local target = N + push + tolerance - interval
   local tat = tat_rel()
   if tat == nil or target > tat then
-    redis.call('HSET', S, 'a', fmt(base + math.ceil(target)), 'n', 0, 'i', fmt(interval))
+    bucket.a, bucket.n, bucket.i = base + math.ceil(target), 0, interval
+    redis.call('HSET', S, 'a', fmt(bucket.a), 'n', 0, 'i', fmt(interval))
     redis.call('HINCRBY', S, 'w', 1)
   end
 elseif kind == 'sw' then
