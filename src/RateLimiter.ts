@@ -135,6 +135,16 @@ const RECHECK_MS = 1_000
  */
 const untraced = Effect.runSync(Effect.tracer)
 
+/**
+ * Lets timers and I/O run once. A store that is down can fail a call within the same microtask
+ * chain (ioredis rejects at once while disconnected); a caller that asks again straight away, as a
+ * fail-open loop does without knowing, would then never let the event loop reach the reconnect.
+ */
+const turnEventLoop: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
 export const make = (options: {
   readonly limiters: ReadonlyArray<LimiterSpec>
   readonly stores: ReadonlyMap<string, Store>
@@ -161,11 +171,14 @@ export const make = (options: {
           onFailure: (error) =>
             Effect.zipRight(
               Metric.increment(b.metrics.storeErrors),
-              error._tag === "StoreUnavailable" && !outages.has(b.store.name)
-                ? Effect.sync(() => outages.add(b.store.name)).pipe(
-                  Effect.zipRight(Effect.logWarning(`rate-sync: store "${b.store.name}" is unavailable: ${error.message}`))
+              error._tag !== "StoreUnavailable"
+                ? Effect.void
+                : outages.has(b.store.name)
+                ? turnEventLoop
+                : Effect.sync(() => outages.add(b.store.name)).pipe(
+                  Effect.zipRight(Effect.logWarning(`rate-sync: store "${b.store.name}" is unavailable: ${error.message}`)),
+                  Effect.zipRight(turnEventLoop)
                 )
-                : Effect.void
             ),
           onSuccess: () =>
             outages.has(b.store.name)

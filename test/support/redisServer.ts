@@ -21,9 +21,10 @@ const answers = async (url: string) => {
   }
 }
 
-const startRedisServer = async (): Promise<Started | undefined> => {
-  const port = await freePort()
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+/** A `redis-server` of ours on `port` (a free one by default), without persistence; undefined when none is installed. */
+export const startRedisServer = async (port?: number): Promise<Started | undefined> => {
+  const chosen = port ?? await freePort()
+  const child = spawn("redis-server", ["--port", String(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
     stdio: "ignore"
   })
   const spawned = await new Promise<boolean>((resolve) => {
@@ -31,19 +32,17 @@ const startRedisServer = async (): Promise<Started | undefined> => {
     child.once("spawn", () => resolve(true))
   })
   if (!spawned) return undefined
-  const url = `redis://127.0.0.1:${port}`
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
+  const stop = async () => {
+    child.kill("SIGKILL")
+    await exited
+  }
+  const url = `redis://127.0.0.1:${chosen}`
   for (let i = 0; i < 50; i++) {
-    if (await answers(url)) {
-      return {
-        url,
-        stop: async () => {
-          child.kill()
-        }
-      }
-    }
+    if (await answers(url)) return { url, stop }
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
-  child.kill()
+  await stop()
   return undefined
 }
 
