@@ -6,32 +6,13 @@
  * and admits nothing, the second admits degraded; within a few seconds of the restart both are
  * admitted by the store again, and the limit held all along.
  */
-import { spawn, spawnSync } from "node:child_process"
+import { spawnSync } from "node:child_process"
 import { describe, expect, it } from "vitest"
 import type { SettingsInput, StoreConfigInput } from "../src/Settings.js"
 import { windowPeak } from "./compliance/bounds.js"
 import { freePort, type Restartable, startEmbeddedPostgres } from "./support/embeddedPostgres.js"
-import { type LoadPlan, type LoadReport, machineClock } from "./support/loader.js"
+import { lateness, type LoadPlan, machineClock, runLoader, sleepUntil } from "./support/loader.js"
 import { startRedisServer } from "./support/redisServer.js"
-
-export const runLoader = (plan: LoadPlan): Promise<LoadReport> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", new URL("./support/loader.ts", import.meta.url).pathname, JSON.stringify(plan)], {
-      stdio: ["ignore", "pipe", "inherit"]
-    })
-    let out = ""
-    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
-    child.once("exit", (code, signal) => {
-      const line = out.trim().split("\n").pop() ?? ""
-      if (code === 0 && line.startsWith("{")) resolve(JSON.parse(line))
-      else reject(new Error(`load process exited with ${code ?? signal}`))
-    })
-  })
-
-const sleepUntil = (at: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, at - machineClock())))
-
-/** Admissions observed on the machine clock land after their slot by the caller's wake-up lateness (tens of ms on 2 loaded cores): a tenth of a second of rate is allowed for it. */
-export const lateness = (rate: number) => Math.ceil(rate / 10)
 
 const RATE = 50
 const BURST = 5

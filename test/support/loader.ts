@@ -5,6 +5,7 @@
  * `Clock` and `Date.now`) run that far off the machine's, as on a host whose clock is wrong.
  * Prints one JSON line, a `LoadReport`, and exits 0; a crash exits non-zero.
  */
+import { spawn } from "node:child_process"
 import { pathToFileURL } from "node:url"
 import { Clock, Duration, Effect, Layer } from "effect"
 import { RateLimiter } from "../../src/RateLimiter.js"
@@ -20,6 +21,8 @@ export interface LoadPlan {
   readonly startAt: number
   readonly endAt: number
   readonly skewMs: number
+  /** How long each permit is held before its scope closes (for concurrency limits). */
+  readonly holdMs?: number
 }
 
 export interface LoadReport {
@@ -28,10 +31,43 @@ export interface LoadReport {
   readonly degraded: Array<number>
   /** [machine-clock ms, error tag] of each failed acquire. */
   readonly failed: Array<readonly [number, string]>
+  /** With `holdMs`: [admitted, about to release] of each recorded permit, on the machine clock. */
+  readonly holds: Array<readonly [number, number]>
+  /** How far the process's Effect clock and Date.now ran from the machine's, as measured inside it. */
+  readonly skewSeen: { readonly effectClock: number; readonly dateNow: number }
 }
 
 /** The machine's clock, untouched by the skew below. */
 export const machineClock = () => performance.timeOrigin + performance.now()
+
+/** Runs a load process with `plan`; rejects when it crashes. */
+export const runLoader = (plan: LoadPlan): Promise<LoadReport> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", new URL(import.meta.url).pathname, JSON.stringify(plan)], {
+      stdio: ["ignore", "pipe", "inherit"]
+    })
+    let out = ""
+    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
+    child.once("exit", (code, signal) => {
+      const line = out.trim().split("\n").pop() ?? ""
+      if (code === 0 && line.startsWith("{")) resolve(JSON.parse(line))
+      else reject(new Error(`load process exited with ${code ?? signal}`))
+    })
+  })
+
+export const sleepUntil = (at: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, at - machineClock())))
+
+/** Admissions observed on the machine clock land after their slot by the caller's wake-up lateness (tens of ms on 2 loaded cores): a tenth of a second of rate is allowed for it. */
+export const lateness = (rate: number) => Math.ceil(rate / 10)
+
+/** The most permits held at once, from [start, end] intervals (a release at the instant of a grant counts first). */
+export const peakHeld = (holds: ReadonlyArray<readonly [number, number]>) => {
+  const events = holds.flatMap(([start, end]) => [[start, 1], [end, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+  let held = 0
+  let peak = 0
+  for (const [, delta] of events) peak = Math.max(peak, (held += delta))
+  return peak
+}
 
 const skewedClock = (skewMs: number): Clock.Clock => {
   const system = Clock.make()
@@ -49,16 +85,22 @@ const skewedClock = (skewMs: number): Clock.Clock => {
 
 const run = (plan: LoadPlan) =>
   Effect.gen(function*() {
-    const report: LoadReport = { admitted: [], degraded: [], failed: [] }
+    const effectClock = (yield* Clock.currentTimeMillis) - machineClock()
+    const report: LoadReport = { admitted: [], degraded: [], failed: [], holds: [], skewSeen: { effectClock, dateNow: Date.now() - machineClock() } }
     const worker = Effect.gen(function*() {
       while (machineClock() < plan.endAt) {
-        yield* Effect.scoped(RateLimiter.acquire(plan.limiter, { timeout: Duration.seconds(1) })).pipe(
+        yield* Effect.scoped(Effect.gen(function*() {
+          const permit = yield* RateLimiter.acquire(plan.limiter, { timeout: Duration.seconds(1) })
+          const at = machineClock()
+          const recorded = at >= plan.startAt && at < plan.endAt
+          if (recorded) (permit.degraded ? report.degraded : report.admitted).push(at)
+          if (plan.holdMs !== undefined) {
+            yield* Effect.sleep(Duration.millis(plan.holdMs))
+            if (recorded) report.holds.push([at, machineClock()])
+          }
+        })).pipe(
           Effect.matchEffect({
-            onSuccess: (permit) =>
-              Effect.sync(() => {
-                const at = machineClock()
-                if (at >= plan.startAt && at < plan.endAt) (permit.degraded ? report.degraded : report.admitted).push(at)
-              }),
+            onSuccess: () => Effect.void,
             // A failure is answered at once; a real client would back off a little before asking again.
             onFailure: (error) => Effect.zipRight(Effect.sync(() => report.failed.push([machineClock(), error._tag])), Effect.sleep("10 millis"))
           })
