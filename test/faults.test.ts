@@ -16,9 +16,20 @@ const databaseUrl = inject("databaseUrl")
 const redisUrl = inject("redisUrl")
 let n = 0
 
-const stores: ReadonlyArray<readonly [string, () => StoreConfigInput, boolean]> = [
-  ["postgres", () => ({ engine: "postgres", url: databaseUrl, auto_create: true }), true],
-  ["redis", () => ({ engine: "redis", url: redisUrl, key_prefix: `rate-sync-faults:${process.pid}:${n++}:` }), redisUrl !== ""]
+/** Each engine's store, with `pool` connections when given. */
+const stores: ReadonlyArray<readonly [string, (pool?: number) => StoreConfigInput, boolean]> = [
+  ["postgres", (pool) => ({
+    engine: "postgres",
+    url: databaseUrl,
+    auto_create: true,
+    ...(pool === undefined ? {} : { pool_max_size: pool, pool_min_size: 0 })
+  }), true],
+  ["redis", (pool) => ({
+    engine: "redis",
+    url: redisUrl,
+    key_prefix: `rate-sync-faults:${process.pid}:${n++}:`,
+    ...(pool === undefined ? {} : { pool_max_size: pool })
+  }), redisUrl !== ""]
 ]
 
 /** Starts a holder process and resolves once it holds `count` permits; the returned function kills it. */
@@ -55,6 +66,26 @@ describe("crashed holders", () => {
           for (let i = 0; i < 3; i++) yield* RateLimiter.acquire(name, { timeout: Duration.seconds(2) })
           expect((yield* RateLimiter.state(name)).leasesHeld).toBe(3)
         }))
+      }).pipe(Effect.provide(RateSync.layer(settings).pipe(Layer.provide(Stores.layer))))
+    }, 30_000)
+  }
+})
+
+describe("more callers than connections", () => {
+  for (const [engine, store, available] of stores) {
+    it.live.skipIf(!available)(`${engine}: 64 concurrent acquires on 64 keys through pool_max_size = 1 queue and all succeed`, () => {
+      const name = `pool_${process.pid}_${n++}`
+      const settings: SettingsInput = {
+        stores: { s: store(1) },
+        limiters: { [name]: { store: "s", rate_per_second: 10, burst: 1, max_concurrent: 1, lease_ttl_seconds: 5 } }
+      }
+      return Effect.gen(function*() {
+        const permits = yield* Effect.forEach(
+          Array.from({ length: 64 }, (_, i) => `user-${i}`),
+          (key) => Effect.scoped(RateLimiter.acquire(name, { key, timeout: Duration.seconds(5) })),
+          { concurrency: "unbounded" }
+        )
+        expect(permits.map((p) => p.degraded)).toEqual(Array.from({ length: 64 }, () => false))
       }).pipe(Effect.provide(RateSync.layer(settings).pipe(Layer.provide(Stores.layer))))
     }, 30_000)
   }
