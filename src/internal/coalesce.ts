@@ -4,9 +4,11 @@
  * round trip per batch instead of one each (and, under optimistic locking, no conflicts among
  * themselves). Requests are decided in the order they arrived.
  *
- * Token-bucket keys asked for concurrently also reserve slots ahead: a batch asks for as many extra
- * unit slots as the key was asked for since the last batch, but only slots due within `marginMs`. The next callers of
- * this process take those without a round trip. A spare slot is used at most `marginMs / 2` after
+ * Token-bucket keys asked for concurrently also reserve slots ahead: a batch asks for extra unit
+ * slots in proportion to how often the key was asked for since the last batch, but only slots due
+ * within `marginMs`. The next callers of this process take those without a round trip, and once
+ * half of them are gone a refill is asked for in the background, so a busy key's callers do not
+ * all stop for the round trip when the last one is taken. A spare slot is used at most `marginMs / 2` after
  * it was due, so with the callers' own jitter it stays inside the timing margin, which the burst
  * allowance already gives up for lateness: the bound holds. One not taken in time is dropped
  * (never used late); that costs capacity only when demand falls, and at tight rates, where slots
@@ -36,8 +38,11 @@ interface Spare {
 
 interface KeyState {
   queue: Array<Pending> | undefined
-  /** Reserved ahead, in slot order. */
+  /** Reserved ahead, in slot order, from `head` on (a head index, since shifting a long array is linear). */
   readonly spares: Array<Spare>
+  head: number
+  /** How many spares the last batch left in the pool: a refill starts once half are gone. */
+  pooled: number
   /** Requests served from spares since the last batch: the demand to reserve for. */
   served: number
   /** When the key was last asked for (local ms), and the time between the last two asks. */
@@ -51,14 +56,22 @@ export interface Options {
   readonly maxBatch: number
   /** The store's timing margin: how far ahead spares are reserved (0: none). */
   readonly marginMs: number
-  /** Decides a batch of requests for one key (all of the same limiter), one outcome per request. */
-  readonly decide: (id: string, batch: ReadonlyArray<AcquireRequest>) => Effect.Effect<ReadonlyArray<AcquireOutcome>, StoreError>
+  /**
+   * Decides a batch of requests for one key (all of the same limiter), one outcome per request, in
+   * order; then reserves up to `ahead.count` unit slots like `ahead.request`, whose outcomes follow
+   * (only the admitted ones need be returned).
+   */
+  readonly decide: (
+    id: string,
+    batch: ReadonlyArray<AcquireRequest>,
+    ahead: { readonly request: AcquireRequest; readonly count: number }
+  ) => Effect.Effect<ReadonlyArray<AcquireOutcome>, StoreError>
   /** What the requests still waiting learn when the store is closed under them. */
   readonly closed: StoreError
 }
 
-/** The most spare slots one batch reserves for a key. */
-const MAX_SPARES = 256
+/** The most spare slots a key's pool holds. */
+const MAX_SPARES = 512
 
 /** Bounds the keys whose spares and demand are remembered. */
 const MAX_KEYS = 10_000
@@ -70,7 +83,7 @@ export const make = (options: Options) => {
   const stateOf = (id: string): KeyState => {
     let state = keys.get(id)
     if (state === undefined) {
-      state = { queue: undefined, spares: [], served: 0, lastAt: -Infinity, gapMs: Infinity }
+      state = { queue: undefined, spares: [], head: 0, pooled: 0, served: 0, lastAt: -Infinity, gapMs: Infinity }
       keys.set(id, state)
       if (keys.size > MAX_KEYS) {
         for (const [key, other] of keys) {
@@ -87,44 +100,59 @@ export const make = (options: Options) => {
   const reservesAhead = (request: AcquireRequest) =>
     options.marginMs > 0 && request.cost === 1 && request.limiter.rate?._tag === "TokenBucket"
 
+  const sparesLeft = (state: KeyState) => state.spares.length - state.head
+
   /** A spare slot for `request` at local time `now`, taken from the pool; stale ones are dropped. */
   const takeSpare = (state: KeyState, request: AcquireRequest, now: number): Admitted | undefined => {
     const spares = state.spares
-    while (spares.length > 0 && spares[0]!.dueAt + slackMs < now) spares.shift()
-    const spare = spares[0]
+    while (state.head < spares.length && spares[state.head]!.dueAt + slackMs < now) state.head++
+    const spare = spares[state.head]
     if (spare === undefined || spare.dueAt - now > request.maxWaitMs) return undefined
-    spares.shift()
+    state.head++
     state.served++
     return { ...spare.outcome, waitMs: Math.max(0, spare.dueAt - now) }
   }
 
-  const drain = (id: string, state: KeyState, queue: Array<Pending>, clock: Clock.Clock): Effect.Effect<void> => {
+  const addSpares = (state: KeyState, outcomes: ReadonlyArray<AcquireOutcome>, at: number) => {
+    if (state.head > 0) {
+      state.spares.splice(0, state.head)
+      state.head = 0
+    }
+    for (const outcome of outcomes) {
+      if (outcome._tag === "Admitted") state.spares.push({ dueAt: at + outcome.waitMs, outcome })
+    }
+    state.pooled = state.spares.length
+  }
+
+  /**
+   * Decides what is queued for `id`, batch after batch, until nothing is. The first batch may be
+   * empty: a refill of the spares, reserved like `template`.
+   */
+  const drain = (id: string, state: KeyState, queue: Array<Pending>, clock: Clock.Clock, template: AcquireRequest): Effect.Effect<void> => {
     let batch: Array<Pending> = []
     const now = () => Number(clock.unsafeCurrentTimeNanos()) / 1e6
     return Effect.gen(function*() {
-      while (queue.length > 0) {
+      do {
         // Let the other fibers of this process that are about to ask join this batch.
         yield* Effect.yieldNow()
         batch = queue.splice(0, options.maxBatch)
-        const first = batch[0]!.request
+        const first = batch[0]?.request ?? template
         // Only a key asked for often enough that a spare would be taken in time gets slots reserved
         // ahead: an occasional caller (a user of a per-user limit, say) would see half its burst go
-        // to slots nobody takes.
+        // to slots nobody takes. The pool aims at twice the demand since the last batch, so that
+        // half of it covers the next refill's round trip.
         const concurrent = batch.length > 1 || state.served > 0 || state.gapMs <= slackMs
+        const left = sparesLeft(state)
         const ahead = reservesAhead(first) && concurrent
-          ? Math.max(0, Math.min(MAX_SPARES, batch.length + state.served - state.spares.length))
+          ? Math.max(0, Math.min(MAX_SPARES - left, batch.length + 2 * state.served - left))
           : 0
         state.served = 0
+        if (batch.length === 0 && ahead === 0) continue
         const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
-        const requests = [...batch.map((p) => p.request), ...Array.from({ length: ahead }, () => spare)]
-        const exit = yield* Effect.exit(options.decide(id, requests))
+        const exit = yield* Effect.exit(options.decide(id, batch.map((p) => p.request), { request: spare, count: ahead }))
         const at = now()
         batch.forEach((pending, i) => Deferred.unsafeDone(pending.done, Exit.map(exit, (outcomes) => outcomes[i]!)))
-        if (Exit.isSuccess(exit)) {
-          for (const outcome of exit.value.slice(batch.length)) {
-            if (outcome._tag === "Admitted") state.spares.push({ dueAt: at + outcome.waitMs, outcome })
-          }
-        }
+        if (Exit.isSuccess(exit)) addSpares(state, exit.value.slice(batch.length), at)
         batch = []
         // Whoever queued meanwhile may be served by what was just reserved.
         for (let i = 0; i < queue.length; i++) {
@@ -134,7 +162,7 @@ export const make = (options: Options) => {
             queue.splice(i--, 1)
           }
         }
-      }
+      } while (queue.length > 0)
       state.queue = undefined
     }).pipe(
       Effect.interruptible,
@@ -156,7 +184,12 @@ export const make = (options: Options) => {
         state.gapMs = now - state.lastAt
         state.lastAt = now
         const spare = takeSpare(state, request, now)
-        if (spare !== undefined) return Effect.succeed(spare)
+        if (spare !== undefined) {
+          if (state.queue !== undefined || sparesLeft(state) * 2 >= state.pooled) return Effect.succeed(spare)
+          // Half the pool is gone: refill it in the background while the rest is handed out.
+          state.queue = []
+          return Effect.as(Effect.forkIn(drain(id, state, state.queue, clock, request), options.scope), spare)
+        }
       }
       const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)
       if (state.queue !== undefined) {
@@ -165,7 +198,7 @@ export const make = (options: Options) => {
       }
       const fresh = [{ request, done }]
       state.queue = fresh
-      return Effect.zipRight(Effect.forkIn(drain(id, state, fresh, clock), options.scope), Deferred.await(done))
+      return Effect.zipRight(Effect.forkIn(drain(id, state, fresh, clock, request), options.scope), Deferred.await(done))
     })
 
   return { submit }

@@ -375,7 +375,8 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       scope,
       maxBatch: MAX_BATCH,
       marginMs: margin,
-      decide: (id, batch) => {
+      decide: (id, requests, ahead) => {
+        const batch = ahead.count === 0 ? requests : [...requests, ...Array.from({ length: ahead.count }, () => ahead.request)]
         const limiter = batch[0]!.limiter
         const rate = limiter.rate!
         let attempts = 0

@@ -177,22 +177,50 @@ export const make = (name: string, config: RedisStoreConfig) =>
     const strings = (reply: unknown) =>
       isStrings(reply) ? Effect.succeed(reply) : Effect.fail(toError(new Error(`unexpected script reply ${JSON.stringify(reply)}`)))
 
+    const outcome = (flat: ReadonlyArray<string>, i: number): AcquireOutcome => {
+      const [tag, a, b, c, d, e, f] = flat.slice(i * 7, i * 7 + 7)
+      if (tag === "R") return { _tag: "RateLimited", retryAfterMs: Number(a), limit: Number(b), remaining: Number(c) }
+      if (tag === "C") return { _tag: "ConcurrencyFull", expiresInMs: optionalNumber(a), held: Number(b), limit: Number(c) }
+      const slotMs = optionalNumber(b)
+      return {
+        _tag: "Admitted",
+        waitMs: Number(a),
+        reservation: slotMs === undefined ? undefined : { slotMs, tatMs: Number(c), version: optionalNumber(d) },
+        limit: optionalNumber(e),
+        remaining: optionalNumber(f)
+      }
+    }
+
     /** A script's outcomes, 7 strings each. */
     const outcomes = (reply: unknown) =>
-      Effect.map(strings(reply), (flat) =>
-        Array.from({ length: Math.floor(flat.length / 7) }, (_, i): AcquireOutcome => {
-          const [tag, a, b, c, d, e, f] = flat.slice(i * 7, i * 7 + 7)
-          if (tag === "R") return { _tag: "RateLimited", retryAfterMs: Number(a), limit: Number(b), remaining: Number(c) }
-          if (tag === "C") return { _tag: "ConcurrencyFull", expiresInMs: optionalNumber(a), held: Number(b), limit: Number(c) }
-          const slotMs = optionalNumber(b)
-          return {
+      Effect.map(strings(reply), (flat) => Array.from({ length: Math.floor(flat.length / 7) }, (_, i) => outcome(flat, i)))
+
+    /**
+     * The batch's outcomes, then one per slot reserved ahead. Only the last of those carries the
+     * version written: a refund gives back only the newest reservation, as for separate requests.
+     */
+    const rateOutcomes = (requests: number) => (reply: unknown) =>
+      Effect.map(strings(reply), (flat) => {
+        const decided = Array.from({ length: requests }, (_, i) => outcome(flat, i))
+        const [tag, count, first, interval, now, tat, version, limit, remaining] = flat.slice(requests * 7)
+        if (tag !== "B") return decided
+        const n = Number(count)
+        for (let j = 0; j < n; j++) {
+          const waitMs = Math.max(0, Number(first) + j * Number(interval))
+          decided.push({
             _tag: "Admitted",
-            waitMs: Number(a),
-            reservation: slotMs === undefined ? undefined : { slotMs, tatMs: Number(c), version: optionalNumber(d) },
-            limit: optionalNumber(e),
-            remaining: optionalNumber(f)
-          }
-        }))
+            waitMs,
+            reservation: {
+              slotMs: Number(now) + waitMs,
+              tatMs: Number(tat) - (n - 1 - j) * Number(interval),
+              version: j === n - 1 ? Number(version) : undefined
+            },
+            limit: Number(limit),
+            remaining: Number(remaining)
+          })
+        }
+        return decided
+      })
 
     const maxWaitArg = (request: AcquireRequest) => String(Number.isFinite(request.maxWaitMs) ? request.maxWaitMs * 1_000 : -1)
 
@@ -201,10 +229,12 @@ export const make = (name: string, config: RedisStoreConfig) =>
       scope: yield* Effect.scope,
       maxBatch: MAX_BATCH,
       marginMs: config.timing_margin_ms,
-      decide: (_id, batch) =>
-        run(SCRIPTS.acquireRates, batch[0]!.limiter, batch[0]!.key, batch.flatMap((r) => [String(r.cost), maxWaitArg(r)])).pipe(
-          Effect.flatMap(outcomes)
-        ),
+      decide: (_id, batch, ahead) =>
+        run(SCRIPTS.acquireRates, ahead.request.limiter, ahead.request.key, [
+          String(ahead.count),
+          maxWaitArg(ahead.request),
+          ...batch.flatMap((r) => [String(r.cost), maxWaitArg(r)])
+        ]).pipe(Effect.flatMap(rateOutcomes(batch.length))),
       closed: new StoreUnavailable({ store: name, engine: "redis", message: "the store was closed" })
     })
 

@@ -231,12 +231,17 @@ return {'A', ms(wait), slot, tat, version, cap, remaining}
 
 /**
  * A batch of rate requests without leases, decided in order (the waiters of one process on one
- * key). ARGV 11 channel, then pairs: cost, max wait (µs, -1 for none).
+ * key), then up to a count of unit slots reserved ahead for the process's next callers (token
+ * bucket only). ARGV 11 channel, 12 how many ahead, 13 their max wait (µs), then pairs: cost, max
+ * wait (µs, -1 for none). Returns 7 strings per request, then, when slots were reserved ahead,
+ * {"B", count, wait of the first (ms, below 0 when it had room to spare), interval (ms), now (ms),
+ * tat (ms), version, limit, remaining}: unit j waits max(0, first + j * interval), exactly as if each
+ * had been its own request, but with one write for all and a reply of constant size.
  */
 export const acquireRates = `${prelude}
 if kind == 'sw' then prune_log() end
 local out = {}
-for i = 12, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   local cost = tonumber(ARGV[i])
   local max_wait = tonumber(ARGV[i + 1])
   local wait = rate_wait(cost)
@@ -245,6 +250,23 @@ for i = 12, #ARGV, 2 do
   else
     local slot, tat, version, remaining = take(cost, wait)
     for _, v in ipairs({'A', ms(wait), slot, tat, version, cap, remaining}) do out[#out + 1] = v end
+  end
+end
+local ahead = tonumber(ARGV[12])
+if ahead > 0 and kind == 'tb' then
+  local ahead_wait = tonumber(ARGV[13])
+  local tat = tat_rel()
+  local from = N
+  if tat ~= nil and tat > N then from = tat end
+  local first = from + interval - tolerance - N
+  local count = 0
+  while count < ahead and settle(first + count * interval) <= ahead_wait do count = count + 1 end
+  if count > 0 then
+    local version = write_tat(tat, count)
+    local written = tat_rel()
+    for _, v in ipairs({'B', fmt(count), ms(first), ms(interval), ms(N), ms(written), fmt(version), cap, fmt(remaining_tb(written))}) do
+      out[#out + 1] = v
+    end
   end
 end
 expire_all()
