@@ -78,6 +78,15 @@ export class InvalidCost extends Schema.TaggedError<InvalidCost>()("InvalidCost"
   }
 }
 
+/** `consume` was asked of a limiter with `max_concurrent`: its permits are leases, held for a scope. */
+export class LeaseNeedsScope extends Schema.TaggedError<LeaseNeedsScope>()("LeaseNeedsScope", {
+  limiter: Schema.String
+}) {
+  override get message(): string {
+    return `Limiter "${this.limiter}" has max_concurrent: its permits are leases held for a scope; use acquire inside Effect.scoped, or withPermit`
+  }
+}
+
 /** The store could not be reached or refused the operation; `message` says how to fix it when known. */
 export class StoreUnavailable extends Schema.TaggedError<StoreUnavailable>()("StoreUnavailable", {
   store: Schema.String,
@@ -105,6 +114,9 @@ export type StoreError = StoreUnavailable | ConflictRetriesExhausted
 
 /** What `acquire` can fail with. */
 export type AcquireError = LimiterNotFound | AcquireTimeout | CostExceedsCapacity | InvalidCost | StoreError
+
+/** What `consume` can fail with. */
+export type ConsumeError = AcquireError | LeaseNeedsScope
 
 /** What `tryAcquire` can fail with. */
 export type TryAcquireError = LimiterNotFound | RateLimitExceeded | CostExceedsCapacity | InvalidCost | StoreError

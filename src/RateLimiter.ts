@@ -17,8 +17,10 @@ import * as Metric from "effect/Metric"
 import * as Scope from "effect/Scope"
 import {
   AcquireTimeout,
+  type ConsumeError,
   CostExceedsCapacity,
   InvalidCost,
+  LeaseNeedsScope,
   LimiterNotFound,
   RateLimitExceeded,
   type StoreError,
@@ -82,6 +84,15 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
     limiter: string,
     options?: AcquireOptions
   ) => Effect.Effect<Permit, LookupError | AcquireTimeout | CostExceedsCapacity | InvalidCost | StoreError, Scope.Scope>
+  /**
+   * Waits for a rate slot and takes it, with no scope: for limiters without `max_concurrent`, whose
+   * permits hold nothing to give back (as `consume` in other rate limiters). A limiter with leases
+   * fails with `LeaseNeedsScope`.
+   */
+  readonly consume: (
+    limiter: string,
+    options?: AcquireOptions
+  ) => Effect.Effect<Permit, LookupError | LeaseNeedsScope | AcquireTimeout | CostExceedsCapacity | InvalidCost | StoreError>
   /** Never waits: fails with `RateLimitExceeded` when no permit is free now. */
   readonly tryAcquire: (
     limiter: string,
@@ -105,6 +116,9 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
 }>() {
   static readonly acquire = (limiter: string, options?: AcquireOptions) =>
     Effect.flatMap(RateLimiter, (service) => service.acquire(limiter, options))
+
+  static readonly consume = (limiter: string, options?: AcquireOptions) =>
+    Effect.flatMap(RateLimiter, (service) => service.consume(limiter, options))
 
   static readonly tryAcquire = (limiter: string, options?: TryAcquireOptions) =>
     Effect.flatMap(RateLimiter, (service) => service.tryAcquire(limiter, options))
@@ -291,8 +305,39 @@ export const make = (options: {
         })
       )
 
+    /** Counts a granted permit and, under an installed tracer, wraps the call in a span. */
+    const instrument = <E, R>(b: Bound, mode: "wait" | "try", cost: number, decided: Effect.Effect<Permit, E, R>) =>
+      decided.pipe(
+        Effect.tap((permit) =>
+          Effect.zipRight(
+            Metric.increment(b.metrics.acquisitions),
+            Metric.update(b.metrics.waitTime, Duration.toMillis(permit.waited))
+          )
+        ),
+        (traced) =>
+          Effect.tracerWith((tracer) =>
+            tracer === untraced
+              ? traced
+              : Effect.withSpan(traced, mode === "wait" ? "rate_sync.acquire" : "rate_sync.try_acquire", {
+                attributes: { "rate_sync.limiter": b.spec.name, "rate_sync.cost": cost },
+                // A stack trace per permit costs more than the rest of an in-memory acquire.
+                captureStackTrace: false
+              })
+          )
+      )
+
+    /** A rate slot alone: nothing is held, so no scope is needed. */
+    const runRateOnly = <E>(call: Call<E>) => {
+      const invalid = costError(call.b, call.cost)
+      const decided: Effect.Effect<Permit, E | StoreError | CostExceedsCapacity | InvalidCost> = invalid !== undefined
+        ? Effect.fail(invalid)
+        : rateOnly(call)
+      return instrument(call.b, call.mode, call.cost, decided)
+    }
+
     const run = <E>(call: Call<E>) => {
       const { b, cost, key, mode, refuse, timeoutMs } = call
+      if (b.spec.concurrency === undefined) return runRateOnly(call)
       const invalid = costError(b, cost)
       const leased = Effect.gen(function*() {
         const scope = yield* Effect.scope
@@ -345,27 +390,8 @@ export const make = (options: {
       })
       const decided: Effect.Effect<Permit, E | StoreError | CostExceedsCapacity | InvalidCost, Scope.Scope> = invalid !== undefined
         ? Effect.fail(invalid)
-        : b.spec.concurrency === undefined
-        ? rateOnly(call)
         : leased
-      return decided.pipe(
-        Effect.tap((permit) =>
-          Effect.zipRight(
-            Metric.increment(b.metrics.acquisitions),
-            Metric.update(b.metrics.waitTime, Duration.toMillis(permit.waited))
-          )
-        ),
-        (traced) =>
-          Effect.tracerWith((tracer) =>
-            tracer === untraced
-              ? traced
-              : Effect.withSpan(traced, mode === "wait" ? "rate_sync.acquire" : "rate_sync.try_acquire", {
-                attributes: { "rate_sync.limiter": b.spec.name, "rate_sync.cost": cost },
-                // A stack trace per permit costs more than the rest of an in-memory acquire.
-                captureStackTrace: false
-              })
-          )
-      )
+      return instrument(b, mode, cost, decided)
     }
 
     const admitted = (
@@ -403,20 +429,28 @@ export const make = (options: {
         } satisfies Permit
       })
 
-    const acquire = (limiter: string, options?: AcquireOptions) =>
-      Effect.flatMap(lookup(limiter), (b) => {
-        const key = options?.key ?? ""
-        const timeoutMs = options?.timeout === undefined
-          ? b.spec.timeoutMs
-          : Duration.toMillis(Duration.decode(options.timeout))
-        return run({ b, key, cost: options?.cost ?? 1, timeoutMs, mode: "wait", refuse: (refusal, overDeadlineMs) =>
-          new AcquireTimeout({
-            limiter: b.spec.name,
-            key,
-            timeout: Duration.millis(timeoutMs ?? 0),
-            retryAfter: refusal._tag === "RateLimited" ? Duration.millis(overDeadlineMs) : undefined
-          }) })
-      })
+    const waiting = (b: Bound, options?: AcquireOptions): Call<AcquireTimeout> => {
+      const key = options?.key ?? ""
+      const timeoutMs = options?.timeout === undefined ? b.spec.timeoutMs : Duration.toMillis(Duration.decode(options.timeout))
+      return { b, key, cost: options?.cost ?? 1, timeoutMs, mode: "wait", refuse: (refusal, overDeadlineMs) =>
+        new AcquireTimeout({
+          limiter: b.spec.name,
+          key,
+          timeout: Duration.millis(timeoutMs ?? 0),
+          retryAfter: refusal._tag === "RateLimited" ? Duration.millis(overDeadlineMs) : undefined
+        }) }
+    }
+
+    const acquire = (limiter: string, options?: AcquireOptions) => Effect.flatMap(lookup(limiter), (b) => run(waiting(b, options)))
+
+    const consume = (
+      limiter: string,
+      options?: AcquireOptions
+    ): Effect.Effect<Permit, LookupError | LeaseNeedsScope | AcquireTimeout | CostExceedsCapacity | InvalidCost | StoreError> =>
+      Effect.flatMap(lookup(limiter), (b): Effect.Effect<Permit, ConsumeError> =>
+        b.spec.concurrency === undefined
+          ? runRateOnly(waiting(b, options))
+          : Effect.fail(new LeaseNeedsScope({ limiter: b.spec.name })))
 
     const tryAcquire = (limiter: string, options?: TryAcquireOptions) =>
       Effect.flatMap(lookup(limiter), (b) => {
@@ -442,8 +476,14 @@ export const make = (options: {
 
     return RateLimiter.of({
       acquire,
+      consume,
       tryAcquire,
-      withPermit: (limiter, options) => (self) => Effect.scoped(Effect.zipRight(acquire(limiter, options), self)),
+      // A rate-only permit holds nothing, so it needs no scope (which costs about as much as the rest).
+      withPermit: (limiter, options) => (self) =>
+        Effect.flatMap(lookup(limiter), (b) =>
+          b.spec.concurrency === undefined
+            ? Effect.zipRight(runRateOnly(waiting(b, options)), self)
+            : Effect.scoped(Effect.zipRight(run(waiting(b, options)), self))),
       state: (limiter, options) =>
         Effect.flatMap(lookup(limiter), (b) => {
           const key = options?.key ?? ""

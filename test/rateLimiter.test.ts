@@ -82,6 +82,34 @@ describe("RateLimiter service", () => {
         .pipe(Layer.provide(MemoryStore.layer))
     )))
 
+  it.effect("consume takes rate slots without a scope, waits for them, and refuses a limiter with leases", () =>
+    Effect.gen(function*() {
+      // Burst 2 at 10/s: two at once, the third waits its 100 ms.
+      yield* Limiter.consume("r")
+      yield* Limiter.consume("r")
+      const third = yield* Effect.fork(Limiter.consume("r"))
+      yield* TestClock.adjust("99 millis")
+      expect(third.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("1 millis")
+      expect((yield* Fiber.join(third)).waited).toEqual(Duration.millis(100))
+      // What consume took, acquire sees as taken.
+      expect((yield* Effect.scoped(Limiter.tryAcquire("r")).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+      const timedOut = yield* Limiter.consume("r", { timeout: "10 millis" }).pipe(Effect.flip)
+      expect(timedOut._tag).toBe("AcquireTimeout")
+      const leased = yield* Limiter.consume("c").pipe(Effect.flip)
+      expect(leased._tag).toBe("LeaseNeedsScope")
+      expect(leased.message).toContain("use acquire inside Effect.scoped")
+      // withPermit on a rate-only limiter takes its slot too, with no scope of its own.
+      yield* TestClock.adjust("1 second")
+      expect(yield* Effect.succeed("ran").pipe(Limiter.withPermit("r"))).toBe("ran")
+      expect((yield* Limiter.state("r")).remaining).toBe(1)
+    }).pipe(Effect.provide(
+      RateSync.layer({
+        stores: { m: { engine: "memory" } },
+        limiters: { r: { store: "m", rate_per_second: 10, burst: 2 }, c: { store: "m", max_concurrent: 1 } }
+      }).pipe(Layer.provide(MemoryStore.layer))
+    )))
+
   it.effect("an unknown limiter fails with LimiterNotFound naming the known ones", () =>
     Effect.gen(function*() {
       const error = yield* Effect.scoped(Limiter.acquire("nope")).pipe(Effect.flip)
