@@ -6,7 +6,7 @@
 import * as ExperimentalLimiter from "@effect/experimental/RateLimiter"
 import { Duration, Effect, Layer } from "effect"
 import { RateLimiterMemory } from "rate-limiter-flexible"
-import { RateLimiter, RateSync, Stores } from "../src/index.js"
+import { RateLimiter, RateSync, Stores } from "./library.js"
 
 export const KEYS = 100_000
 

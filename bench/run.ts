@@ -4,7 +4,9 @@
  * rounds; a figure is the median over rounds and a ratio is the median of the ratios taken within
  * each round. Writes bench/RESULTS.md and the SVG charts it shows.
  *
- * BENCH_SECONDS (default 2) and BENCH_RUNS (default 3) set the length and number of rounds.
+ * BENCH_SECONDS (default 2) and BENCH_RUNS (default 3) set the length and number of rounds;
+ * BENCH_STORES (say "redis" or "memory,postgres") and BENCH_WORKLOADS (a part of a workload's label,
+ * say "8 callers") run a part of it, for a quick look: RESULTS.md is then not written.
  */
 import { execFileSync } from "node:child_process"
 import { readFileSync, writeFileSync } from "node:fs"
@@ -20,12 +22,16 @@ const SECONDS = Number(process.env["BENCH_SECONDS"] ?? 2)
 const RUNS = Number(process.env["BENCH_RUNS"] ?? 3)
 const REDIS_URL = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379"
 
-const WORKLOADS: ReadonlyArray<Workload> = [
+const ALL_WORKLOADS: ReadonlyArray<Workload> = [
   { label: "one hot key, 1 caller", callers: 1, keys: 1 },
   { label: "one hot key, 8 callers", callers: 8, keys: 1 },
   { label: "one hot key, 64 callers", callers: 64, keys: 1 },
   { label: "10,000 keys, 8 callers", callers: 8, keys: 10_000 }
 ]
+const ONLY_STORES = process.env["BENCH_STORES"]?.split(",")
+const ONLY_WORKLOADS = process.env["BENCH_WORKLOADS"]
+const PARTIAL = ONLY_STORES !== undefined || ONLY_WORKLOADS !== undefined
+const WORKLOADS = ALL_WORKLOADS.filter((w) => ONLY_WORKLOADS === undefined || w.label.includes(ONLY_WORKLOADS))
 
 interface Sample {
   readonly perSecond: number
@@ -74,7 +80,7 @@ const idleMemory = () =>
 
 const main = async () => {
   const database = await postgresUrl()
-  const contenders = all(database.url, REDIS_URL)
+  const contenders = all(database.url, REDIS_URL).filter((c) => ONLY_STORES === undefined || ONLY_STORES.includes(c.store))
   const samples = new Map<string, Array<Sample>>()
   const id = (workload: Workload, contender: Contender) => `${workload.label}|${contender.store}|${contender.name}`
 
@@ -99,6 +105,10 @@ const main = async () => {
     }
   }
   for (const contender of contenders) await contender.stop()
+  if (PARTIAL) {
+    await database.stop()
+    return
+  }
   const servers = await serverVersions(database.url)
   await database.stop()
   const memory = idleMemory()
@@ -123,24 +133,26 @@ const main = async () => {
     lines.push(
       `## ${workload.label}`,
       "",
-      "| store | library | admissions/s | p50 | p99 | x rate-limiter-flexible | x floor |",
-      "|---|---|---:|---:|---:|---:|---:|"
+      "| store | library | admissions/s | p50 | p99 | x rate-limiter-flexible | x faster peer | x floor |",
+      "|---|---|---:|---:|---:|---:|---:|---:|"
     )
     for (const store of stores) {
       const here = contenders.filter((c) => c.store === store)
       const flexible = here.find((c) => c.name.startsWith("rate-limiter-flexible"))!
       const floor = here.find((c) => c.kind === "floor")
-      /** This contender's throughput over another's, taken within each round, median over rounds. */
-      const ratio = (contender: Contender, other: Contender | undefined) => {
-        if (other === undefined || other === contender || contender.kind === "floor") return ""
+      const peers = here.filter((c) => c.kind === "peer")
+      /** This contender's throughput over another's (or the faster of several), taken within each round, median over rounds. */
+      const ratio = (contender: Contender, other: Contender | ReadonlyArray<Contender> | undefined) => {
+        const others = other === undefined ? [] : Array.isArray(other) ? other : [other]
+        if (others.length === 0 || others.includes(contender) || contender.kind === "floor") return ""
         const mine = samples.get(id(workload, contender)) ?? []
-        const theirs = samples.get(id(workload, other)) ?? []
-        return `${median(mine.map((s, i) => s.perSecond / (theirs[i]?.perSecond ?? Infinity))).toFixed(2)}x`
+        const theirs = (i: number) => Math.max(...others.map((o) => samples.get(id(workload, o))?.[i]?.perSecond ?? Infinity))
+        return `${median(mine.map((s, i) => s.perSecond / theirs(i))).toFixed(2)}x`
       }
       for (const contender of here) {
         const list = samples.get(id(workload, contender)) ?? []
         lines.push(
-          `| ${store} | ${contender.kind === "rate-sync" ? `**${contender.name}**` : contender.name} | ${Math.round(median(list.map((s) => s.perSecond))).toLocaleString("en-US")} | ${median(list.map((s) => s.p50)).toFixed(3)} ms | ${median(list.map((s) => s.p99)).toFixed(3)} ms | ${ratio(contender, flexible)} | ${ratio(contender, floor)} |`
+          `| ${store} | ${contender.kind === "rate-sync" ? `**${contender.name}**` : contender.name} | ${Math.round(median(list.map((s) => s.perSecond))).toLocaleString("en-US")} | ${median(list.map((s) => s.p50)).toFixed(3)} ms | ${median(list.map((s) => s.p99)).toFixed(3)} ms | ${ratio(contender, flexible)} | ${ratio(contender, peers)} | ${ratio(contender, floor)} |`
         )
       }
     }
