@@ -132,6 +132,19 @@ const hold = async (
 export const acquire = (limiter: string, options: AcquireOptions = {}): Promise<HeldPermit> =>
   hold(RateLimiter.acquire(limiter, options), options.signal)
 
+/**
+ * Waits for a rate slot and takes it; nothing is held, so there is nothing to release. For limiters
+ * without `max_concurrent` (others reject with `LeaseNeedsScope`).
+ */
+export const consume = (limiter: string, options: AcquireOptions = {}): Promise<Permit> => {
+  const owner = generation()
+  owner.active++
+  return runIn(owner, RateLimiter.consume(limiter, options), options.signal).finally(() => {
+    owner.active--
+    if (owner.retired) retire(owner)
+  })
+}
+
 /** Never waits: rejects with `RateLimitExceeded` (with `retryAfter`) when no permit is free. */
 export const tryAcquire = (limiter: string, options: Omit<AcquireOptions, "timeout" | "signal"> = {}): Promise<HeldPermit> =>
   hold(RateLimiter.tryAcquire(limiter, options))

@@ -38,6 +38,15 @@ describe("rate-sync/promise", () => {
     await expect(RateSync.acquire("slow", { timeout: 10 })).rejects.toBeInstanceOf(RateSync.AcquireTimeout)
   })
 
+  it("consume takes a rate slot with nothing to release, and rejects a limiter with leases", async () => {
+    await RateSync.configureLimiter("calls", { store: "mem", rate_per_second: 0.5, burst: 1 })
+    const permit = await RateSync.consume("calls")
+    expect(permit.limiter).toBe("calls")
+    await expect(RateSync.tryAcquire("calls")).rejects.toBeInstanceOf(RateSync.RateLimitExceeded)
+    await expect(RateSync.consume("calls", { timeout: 10 })).rejects.toBeInstanceOf(RateSync.AcquireTimeout)
+    await expect(RateSync.consume("jobs")).rejects.toBeInstanceOf(RateSync.LeaseNeedsScope)
+  })
+
   it("a configuration mistake throws where it is made", async () => {
     const error = await RateSync.configureLimiter("bad", { store: "nowhere", rate_per_second: 1 }).then(() => undefined, (e: unknown) => e)
     expect(error).toBeInstanceOf(RateSync.ConfigurationError)
