@@ -125,43 +125,62 @@ export const make = (options: Options) => {
   }
 
   /**
+   * Decides `requests` (possibly none) for `id`, with slots reserved ahead as the key's demand
+   * warrants; keeps those as spares and serves from them whoever queued meanwhile.
+   */
+  const decideBatch = (
+    id: string,
+    state: KeyState,
+    requests: ReadonlyArray<AcquireRequest>,
+    template: AcquireRequest,
+    queue: Array<Pending>,
+    clock: Clock.Clock
+  ): Effect.Effect<Exit.Exit<ReadonlyArray<AcquireOutcome>, StoreError>> =>
+    Effect.suspend(() => {
+      const first = requests[0] ?? template
+      // Only a key asked for often enough that a spare would be taken in time gets slots reserved
+      // ahead: an occasional caller (a user of a per-user limit, say) would see half its burst go
+      // to slots nobody takes. The pool aims at twice the demand since the last batch, so that
+      // half of it covers the next refill's round trip.
+      const concurrent = requests.length > 1 || state.served > 0 || state.gapMs <= slackMs
+      const left = sparesLeft(state)
+      const ahead = reservesAhead(first) && concurrent
+        ? Math.max(0, Math.min(MAX_SPARES - left, requests.length + 2 * state.served - left))
+        : 0
+      state.served = 0
+      if (requests.length === 0 && ahead === 0) return Effect.succeed(Exit.succeed([]))
+      const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
+      return Effect.exit(options.decide(id, requests, { request: spare, count: ahead })).pipe(
+        Effect.tap((exit) =>
+          Effect.sync(() => {
+            const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+            if (Exit.isSuccess(exit)) addSpares(state, exit.value.slice(requests.length), at)
+            for (let i = 0; i < queue.length; i++) {
+              const outcome = reservesAhead(queue[i]!.request) ? takeSpare(state, queue[i]!.request, at) : undefined
+              if (outcome !== undefined) {
+                Deferred.unsafeDone(queue[i]!.done, Exit.succeed(outcome))
+                queue.splice(i--, 1)
+              }
+            }
+          })
+        )
+      )
+    })
+
+  /**
    * Decides what is queued for `id`, batch after batch, until nothing is. The first batch may be
    * empty: a refill of the spares, reserved like `template`.
    */
   const drain = (id: string, state: KeyState, queue: Array<Pending>, clock: Clock.Clock, template: AcquireRequest): Effect.Effect<void> => {
     let batch: Array<Pending> = []
-    const now = () => Number(clock.unsafeCurrentTimeNanos()) / 1e6
     return Effect.gen(function*() {
       do {
         // Let the other fibers of this process that are about to ask join this batch.
         yield* Effect.yieldNow()
         batch = queue.splice(0, options.maxBatch)
-        const first = batch[0]?.request ?? template
-        // Only a key asked for often enough that a spare would be taken in time gets slots reserved
-        // ahead: an occasional caller (a user of a per-user limit, say) would see half its burst go
-        // to slots nobody takes. The pool aims at twice the demand since the last batch, so that
-        // half of it covers the next refill's round trip.
-        const concurrent = batch.length > 1 || state.served > 0 || state.gapMs <= slackMs
-        const left = sparesLeft(state)
-        const ahead = reservesAhead(first) && concurrent
-          ? Math.max(0, Math.min(MAX_SPARES - left, batch.length + 2 * state.served - left))
-          : 0
-        state.served = 0
-        if (batch.length === 0 && ahead === 0) continue
-        const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
-        const exit = yield* Effect.exit(options.decide(id, batch.map((p) => p.request), { request: spare, count: ahead }))
-        const at = now()
+        const exit = yield* decideBatch(id, state, batch.map((p) => p.request), template, queue, clock)
         batch.forEach((pending, i) => Deferred.unsafeDone(pending.done, Exit.map(exit, (outcomes) => outcomes[i]!)))
-        if (Exit.isSuccess(exit)) addSpares(state, exit.value.slice(batch.length), at)
         batch = []
-        // Whoever queued meanwhile may be served by what was just reserved.
-        for (let i = 0; i < queue.length; i++) {
-          const outcome = reservesAhead(queue[i]!.request) ? takeSpare(state, queue[i]!.request, at) : undefined
-          if (outcome !== undefined) {
-            Deferred.unsafeDone(queue[i]!.done, Exit.succeed(outcome))
-            queue.splice(i--, 1)
-          }
-        }
       } while (queue.length > 0)
       state.queue = undefined
     }).pipe(
@@ -191,14 +210,28 @@ export const make = (options: Options) => {
           return Effect.as(Effect.forkIn(drain(id, state, state.queue, clock, request), options.scope), spare)
         }
       }
-      const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)
       if (state.queue !== undefined) {
+        const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)
         state.queue.push({ request, done })
         return Deferred.await(done)
       }
-      const fresh = [{ request, done }]
-      state.queue = fresh
-      return Effect.zipRight(Effect.forkIn(drain(id, state, fresh, clock, request), options.scope), Deferred.await(done))
+      // Nobody is deciding this key: the caller decides it in its own fiber (no fork, no hand-off).
+      // Whoever asks meanwhile queues, and a drain forked afterwards decides them together.
+      const queue: Array<Pending> = []
+      state.queue = queue
+      return decideBatch(id, state, [request], request, queue, clock).pipe(
+        Effect.flatMap((exit) =>
+          Effect.zipRight(
+            queue.length > 0
+              ? Effect.forkIn(drain(id, state, queue, clock, request), options.scope)
+              : Effect.sync(() => {
+                state.queue = undefined
+              }),
+            Exit.map(exit, (outcomes) => outcomes[0]!)
+          )
+        ),
+        Effect.uninterruptible
+      )
     })
 
   return { submit }
