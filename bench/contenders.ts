@@ -102,8 +102,9 @@ export const effectExperimental = (
   let runtime: ManagedRuntime.ManagedRuntime<ExperimentalLimiter.RateLimiter, unknown> | undefined
   const consume = (key: string) =>
     Effect.flatMap(ExperimentalLimiter.RateLimiter, (limiter) =>
-      // Its Redis store keeps whole milliseconds per token (window / limit): one per ms, an hour's window.
-      limiter.consume({ key, limit: 3_600_000, window: Duration.hours(1), onExceeded: "fail" }))
+      // Its Redis store keeps whole milliseconds per token (window / limit): one per ms, a ten-hour window
+      // (36 million: a fast run can take more than 3.6 million in its rounds).
+      limiter.consume({ key, limit: 36_000_000, window: Duration.hours(10), onExceeded: "fail" }))
   return {
     name,
     store,
