@@ -89,10 +89,7 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
    * permits hold nothing to give back (as `consume` in other rate limiters). A limiter with leases
    * fails with `LeaseNeedsScope`.
    */
-  readonly consume: (
-    limiter: string,
-    options?: AcquireOptions
-  ) => Effect.Effect<Permit, LookupError | LeaseNeedsScope | AcquireTimeout | CostExceedsCapacity | InvalidCost | StoreError>
+  readonly consume: (limiter: string, options?: AcquireOptions) => Effect.Effect<Permit, ConsumeError>
   /** Never waits: fails with `RateLimitExceeded` when no permit is free now. */
   readonly tryAcquire: (
     limiter: string,
@@ -443,10 +440,7 @@ export const make = (options: {
 
     const acquire = (limiter: string, options?: AcquireOptions) => Effect.flatMap(lookup(limiter), (b) => run(waiting(b, options)))
 
-    const consume = (
-      limiter: string,
-      options?: AcquireOptions
-    ): Effect.Effect<Permit, LookupError | LeaseNeedsScope | AcquireTimeout | CostExceedsCapacity | InvalidCost | StoreError> =>
+    const consume = (limiter: string, options?: AcquireOptions) =>
       Effect.flatMap(lookup(limiter), (b): Effect.Effect<Permit, ConsumeError> =>
         b.spec.concurrency === undefined
           ? runRateOnly(waiting(b, options))

@@ -8,11 +8,11 @@
  * slots in proportion to how often the key was asked for since the last batch, but only slots due
  * within `marginMs`. The next callers of this process take those without a round trip, and once
  * half of them are gone a refill is asked for in the background, so a busy key's callers do not
- * all stop for the round trip when the last one is taken. A spare slot is used at most `marginMs / 2` after
- * it was due, so with the callers' own jitter it stays inside the timing margin, which the burst
- * allowance already gives up for lateness: the bound holds. One not taken in time is dropped
- * (never used late); that costs capacity only when demand falls, and at tight rates, where slots
- * lie further apart than the margin, no spare is ever reserved.
+ * all stop for the round trip when the last one is taken. A spare slot is used at most
+ * `marginMs / 2` after it was due, so with the callers' own jitter it stays inside the timing
+ * margin, which the burst allowance already gives up for lateness: the bound holds. One not taken
+ * in time is dropped (never used late); that costs capacity only when demand falls, and at tight
+ * rates, where slots lie further apart than the margin, no spare is ever reserved.
  */
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
