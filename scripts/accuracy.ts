@@ -18,6 +18,7 @@ import { parseArgs } from "node:util"
 import { Duration, Effect, Layer } from "effect"
 import { RateLimiter, RateSync, Stores } from "../src/index.js"
 import { seriesChart } from "../bench/svg.js"
+import { peakHeld, windowPeak } from "../test/compliance/bounds.js"
 import { resolveStore, type StoreTarget } from "./stores.js"
 
 const { values } = parseArgs({
@@ -115,25 +116,6 @@ const childReport = (plan: ChildPlan): Promise<ChildReport> =>
     })
   })
 
-/** The most events in any half-open window of `width` ms. */
-const peakIn = (times: ReadonlyArray<number>, width: number) => {
-  let peak = 0
-  let start = 0
-  for (let i = 0; i < times.length; i++) {
-    while (times[start]! <= times[i]! - width) start++
-    peak = Math.max(peak, i - start + 1)
-  }
-  return peak
-}
-
-const peakHeld = (holds: ReadonlyArray<readonly [number, number]>) => {
-  const events = holds.flatMap(([a, b]) => [[a, 1], [b, -1]] as const).sort((x, y) => x[0] - y[0] || x[1] - y[1])
-  let held = 0
-  let peak = 0
-  for (const [, delta] of events) peak = Math.max(peak, (held += delta))
-  return peak
-}
-
 const measure = async (target: StoreTarget, rate: number, processes: number) => {
   const margin = Number(values.margin)
   // A burst that covers the margin keeps the schedule evenly paced while absorbing up to `margin` of jitter.
@@ -155,9 +137,10 @@ const measure = async (target: StoreTarget, rate: number, processes: number) => 
   const reports = await Promise.all(Array.from({ length: processes }, () => childReport(plan)))
   const times = reports.flatMap((r) => r.admissions).sort((a, b) => a - b)
   const failures = reports.reduce((n, r) => n + r.failures, 0)
-  const perSecond = peakIn(times, 1000)
+  const slots = times.map((slot) => ({ slot, cost: 1 }))
+  const perSecond = windowPeak(slots, 1000)
   const interval = 1000 / rate
-  const perInterval = peakIn(times, interval)
+  const perInterval = windowPeak(slots, interval)
   const achieved = times.length / seconds
   const held = maxConcurrent === undefined ? undefined : peakHeld(reports.flatMap((r) => r.holds))
   const checks = [

@@ -7,8 +7,8 @@
 import { describe, expect, it } from "vitest"
 import { inject } from "vitest"
 import type { StoreConfigInput } from "../src/Settings.js"
-import { windowPeak } from "./compliance/bounds.js"
-import { lateness, machineClock, peakHeld, runLoader } from "./support/loader.js"
+import { peakHeld, windowPeak } from "./compliance/bounds.js"
+import { lateness, machineClock, runLoader } from "./support/loader.js"
 
 const databaseUrl = inject("databaseUrl")
 const redisUrl = inject("redisUrl")

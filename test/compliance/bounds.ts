@@ -39,3 +39,12 @@ export const windowPeak = (admissions: ReadonlyArray<Admission>, windowMs: numbe
 }
 
 export const units = (admissions: ReadonlyArray<Admission>) => admissions.reduce((sum, a) => sum + a.cost, 0)
+
+/** The most permits held at once, from [start, end] intervals (a release at the instant of a grant counts first). */
+export const peakHeld = (holds: ReadonlyArray<readonly [number, number]>) => {
+  const events = holds.flatMap(([start, end]) => [[start, 1], [end, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+  let held = 0
+  let peak = 0
+  for (const [, delta] of events) peak = Math.max(peak, (held += delta))
+  return peak
+}

@@ -60,15 +60,6 @@ export const sleepUntil = (at: number) => new Promise((resolve) => setTimeout(re
 /** Admissions observed on the machine clock land after their slot by the caller's wake-up lateness (tens of ms on 2 loaded cores): a tenth of a second of rate is allowed for it. */
 export const lateness = (rate: number) => Math.ceil(rate / 10)
 
-/** The most permits held at once, from [start, end] intervals (a release at the instant of a grant counts first). */
-export const peakHeld = (holds: ReadonlyArray<readonly [number, number]>) => {
-  const events = holds.flatMap(([start, end]) => [[start, 1], [end, -1]] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
-  let held = 0
-  let peak = 0
-  for (const [, delta] of events) peak = Math.max(peak, (held += delta))
-  return peak
-}
-
 const skewedClock = (skewMs: number): Clock.Clock => {
   const system = Clock.make()
   const millis = () => machineClock() + skewMs
