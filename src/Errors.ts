@@ -87,13 +87,55 @@ export class LeaseNeedsScope extends Schema.TaggedError<LeaseNeedsScope>()("Leas
   }
 }
 
-/** The store could not be reached or refused the operation; `message` says how to fix it when known. */
+/**
+ * The store could not be reached (an outage: refused or lost connections, a server restarting).
+ * This, and only this, is what `fail_closed = false` admits through; `message` says how to fix it
+ * when known.
+ */
 export class StoreUnavailable extends Schema.TaggedError<StoreUnavailable>()("StoreUnavailable", {
   store: Schema.String,
   engine: Schema.String,
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)
 }) {}
+
+/**
+ * The store did not answer within its operation bound (`statement_timeout_ms` on PostgreSQL,
+ * `command_timeout_ms` on Redis). A slow store is not an outage: this never admits a call, whatever
+ * `fail_closed` says; an `acquire` with a timeout reports it as `AcquireTimeout`.
+ */
+export class StoreTimeout extends Schema.TaggedError<StoreTimeout>()("StoreTimeout", {
+  store: Schema.String,
+  engine: Schema.String,
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * The store answered, and refused in a way retrying cannot mend: a wrong password, a missing
+ * database, role, table or grant, a Redis Cluster node redirecting the key, or a statement the store
+ * rejected. It never admits a call, whatever `fail_closed` says: limiting is not switched off by a
+ * mistake. `reason` tells which; `message` gives the store's own words and the fix.
+ */
+export class StoreMisconfigured extends Schema.TaggedError<StoreMisconfigured>()("StoreMisconfigured", {
+  store: Schema.String,
+  engine: Schema.String,
+  reason: Schema.Literal("authentication", "database", "schema", "permission", "redirect", "statement"),
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** An option of a call that is not a value it accepts (a key that is not a string, a timeout that is not a duration). */
+export class InvalidOption extends Schema.TaggedError<InvalidOption>()("InvalidOption", {
+  limiter: Schema.String,
+  option: Schema.String,
+  found: Schema.String,
+  expected: Schema.String
+}) {
+  override get message(): string {
+    return `Limiter "${this.limiter}": option ${this.option} must be ${this.expected}, found ${this.found}`
+  }
+}
 
 /** Optimistic-lock conflicts outlasted the limiter's retry schedule. */
 export class ConflictRetriesExhausted extends Schema.TaggedError<ConflictRetriesExhausted>()(
@@ -110,14 +152,17 @@ export class ConflictRetriesExhausted extends Schema.TaggedError<ConflictRetries
 }
 
 /** What a store operation can fail with. */
-export type StoreError = StoreUnavailable | ConflictRetriesExhausted
+export type StoreError = StoreUnavailable | StoreTimeout | StoreMisconfigured | ConflictRetriesExhausted
+
+/** What building a store (and so a layer) can fail with. */
+export type BuildError = ConfigurationError | StoreUnavailable | StoreTimeout | StoreMisconfigured
 
 /** What `acquire` can fail with. */
-export type AcquireError = LimiterNotFound | AcquireTimeout | CostExceedsCapacity | InvalidCost | StoreError
+export type AcquireError = LimiterNotFound | AcquireTimeout | CostExceedsCapacity | InvalidCost | InvalidOption | StoreError
 
 /** What `consume` can fail with. */
 export type ConsumeError = AcquireError | LeaseNeedsScope
 
 /** What `tryAcquire` can fail with. */
-export type TryAcquireError = LimiterNotFound | RateLimitExceeded | CostExceedsCapacity | InvalidCost | StoreError
+export type TryAcquireError = LimiterNotFound | RateLimitExceeded | CostExceedsCapacity | InvalidCost | InvalidOption | StoreError
 

@@ -12,13 +12,12 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import { settingsConfig } from "./EnvConfig.js"
-import { ConfigIssue, ConfigurationError, type StoreUnavailable } from "./Errors.js"
+import { type BuildError, ConfigIssue, ConfigurationError } from "./Errors.js"
 import * as RateLimiter from "./RateLimiter.js"
 import { decodeSettings, type Settings, type SettingsInput, toLimiterSpec } from "./Settings.js"
 import { type Store, StoreFactory } from "./Store.js"
 import * as Toml from "./Toml.js"
 
-type BuildError = ConfigurationError | StoreUnavailable
 
 /** Builds every store through the `StoreFactory`, then the limiters bound to them. */
 export const make = (

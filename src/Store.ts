@@ -6,7 +6,7 @@
 import * as Context from "effect/Context"
 import type * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
-import type { ConfigurationError, StoreError, StoreUnavailable } from "./Errors.js"
+import type { BuildError, StoreError } from "./Errors.js"
 import type { LimiterSpec } from "./LimiterSpec.js"
 import type { StoreConfig } from "./Settings.js"
 
@@ -105,5 +105,5 @@ export class StoreFactory extends Context.Tag("rate-sync/StoreFactory")<StoreFac
   readonly make: (
     name: string,
     config: StoreConfig
-  ) => Effect.Effect<Store, ConfigurationError | StoreUnavailable, Scope.Scope>
+  ) => Effect.Effect<Store, BuildError, Scope.Scope>
 }>() {}

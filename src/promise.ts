@@ -20,7 +20,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Scope from "effect/Scope"
-import type { ConfigurationError, StoreUnavailable } from "./Errors.js"
+import type { BuildError } from "./Errors.js"
 import { type LimiterState, type Permit, RateLimiter } from "./RateLimiter.js"
 import * as RateSync from "./RateSync.js"
 import {
@@ -51,7 +51,7 @@ export interface AcquireOptions {
 }
 
 interface Generation {
-  readonly runtime: ManagedRuntime.ManagedRuntime<RateLimiter, ConfigurationError | StoreUnavailable>
+  readonly runtime: ManagedRuntime.ManagedRuntime<RateLimiter, BuildError>
   active: number
   retired: boolean
 }

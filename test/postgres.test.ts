@@ -1,7 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as Scope from "effect/Scope"
+import pg from "pg"
 import { inject } from "vitest"
 import * as Metrics from "../src/Metrics.js"
 import * as PostgresStore from "../src/postgres/PostgresStore.js"
@@ -57,8 +61,108 @@ describe("PostgreSQL engine", () => {
     Effect.gen(function*() {
       const error = yield* Layer.build(limiters({ table_name: fresh("absent"), auto_create: false }, { rate_per_second: 1 }))
         .pipe(Effect.scoped, Effect.flip)
-      expect(error._tag).toBe("StoreUnavailable")
+      expect(error._tag).toBe("StoreMisconfigured")
       expect(error.message).toMatch(/^table "public"\."absent_\d+_\d+" does not exist: create it with the "Manual Table Setup" SQL or set auto_create = true$/)
+    }))
+
+  it.live("a missing database or role fails the layer with the server's reason, not as an outage", () =>
+    Effect.gen(function*() {
+      const missingDatabase = new URL(url)
+      missingDatabase.pathname = `/${fresh("nodb")}`
+      const database = yield* Layer.build(limiters({ url: missingDatabase.toString() }, { rate_per_second: 1 }))
+        .pipe(Effect.scoped, Effect.flip)
+      expect(database._tag).toBe("StoreMisconfigured")
+      expect(database._tag === "StoreMisconfigured" && database.reason).toBe("database")
+      expect(database.message).toMatch(/3D000/)
+      const role = yield* Layer.build(limiters({ url: asUser(url, fresh("nobody"), "x") }, { rate_per_second: 1 }))
+        .pipe(Effect.scoped, Effect.flip)
+      expect(role._tag === "StoreMisconfigured" && role.reason).toBe("authentication")
+    }))
+
+  it.live("a table dropped under running limiters fails every call with the cause, never admits (fail_closed = false)", () =>
+    Effect.gen(function*() {
+      const table = fresh("dropped")
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* RateLimiter.consume("api")
+        yield* Effect.scoped(RateLimiter.acquire("leased"))
+        yield* Effect.promise(() => admin(url, [`DROP TABLE ${table}`]))
+        for (const call of [RateLimiter.consume("api", { key: "other" }), Effect.scoped(RateLimiter.acquire("leased", { key: "other" }))]) {
+          const error = yield* Effect.flip(call)
+          expect(error._tag).toBe("StoreMisconfigured")
+          expect(error.message).toMatch(/42P01|does not exist/)
+        }
+      })).pipe(
+        Effect.provide(RateSync.layer({
+          stores: { db: { engine: "postgres", url, table_name: table, auto_create: true, timing_margin_ms: 0 } },
+          limiters: { api: { store: "db", rate_per_second: 100 }, leased: { store: "db", max_concurrent: 2 } }
+        }).pipe(Layer.provide(Stores.layer)))
+      )
+    }))
+
+  it.live("a queued lease waiter whose store call fails leaves no place in line: the key keeps working", () =>
+    Effect.gen(function*() {
+      const table = fresh("queued")
+      yield* Effect.gen(function*() {
+        const holder = yield* Scope.make()
+        yield* Scope.extend(RateLimiter.acquire("leased"), holder)
+        const waiter = yield* Effect.fork(Effect.scoped(RateLimiter.acquire("leased", { timeout: "5 seconds" })))
+        yield* Effect.sleep("100 millis")
+        expect((yield* RateLimiter.state("leased")).waiting).toBe(1)
+        // The waiter's next re-check (within a second) fails: the table is gone for a moment.
+        yield* Effect.promise(() => admin(url, [`ALTER TABLE ${table} RENAME TO ${table}_away`]))
+        const failed = yield* Fiber.join(waiter).pipe(Effect.flip)
+        expect(failed._tag).toBe("StoreMisconfigured")
+        yield* Effect.promise(() => admin(url, [`ALTER TABLE ${table}_away RENAME TO ${table}`]))
+        yield* Scope.close(holder, Exit.void)
+        expect((yield* RateLimiter.state("leased")).waiting).toBe(0)
+        yield* Effect.scoped(Effect.gen(function*() {
+          const permit = yield* RateLimiter.acquire("leased", { timeout: "2 seconds" })
+          expect(permit.degraded).toBe(false)
+          expect((yield* RateLimiter.state("leased")).leasesHeld).toBe(1)
+        }))
+      }).pipe(
+        Effect.provide(RateSync.layer({
+          stores: { db: { engine: "postgres", url, table_name: table, auto_create: true } },
+          limiters: { leased: { store: "db", max_concurrent: 1, lease_ttl_seconds: 30, fail_closed: true } }
+        }).pipe(Layer.provide(Stores.layer)))
+      )
+    }))
+
+  it.live("a slow store (a row locked elsewhere) cannot hold an acquire past its timeout, nor admit it degraded", () =>
+    Effect.gen(function*() {
+      const table = fresh("slow")
+      yield* Effect.gen(function*() {
+        yield* RateLimiter.consume("api")
+        yield* Effect.scoped(RateLimiter.acquire("leased"))
+        // Another session locks every row for 3 s.
+        const locker = new pg.Client({ connectionString: url })
+        yield* Effect.promise(() => locker.connect())
+        yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
+        const unlocked = Effect.promise(() => locker.query("COMMIT").then(() => locker.end()))
+        yield* Effect.gen(function*() {
+          for (const call of [RateLimiter.consume("api", { timeout: "300 millis" }), Effect.scoped(RateLimiter.acquire("leased", { timeout: "300 millis" }))]) {
+            const started = Date.now()
+            const error = yield* Effect.flip(call)
+            expect(error._tag).toBe("AcquireTimeout")
+            // Ends by its deadline: well before the lock goes, with room for a loaded machine.
+            expect(Date.now() - started).toBeLessThan(1_500)
+          }
+          // Without a deadline of the caller's, operation_timeout_ms bounds it, and the store is still not "down".
+          const started = Date.now()
+          const error = yield* Effect.flip(Effect.scoped(RateLimiter.tryAcquire("api")))
+          expect(error._tag).toBe("StoreTimeout")
+          expect(Date.now() - started).toBeLessThan(2_500)
+        }).pipe(Effect.ensuring(unlocked))
+        // Once the lock is gone, both work again, and nothing was left held.
+        yield* Effect.scoped(RateLimiter.acquire("leased", { timeout: "2 seconds" }))
+        expect((yield* RateLimiter.state("leased")).leasesHeld).toBe(0)
+        yield* RateLimiter.consume("api", { timeout: "2 seconds" })
+      }).pipe(
+        Effect.provide(RateSync.layer({
+          stores: { db: { engine: "postgres", url, table_name: table, auto_create: true, operation_timeout_ms: 800 } },
+          limiters: { api: { store: "db", rate_per_second: 100 }, leased: { store: "db", max_concurrent: 1, lease_ttl_seconds: 30 } }
+        }).pipe(Layer.provide(Stores.layer)))
+      )
     }))
 
   it.live("missing grants fail the layer with the GRANT to run", () =>

@@ -15,23 +15,30 @@
  * Requests of one process on one key are coalesced into one batch, so in-process contention costs
  * no conflicts and, under load, less than one round trip per admission.
  */
-import { createHash, randomInt } from "node:crypto"
+import { randomInt } from "node:crypto"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import type { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import pg from "pg"
-import { ConfigIssue, ConfigurationError, ConflictRetriesExhausted, type StoreError, StoreUnavailable } from "../Errors.js"
+import {
+  ConfigIssue,
+  ConfigurationError,
+  ConflictRetriesExhausted,
+  type StoreError,
+  StoreMisconfigured,
+  StoreTimeout,
+  StoreUnavailable
+} from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
+import { digest, wtf8 } from "../internal/keys.js"
 import * as Gcra from "../internal/gcra.js"
+import * as Wakeups from "../internal/wakeups.js"
 import * as Window from "../internal/window.js"
 import { capacity, type LimiterSpec, type SlidingWindow, stateKey, type TokenBucket } from "../LimiterSpec.js"
 import * as Metrics from "../Metrics.js"
@@ -59,11 +66,16 @@ export const createTableSql = (config: PostgresStoreConfig): ReadonlyArray<strin
 /** Keys that can stand in a group_id as they are; anything else is hashed (long, unicode, '#'). */
 const PLAIN = /^[\x20-\x22\x24-\x7e]{0,150}$/
 
+/**
+ * The most a limiter and key may take of a group_id (VARCHAR(255)) as they are: room is left for the
+ * "r:" prefix and a "#" row suffix of up to 9 digits. A longer pair hashes its key.
+ */
+const MAX_PLAIN_PART = 240
+
 const ceilMicros = (ms: number) => Math.ceil(ms * 1000 - 1e-6)
 
-const digest = (text: string) => createHash("sha256").update(text).digest("base64url")
-
-const keyPart = (limiter: string, key: string) => `${limiter}:${PLAIN.test(key) ? key : `#${digest(key)}`}`
+const keyPart = (limiter: string, key: string) =>
+  `${limiter}:${PLAIN.test(key) && limiter.length + 1 + key.length <= MAX_PLAIN_PART ? key : `#${digest(wtf8(key))}`}`
 
 /** The most requests one write carries; a key with more waiters takes several writes. */
 const MAX_BATCH = 256
@@ -104,7 +116,7 @@ export interface PostgresStore extends Store {
    * that far in the past: the seed page's cleanup, as an operation. It is the only statement of the
    * library that needs `DELETE` granted; nothing else ever deletes. Returns how many rows went.
    */
-  readonly cleanup: (olderThan: Duration.DurationInput) => Effect.Effect<number, StoreUnavailable | ConfigurationError>
+  readonly cleanup: (olderThan: Duration.DurationInput) => Effect.Effect<number, Errors.PostgresError | ConfigurationError>
 }
 
 export const make = (name: string, config: PostgresStoreConfig) =>
@@ -114,10 +126,27 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       store: name,
       table,
       poolMaxSize: config.pool_max_size,
-      poolTimeoutMs: config.pool_timeout_ms
+      poolTimeoutMs: config.pool_timeout_ms,
+      operationTimeoutMs: config.operation_timeout_ms
     }
     const toError = Errors.fromSql(context)
     const margin = config.timing_margin_ms
+    /**
+     * Every operation ends within operation_timeout_ms, lock waits and conflict retries included.
+     * Interrupting a statement cancels it on the server; a transaction rolls back.
+     */
+    const bounded = <A, E>(operation: Effect.Effect<A, E>): Effect.Effect<A, E | StoreTimeout> =>
+      Effect.interruptible(operation).pipe(
+        Effect.timeoutFail({
+          duration: Duration.millis(config.operation_timeout_ms),
+          onTimeout: () =>
+            new StoreTimeout({
+              store: name,
+              engine: "postgres",
+              message: `PostgreSQL did not answer within operation_timeout_ms = ${config.operation_timeout_ms} (a row lock held elsewhere, or an overloaded server)`
+            })
+        })
+      )
 
     const pool = new pg.Pool({
       connectionString: config.url,
@@ -383,7 +412,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         const attempt = Effect.suspend(() =>
           rate._tag === "TokenBucket" ? bucketAttempt(id, rate, batch, attempts++ === 0) : windowAttempt(id, rate, batch)
         )
-        return retrying(limiter, attempt)
+        return bounded(retrying(limiter, attempt))
       },
       closed: new StoreUnavailable({ store: name, engine: "postgres", message: "the store was closed" })
     })
@@ -396,21 +425,14 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     const held = new Map<string, Held>()
     /** Waiters of this process for a lease, per key, in the order they asked. */
     const lines = new Map<string, Array<string>>()
-    const signals = new Map<string, Deferred.Deferred<void>>()
+    const wakeups = Wakeups.make()
+    const signal = wakeups.signal
     let listening = false
 
     const slotIds = (limiter: LimiterSpec, key: string) =>
       Array.from({ length: limiter.concurrency?.max ?? 0 }, (_, i) => `c:${keyPart(limiter.name, key)}#${i}`)
 
-    const notifyKey = (limiter: LimiterSpec, key: string) => digest(stateKey(limiter.name, key)).slice(0, 32)
-
-    const signal = (hash: string) => {
-      const deferred = signals.get(hash)
-      if (deferred !== undefined) {
-        signals.delete(hash)
-        Deferred.unsafeDone(deferred, Exit.void)
-      }
-    }
+    const notifyKey = (limiter: LimiterSpec, key: string) => digest(wtf8(stateKey(limiter.name, key))).slice(0, 32)
 
     const leaveLine = (key: string, leaseId: string) => {
       const line = lines.get(key)
@@ -481,7 +503,11 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         }
         held.set(leaseId, { slot: claimed[0]!.group_id, token })
         return outcome
-      }))
+      })).pipe(
+        // A COMMIT or ROLLBACK that fails (the connection died) is a defect of the driver's: it is an
+        // ordinary failure here, and whether the lease was granted is settled by releasing it.
+        Effect.catchAllDefect((defect) => isSqlError(defect) ? Effect.fail(defect) : Effect.die(defect))
+      )
 
     const acquireLease = (request: AcquireRequest, leaseId: string): Effect.Effect<AcquireOutcome, StoreError> => {
       const { key, limiter } = request
@@ -494,6 +520,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         return Effect.succeed({ _tag: "ConcurrencyFull", expiresInMs: undefined, held: max, limit: max })
       }
       return retrying(limiter, leaseAttempt(request, leaseId)).pipe(
+        bounded,
         Effect.map((outcome) => {
           if (leaveLine(local, leaseId) && lines.has(local)) signal(notifyKey(limiter, key))
           return outcome
@@ -514,7 +541,13 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             lines.set(local, waiting)
           }
           return Effect.succeed({ _tag: "ConcurrencyFull", expiresInMs: rollback.expiresInMs, held: rollback.held, limit: max })
-        })
+        }),
+        // A failed call keeps no place in this process's line: the next in line asks instead.
+        Effect.tapError(() =>
+          Effect.sync(() => {
+            if (leaveLine(local, leaseId) && lines.has(local)) signal(notifyKey(limiter, key))
+          })
+        )
       )
     }
 
@@ -543,7 +576,6 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           if (left) signal(hash)
           return Effect.void
         }
-        held.delete(leaseId)
         return sql`
           WITH r AS (
             UPDATE ${T} SET last_acquisition_at = '-infinity', updated_at = statement_timestamp()
@@ -551,8 +583,13 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             RETURNING 1
           )
           SELECT pg_notify(${channel}, ${hash}) FROM r`.pipe(
-          Effect.zipRight(Effect.sync(() => signal(hash))),
+          // Forgotten only once the database took it: a release that failed can be tried again.
+          Effect.zipRight(Effect.sync(() => {
+            held.delete(leaseId)
+            signal(hash)
+          })),
           Effect.mapError(toError),
+          bounded,
           Effect.asVoid
         )
       })
@@ -564,7 +601,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       sql,
 
       cleanup: (olderThan) =>
-        Effect.suspend((): Effect.Effect<number, StoreUnavailable | ConfigurationError> => {
+        Effect.suspend((): Effect.Effect<number, Errors.PostgresError | ConfigurationError> => {
           const ms = Duration.toMillis(Duration.decode(olderThan))
           if (!(ms >= 60_000)) {
             return Effect.fail(
@@ -584,17 +621,17 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             SELECT count(*)::text AS deleted FROM d`.pipe(
             Effect.map((rows) => Number(rows[0]?.deleted ?? 0)),
             Effect.tap(() => Effect.sync(() => cache.clear())),
-            Effect.mapError((error) => {
-              const unavailable = toError(error)
-              return codeOf(error) === "42501"
-                ? new StoreUnavailable({
+            Effect.mapError((error) =>
+              codeOf(error) === "42501"
+                ? new StoreMisconfigured({
                   store: name,
                   engine: "postgres",
+                  reason: "permission",
                   message: `permission denied for cleanup on ${table}: it deletes idle rows, so it needs GRANT DELETE ON ${table} TO the user of the url (nothing else needs DELETE)`,
-                  cause: unavailable.cause
+                  cause: error.cause
                 })
-                : unavailable
-            })
+                : toError(error)
+            )
           )
         }),
 
@@ -620,7 +657,8 @@ export const make = (name: string, config: PostgresStoreConfig) =>
               if (rows.length === 0) held.delete(leaseId)
               return rows.length > 0
             }),
-            Effect.mapError(toError)
+            Effect.mapError(toError),
+            bounded
           )
         }),
 
@@ -634,7 +672,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           return sql`
             UPDATE ${T} SET last_acquisition_at = last_acquisition_at - ${micros}::float8 * interval '1 microsecond',
               version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
-            WHERE group_id = ${id} AND version = ${reservation.version}`.pipe(Effect.asVoid, Effect.mapError(toError))
+            WHERE group_id = ${id} AND version = ${reservation.version}`.pipe(Effect.asVoid, Effect.mapError(toError), bounded)
         }),
 
       backoff: (limiter, key, retryAfterMs) =>
@@ -653,7 +691,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             ON CONFLICT (group_id) DO UPDATE SET
               last_acquisition_at = GREATEST(${T}.last_acquisition_at, ${until}),
               version = ${sql.literal(NEXT_VERSION.replaceAll("version", `${table}.version`))},
-              updated_at = statement_timestamp()`.pipe(Effect.asVoid, Effect.mapError(toError))
+              updated_at = statement_timestamp()`.pipe(Effect.asVoid, Effect.mapError(toError), bounded)
         }),
 
       state: (limiter, key) =>
@@ -689,19 +727,9 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             resetAfterMs: Math.max(0, last === undefined ? 0 : last.at + spanned.windowMs - window.now, window.blockedUntil - window.now),
             nextSlotAfterMs: Window.earliestSlot(log, Math.max(window.now, window.blockedUntil), spanned, 1) - window.now
           } satisfies StateView
-        }).pipe(Effect.mapError(toError)),
+        }).pipe(Effect.mapError(toError), bounded),
 
-      releases: (limiter, key) =>
-        Effect.gen(function*() {
-          yield* listen
-          const hash = notifyKey(limiter, key)
-          let deferred = signals.get(hash)
-          if (deferred === undefined) {
-            deferred = Deferred.unsafeMake<void>(FiberId.none)
-            signals.set(hash, deferred)
-          }
-          return Deferred.await(deferred)
-        })
+      releases: (limiter, key) => Effect.zipRight(listen, wakeups.subscribe(notifyKey(limiter, key)))
     }
     return store
   })
@@ -720,7 +748,8 @@ const isRollback = (u: unknown): u is Rollback =>
 const setup = (sql: SqlClient, config: PostgresStoreConfig, context: Errors.Context) =>
   Effect.gen(function*() {
     const toError = Errors.fromSql(context)
-    const unavailable = (message: string) => new StoreUnavailable({ store: context.store, engine: "postgres", message })
+    const misconfigured = (reason: "schema" | "permission", message: string) =>
+      new StoreMisconfigured({ store: context.store, engine: "postgres", reason, message })
     if (config.auto_create) {
       // Only what is missing: even CREATE INDEX IF NOT EXISTS takes a lock that stalls every writer.
       const [present] = yield* sql<{ has_table: boolean; has_index: boolean }>`
@@ -748,19 +777,20 @@ const setup = (sql: SqlClient, config: PostgresStoreConfig, context: Errors.Cont
         has_table_privilege(to_regclass(${context.table}), 'UPDATE') AS can_update`.pipe(Effect.mapError(toError))
     const row = rows[0]!
     if (!row.found) {
-      return yield* Effect.fail(unavailable(Errors.describe(context, { code: "42P01", message: "" })))
+      return yield* Effect.fail(misconfigured("schema", Errors.describe(context, { code: "42P01", message: "" })))
     }
     const missing = (["SELECT", "INSERT", "UPDATE"] as const).filter((p) =>
       !(p === "SELECT" ? row.can_select : p === "INSERT" ? row.can_insert : row.can_update)
     )
     if (missing.length > 0) {
       return yield* Effect.fail(
-        unavailable(Errors.describe(context, { code: "42501", message: `${missing.join(", ")} not granted` }))
+        misconfigured("permission", Errors.describe(context, { code: "42501", message: `${missing.join(", ")} not granted` }))
       )
     }
   }).pipe(
+    // An outage at start is not a mistake: the limiters start and follow fail_closed until it ends.
     Effect.catchIf(
-      (error) => error.message.startsWith("cannot reach PostgreSQL") || error.message.startsWith("connection pool exhausted"),
+      (error) => error._tag === "StoreUnavailable" || error._tag === "StoreTimeout",
       (error) => Effect.logWarning(`rate-sync: store "${context.store}" starts without its database: ${error.message}`)
     )
   )

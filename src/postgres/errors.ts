@@ -1,14 +1,19 @@
 /**
- * PostgreSQL failures as `StoreUnavailable`, with the fix the seed page's troubleshooting table gives.
+ * PostgreSQL failures as the library's errors, with the fix where one is known. Only an outage (the
+ * server cannot be reached, or dropped the connection) is `StoreUnavailable`, the one error that
+ * `fail_closed = false` admits through; a store too slow is `StoreTimeout`; everything the server
+ * answered with (authentication, a missing database, table or grant, a statement it refused) is
+ * `StoreMisconfigured`, so a mistake never switches limiting off.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { StoreUnavailable } from "../Errors.js"
+import { StoreMisconfigured, StoreTimeout, StoreUnavailable } from "../Errors.js"
 
 export interface Context {
   readonly store: string
   readonly table: string
   readonly poolMaxSize: number
   readonly poolTimeoutMs: number
+  readonly operationTimeoutMs: number
 }
 
 /** An own property of an error-like value (pg sets `code` and `message` on the instance). */
@@ -27,7 +32,41 @@ const messageOf = (cause: unknown): string => {
   return typeof message === "string" ? message : String(cause)
 }
 
-const UNREACHABLE = new Set(["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EHOSTUNREACH", "ETIMEDOUT", "EPIPE", "57P01", "57P02", "57P03", "08000", "08001", "08003", "08006"])
+const UNREACHABLE = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ENOTFOUND",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ETIMEDOUT",
+  "EPIPE",
+  "57P01",
+  "57P02",
+  "57P03",
+  "53300",
+  "08000",
+  "08001",
+  "08003",
+  "08004",
+  "08006"
+])
+
+/** A statement cancelled by statement_timeout, a lock not had in time, or a reply that never came. */
+const TIMEOUT = new Set(["57014", "55P03"])
+
+/** Messages pg gives without a code when the connection went away under a query. */
+const DROPPED = /connection terminated|connection error|not queryable|terminating connection|socket|ECONNRESET/i
+
+const reasonOf = (code: string): StoreMisconfigured["reason"] =>
+  code.startsWith("28")
+    ? "authentication"
+    : code === "3D000"
+    ? "database"
+    : code === "42501"
+    ? "permission"
+    : ["42P01", "3F000", "42703"].includes(code)
+    ? "schema"
+    : "statement"
 
 export const describe = (context: Context, cause: unknown): string => {
   const code = codeOf(cause)
@@ -41,9 +80,25 @@ export const describe = (context: Context, cause: unknown): string => {
   if (/timeout exceeded when trying to connect/i.test(detail)) {
     return `connection pool exhausted: all ${context.poolMaxSize} connections stayed busy for pool_timeout_ms = ${context.poolTimeoutMs}; increase pool_max_size`
   }
+  if (code !== undefined && TIMEOUT.has(code) || /query read timeout/i.test(detail)) {
+    return `PostgreSQL did not answer within operation_timeout_ms = ${context.operationTimeoutMs} (${code ?? "no reply"}: ${detail}); a row lock held elsewhere, or an overloaded server`
+  }
   if (code !== undefined && UNREACHABLE.has(code)) return `cannot reach PostgreSQL (${code}: ${detail})`
   return `PostgreSQL error${code === undefined ? "" : ` ${code}`}: ${detail}`
 }
 
-export const fromSql = (context: Context) => (error: SqlError): StoreUnavailable =>
-  new StoreUnavailable({ store: context.store, engine: "postgres", message: describe(context, error.cause), cause: error.cause })
+export type PostgresError = StoreUnavailable | StoreTimeout | StoreMisconfigured
+
+/** Classifies a failure of the driver (or of pg itself, `cause`) by what retrying can mend. */
+export const fromCause = (context: Context) => (cause: unknown): PostgresError => {
+  const fields = { store: context.store, engine: "postgres", message: describe(context, cause), cause }
+  const code = codeOf(cause)
+  const detail = messageOf(cause)
+  if (/timeout exceeded when trying to connect|query read timeout/i.test(detail) || (code !== undefined && TIMEOUT.has(code))) {
+    return new StoreTimeout(fields)
+  }
+  if (code === undefined || UNREACHABLE.has(code) || DROPPED.test(detail)) return new StoreUnavailable(fields)
+  return new StoreMisconfigured({ ...fields, reason: reasonOf(code) })
+}
+
+export const fromSql = (context: Context) => (error: SqlError): PostgresError => fromCause(context)(error.cause)

@@ -5,15 +5,17 @@
  *
  * Commands are never queued while the connection is down: they fail at once with
  * `StoreUnavailable` (so limiters follow `fail_closed`), while the client reconnects by itself.
+ * What no reconnect mends (a wrong password, a cluster node redirecting the key, a script error) is
+ * `StoreMisconfigured`, and a command not answered within `command_timeout_ms` is `StoreTimeout`:
+ * neither ever admits a call.
  */
 import { createHash } from "node:crypto"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
 import { Redis, type RedisOptions } from "ioredis"
-import { StoreUnavailable } from "../Errors.js"
+import { StoreMisconfigured, StoreTimeout, StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
+import { digest, isWellFormed, wtf8 } from "../internal/keys.js"
+import * as Wakeups from "../internal/wakeups.js"
 import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
 import type { RedisStoreConfig } from "../Settings.js"
 import type { AcquireOutcome, AcquireRequest, StateView, Store } from "../Store.js"
@@ -61,21 +63,62 @@ const MAX_BATCH = 256
 
 const optionalNumber = (s: string | undefined): number | undefined => (s === undefined || s === "" ? undefined : Number(s))
 
+const OFFLINE = /Stream isn't writeable|Connection is closed|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH|max retries|LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY /i
+
+/** Replies no reconnect or retry mends, by what they say is wrong. */
+const permanence = (detail: string): StoreMisconfigured["reason"] | undefined =>
+  /^(WRONGPASS|NOAUTH)|invalid password|invalid username/i.test(detail)
+    ? "authentication"
+    : /^NOPERM/.test(detail)
+    ? "permission"
+    : /^(MOVED|ASK|CROSSSLOT)\b/.test(detail)
+    ? "redirect"
+    : undefined
+
+const FIXES: Record<StoreMisconfigured["reason"], string> = {
+  authentication: "check the user and password in the url",
+  permission: "grant the url's user EVALSHA, EVAL, SCRIPT, PUBLISH and SUBSCRIBE on the key prefix",
+  redirect: "this is a Redis Cluster node: the redis engine needs a standalone server (or a primary of its own)",
+  database: "check the database number in the url",
+  schema: "",
+  statement: "a rate-sync bug: please report it with this message"
+}
+
 export const make = (name: string, config: RedisStoreConfig) =>
   Effect.gen(function*() {
     const where = describeUrl(config.url)
-    const toError = (cause: unknown) => {
+    /** Why each client last failed to connect, while it is not ready: a wrong password shows only there. */
+    const refusals = new WeakMap<Redis, string>()
+    const toError = (cause: unknown, client?: Redis): StoreUnavailable | StoreTimeout | StoreMisconfigured => {
       const detail = messageOf(cause)
-      const offline = /Stream isn't writeable|Connection is closed|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|Command timed out|max retries/i
-        .test(detail)
-      return new StoreUnavailable({
-        store: name,
-        engine: "redis",
-        message: offline
-          ? `cannot reach Redis at ${where} (${detail}); it reconnects by itself, limiters follow fail_closed meanwhile`
-          : `Redis error at ${where}: ${detail}`,
-        cause
-      })
+      const refusal = client === undefined ? undefined : refusals.get(client)
+      const reason = permanence(detail) ?? (refusal === undefined ? undefined : permanence(refusal))
+      if (reason !== undefined) {
+        return new StoreMisconfigured({
+          store: name,
+          engine: "redis",
+          reason,
+          message: `Redis at ${where} refused: ${permanence(detail) === undefined ? refusal : detail}; ${FIXES[reason]}`,
+          cause
+        })
+      }
+      if (/Command timed out/i.test(detail)) {
+        return new StoreTimeout({
+          store: name,
+          engine: "redis",
+          message: `Redis at ${where} did not answer within command_timeout_ms = ${config.command_timeout_ms}`,
+          cause
+        })
+      }
+      if (OFFLINE.test(detail)) {
+        return new StoreUnavailable({
+          store: name,
+          engine: "redis",
+          message: `cannot reach Redis at ${where} (${detail}); it reconnects by itself, limiters follow fail_closed meanwhile`,
+          cause
+        })
+      }
+      return new StoreMisconfigured({ store: name, engine: "redis", reason: "statement", message: `Redis error at ${where}: ${detail}; ${FIXES.statement}`, cause })
     }
 
     const options: RedisOptions = {
@@ -90,8 +133,11 @@ export const make = (name: string, config: RedisStoreConfig) =>
     }
     const open = (extra: RedisOptions) => {
       const client = new Redis(config.url, { ...options, ...extra })
-      // Errors reach the caller through the commands; the client's own events only need a listener.
-      client.on("error", () => {})
+      // Errors reach the caller through the commands; a refused connection is remembered for them.
+      client.on("error", (error: unknown) => {
+        if (client.status !== "ready") refusals.set(client, messageOf(error))
+      })
+      client.on("ready", () => refusals.delete(client))
       return client
     }
     // QUIT lets replies in flight arrive; a connection that is down has none and would wait for ever.
@@ -118,24 +164,26 @@ export const make = (name: string, config: RedisStoreConfig) =>
           client.once("ready", resolve)
           client.once("error", reject)
         })
-    yield* Effect.tryPromise({ try: () => Promise.all(clients.map(ready)), catch: (cause) => cause }).pipe(
-      Effect.timeout(config.connect_timeout_ms),
-      Effect.catchAll((cause) =>
-        Effect.logWarning(
-          `rate-sync: store "${name}" starts without Redis at ${where} (${messageOf(cause)}); limiters follow fail_closed until it answers`
-        )
+    yield* Effect.tryPromise({ try: () => Promise.all(clients.map(ready)), catch: (cause) => toError(cause) }).pipe(
+      Effect.timeoutFail({
+        duration: config.connect_timeout_ms,
+        onTimeout: () => toError(new Error(`no answer within connect_timeout_ms = ${config.connect_timeout_ms}`), clients[0])
+      }),
+      // An outage at start is not a mistake: the limiters start and follow fail_closed until it ends.
+      Effect.catchIf(
+        (error) => error._tag !== "StoreMisconfigured",
+        (error) =>
+          Effect.logWarning(
+            `rate-sync: store "${name}" starts without Redis at ${where} (${messageOf(error.cause)}); limiters follow fail_closed until it answers`
+          )
       )
     )
 
     const channel = `${config.key_prefix}released`
-    const signals = new Map<string, { deferred: Deferred.Deferred<void>; refs: number }>()
-    const signal = (sid: string) => {
-      const entry = signals.get(sid)
-      if (entry === undefined) return
-      signals.delete(sid)
-      Deferred.unsafeDone(entry.deferred, Exit.void)
-    }
-    subscriber.on("message", (_channel: string, sid: string) => signal(sid))
+    /** The release message of a key: the state key itself, or a digest of its WTF-8 bytes when it has lone surrogates. */
+    const signalId = (state: string) => isWellFormed(state) ? state : `#${digest(wtf8(state))}`
+    const wakeups = Wakeups.make()
+    subscriber.on("message", (_channel: string, sid: string) => wakeups.signal(sid))
     subscriber.subscribe(channel).catch(() => {})
 
     // Values cross the wire relative to this offset (whole µs), so they stay small and exact.
@@ -146,8 +194,10 @@ export const make = (name: string, config: RedisStoreConfig) =>
 
     const run = (which: Script, limiter: LimiterSpec, key: string, extra: ReadonlyArray<string>) =>
       Effect.suspend(() => {
-        const sid = stateKey(limiter.name, key)
-        const root = `${config.key_prefix}{${sid}}`
+        const state = stateKey(limiter.name, key)
+        const sid = signalId(state)
+        // A key with lone surrogates is sent as WTF-8 bytes: as a string it would be sent as UTF-8, one key for many.
+        const root = isWellFormed(state) ? `${config.key_prefix}{${state}}` : Buffer.concat([Buffer.from(`${config.key_prefix}{`), wtf8(state), Buffer.from("}")])
         const rate = limiter.rate
         const args = [
           String(base),
@@ -163,14 +213,16 @@ export const make = (name: string, config: RedisStoreConfig) =>
           channel,
           ...extra
         ]
-        const keys = [`${root}:s`, `${root}:log`, `${root}:h`, `${root}:q`, `${root}:qe`]
+        const keys = [":s", ":log", ":h", ":q", ":qe"].map((suffix) =>
+          typeof root === "string" ? `${root}${suffix}` : Buffer.concat([root, Buffer.from(suffix)])
+        )
         const target = client()
         return Effect.tryPromise({
           try: () =>
             target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
               messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
             ),
-          catch: toError
+          catch: (cause) => toError(cause, target)
         })
       })
 
@@ -262,7 +314,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
       release: (limiter, key, leaseId) =>
         run(SCRIPTS.release, limiter, key, [leaseId]).pipe(
           // Waiters in this process need not wait for the message to come back.
-          Effect.tap(() => Effect.sync(() => signal(stateKey(limiter.name, key)))),
+          Effect.tap(() => Effect.sync(() => wakeups.signal(signalId(stateKey(limiter.name, key))))),
           Effect.asVoid
         ),
 
@@ -297,24 +349,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
           }))
         ),
 
-      releases: (limiter, key) =>
-        Effect.acquireRelease(
-          Effect.sync(() => {
-            const sid = stateKey(limiter.name, key)
-            let entry = signals.get(sid)
-            if (entry === undefined) {
-              entry = { deferred: Deferred.unsafeMake<void>(FiberId.none), refs: 0 }
-              signals.set(sid, entry)
-            }
-            entry.refs++
-            return { sid, entry }
-          }),
-          ({ entry, sid }) =>
-            Effect.sync(() => {
-              // The last waiter on a key that saw no release drops its entry, so idle keys leave no trace.
-              if (--entry.refs === 0 && signals.get(sid) === entry) signals.delete(sid)
-            })
-        ).pipe(Effect.map(({ entry }) => Deferred.await(entry.deferred)))
+      releases: (limiter, key) => wakeups.subscribe(signalId(stateKey(limiter.name, key)))
     }
     return store
   })

@@ -342,6 +342,23 @@ export const complianceSuite = (harness: Harness) => {
         }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 1 } })))
       }, 30_000)
 
+      test("a caller granted its lease and interrupted while it waits for its rate slot gives the lease back at once", () => {
+        const name = unique("intlr")
+        return Effect.gen(function*() {
+          // The rate slot is taken, the lease free: the next caller gets the lease, then sleeps ~1 s for its slot.
+          yield* Effect.scoped(RateLimiter.acquire(name))
+          const outer = yield* Scope.make()
+          const waiter = yield* Effect.fork(Scope.extend(RateLimiter.acquire(name), outer))
+          yield* settle
+          expect((yield* RateLimiter.state(name)).leasesHeld).toBe(1)
+          yield* Fiber.interrupt(waiter)
+          // The caller's own scope is still open: the lease must not wait for it.
+          yield* elapse(live ? 200 : 1)
+          expect((yield* RateLimiter.state(name)).leasesHeld).toBe(0)
+          yield* Scope.close(outer, Exit.void)
+        }).pipe(Effect.provide(limiters({ [name]: { max_concurrent: 1, lease_ttl_seconds: 5, rate_per_second: 1 } })))
+      }, 30_000)
+
       test("an interrupted lease waiter leaves the line", () => {
         const name = unique("intl")
         return Effect.gen(function*() {
@@ -362,7 +379,9 @@ export const complianceSuite = (harness: Harness) => {
     })
 
     describe("per-key state", () => {
-      const keys = ["", "a", "b", "it's \"quoted\"", "ключ-🔑", "'; DROP TABLE rate_limiter_state; --", "{tag}:KEYS[1]", "x".repeat(10_000), "x".repeat(9_999) + "y"]
+      const keys = ["", "a", "b", "it's \"quoted\"", "ключ-🔑", "'; DROP TABLE rate_limiter_state; --", "{tag}:KEYS[1]", "x".repeat(10_000), "x".repeat(9_999) + "y",
+        // Lone surrogates: UTF-8 would turn each into U+FFFD, making these one key.
+        "a\uD800", "a\uDC00", "a\uFFFD", "\uDC00\uD800", "\uD800\uDC00"]
       test("every key has its own limit, whatever characters it holds", () => {
         const name = unique("keys")
         return Effect.gen(function*() {
@@ -372,6 +391,30 @@ export const complianceSuite = (harness: Harness) => {
             expect(denied._tag).toBe("RateLimitExceeded")
           }
         }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 0.1 } })))
+      }, 30_000)
+
+      test("a limiter name near the longest with a long plain key works on every algorithm, each key its own", () => {
+        const name = `${"n".repeat(96)}_${unique("l")}`.slice(0, 128)
+        const window = `${"w".repeat(96)}_${unique("w")}`.slice(0, 128)
+        const leased = `${"c".repeat(96)}_${unique("c")}`.slice(0, 128)
+        const long = ["k".repeat(150), "k".repeat(149) + "j"]
+        return Effect.gen(function*() {
+          for (const limiter of [name, window, leased]) {
+            yield* Effect.scoped(Effect.gen(function*() {
+              for (const key of long) {
+                const permit = yield* RateLimiter.tryAcquire(limiter, { key })
+                expect(permit.degraded).toBe(false)
+              }
+              for (const key of long) {
+                expect((yield* RateLimiter.tryAcquire(limiter, { key }).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+              }
+            }))
+          }
+        }).pipe(Effect.provide(limiters({
+          [name]: { rate_per_second: 0.1 },
+          [window]: { algorithm: "sliding_window", limit: 1, window_seconds: 10 },
+          [leased]: { max_concurrent: 1 }
+        })))
       }, 30_000)
 
       test("limiters sharing a store do not share state", () => {

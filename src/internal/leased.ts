@@ -1,0 +1,132 @@
+/**
+ * An acquire with a concurrency lease (and a rate slot, when the limiter has both). The lease is
+ * held in a scope of its own inside the caller's, renewed while it is open and released when it
+ * closes, or as soon as the caller is interrupted before the permit is handed over.
+ *
+ * Whatever the store may have granted to a call whose caller is gone (deadline, interruption) or
+ * whose reply never came (a failure) is released by the limiter's orphans, after the call ended, so
+ * no lease or place in line is left held by nobody.
+ */
+import { randomUUID } from "node:crypto"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
+import type { AcquireOutcome } from "../Store.js"
+import { type Admitted, type Call, failed, instrument, permit, refund, refused } from "./call.js"
+import { detached } from "./detach.js"
+
+/** The slowest a waiter for a lease re-checks, as a safety net for lost wake-ups. */
+const RECHECK_MS = 1_000
+
+type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+/** Gives the lease (or place in line) back now; if the store cannot take it now, in the background. */
+const releaseNow = (call: Call<unknown>, leaseId: string) =>
+  call.b.observe(call.b.store.release(call.b.spec, call.key, leaseId)).pipe(
+    Effect.catchAll(() => call.b.orphans.add(call.key, leaseId))
+  )
+
+const renewal = (call: Call<unknown>, leaseId: string): Effect.Effect<void> => {
+  const { b, key } = call
+  const ttl = b.spec.concurrency?.leaseTtlMs ?? 0
+  const loop: Effect.Effect<void> = Effect.sleep(Duration.millis(ttl / 3)).pipe(
+    Effect.zipRight(b.observe(b.store.renew(b.spec, key, leaseId))),
+    Effect.flatMap((renewed) =>
+      renewed
+        ? loop
+        : Metric.increment(b.metrics.leasesLost).pipe(
+          Effect.zipRight(Effect.logWarning(`rate-sync: limiter "${b.spec.name}" lost an expired lease`))
+        )
+    ),
+    Effect.catchAll(() => loop)
+  )
+  return loop
+}
+
+/** Holds a granted lease in a scope of its own inside `parent`: renewed while open, released when closed. */
+const holdLease = (call: Call<unknown>, leaseId: string, parent: Scope.Scope) =>
+  Effect.gen(function*() {
+    const lease = yield* Scope.fork(parent, ExecutionStrategy.sequential)
+    yield* Scope.addFinalizer(lease, releaseNow(call, leaseId))
+    // Forked from an uninterruptible region: made interruptible so closing the scope stops it.
+    yield* Effect.forkIn(Effect.interruptible(renewal(call, leaseId)), lease)
+    return lease
+  })
+
+/** After the store granted the lease: hold it, then wait for the rate slot, giving both back if interrupted. */
+const admitted = <E>(call: Call<E>, leaseId: string, outcome: Admitted, scope: Scope.Scope, restore: Restore, started: number) =>
+  Effect.gen(function*() {
+    const lease = yield* holdLease(call, leaseId, scope)
+    if (outcome.waitMs > 0) {
+      yield* restore(Effect.sleep(Duration.millis(outcome.waitMs))).pipe(
+        Effect.onInterrupt(() => Effect.zipRight(refund(call, outcome), Scope.close(lease, Exit.void)))
+      )
+    }
+    return permit(call, outcome, leaseId, (yield* Clock.currentTimeMillis) - started)
+  })
+
+/**
+ * One ask of the store. "again": the caller waited for a release and asks again; "late": its deadline
+ * passed while the store was deciding.
+ */
+const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Restore) =>
+  Effect.scoped(Effect.gen(function*() {
+    const { b, cost, key, mode } = call
+    const giveBack = b.orphans.add(key, leaseId)
+    // Subscribed before asking, so a release between the refusal and the wait is not missed.
+    const released = yield* b.store.releases(b.spec, key)
+    const left = deadline - (yield* Clock.currentTimeMillis)
+    const request = { limiter: b.spec, key, cost, leaseId, maxWaitMs: mode === "try" ? 0 : Math.max(0, left), queue: mode === "wait" }
+    const answer = yield* restore(detached(b.observe(b.store.acquire(request)), mode === "try" ? Infinity : left, () => giveBack)).pipe(
+      // A failed call leaves no trace: whatever it may have been granted before its reply was lost goes back.
+      Effect.tapError(() => giveBack)
+    )
+    if (Option.isNone(answer)) return "late" as const
+    const outcome: AcquireOutcome = answer.value
+    if (outcome._tag !== "ConcurrencyFull" || mode === "try") return outcome
+    if (left <= 0) {
+      yield* releaseNow(call, leaseId)
+      return outcome
+    }
+    const recheck = Math.min(
+      left,
+      RECHECK_MS,
+      (b.spec.concurrency?.leaseTtlMs ?? RECHECK_MS) / 3,
+      outcome.expiresInMs === undefined ? Infinity : Math.max(1, outcome.expiresInMs + 1)
+    )
+    yield* restore(Effect.race(released, Effect.sleep(Duration.millis(recheck)))).pipe(
+      Effect.onInterrupt(() => releaseNow(call, leaseId))
+    )
+    return "again" as const
+  }))
+
+const decide = <E>(call: Call<E>) =>
+  Effect.gen(function*() {
+    const scope = yield* Effect.scope
+    const started = yield* Clock.currentTimeMillis
+    const deadline = call.timeoutMs === undefined ? Infinity : started + call.timeoutMs
+    const leaseId = randomUUID()
+    return yield* Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        while (true) {
+          const step = yield* Effect.either(ask(call, leaseId, deadline, restore))
+          const at = yield* Clock.currentTimeMillis
+          if (Either.isLeft(step)) return yield* failed(call, step.left, at - started)
+          const outcome = step.right
+          if (outcome === "again") continue
+          if (outcome === "late") return yield* refused(call, call.late())
+          if (outcome._tag === "Admitted") return yield* admitted(call, leaseId, outcome, scope, restore, started)
+          const overDeadline = outcome._tag === "RateLimited" ? outcome.retryAfterMs - (deadline - at) : 0
+          return yield* refused(call, call.refuse(outcome, Math.max(0, overDeadline)))
+        }
+      })
+    )
+  })
+
+export const leased = <E>(call: Call<E>) => instrument(call, decide(call))

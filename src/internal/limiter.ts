@@ -1,0 +1,224 @@
+/**
+ * The `RateLimiter` service: binds each limiter to its store and runs its calls. The waiting, the
+ * leases' renewal, the failure policy and the metrics live here once, for every engine.
+ */
+import type * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
+import {
+  AcquireTimeout,
+  type ConsumeError,
+  InvalidOption,
+  LeaseNeedsScope,
+  LimiterNotFound,
+  RateLimitExceeded,
+  type StoreError,
+  type StoreUnavailable
+} from "../Errors.js"
+import type { LimiterSpec } from "../LimiterSpec.js"
+import * as Metrics from "../Metrics.js"
+import type { AcquireOptions, LimiterState, Permit, RateLimiter, TryAcquireOptions } from "../RateLimiter.js"
+import type { Store } from "../Store.js"
+import type { Bound, Call } from "./call.js"
+import { leased } from "./leased.js"
+import * as Options from "./options.js"
+import * as Orphans from "./orphans.js"
+import { rateOnly } from "./rateOnly.js"
+
+/**
+ * Lets timers and I/O run once. A store that is down can fail a call within the same microtask
+ * chain (ioredis rejects at once while disconnected); a caller that asks again straight away, as a
+ * fail-open loop does without knowing, would then never let the event loop reach the reconnect.
+ */
+const turnEventLoop: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
+/** Counts store failures and logs an outage once, when it starts and when it ends. */
+const observer = () => {
+  // Stores in an outage, so the warning is logged once per outage rather than per call.
+  const outages = new Set<string>()
+  return (store: Store, metrics: Metrics.LimiterMetrics) =>
+  <A>(effect: Effect.Effect<A, StoreError>): Effect.Effect<A, StoreError> =>
+    effect.pipe(
+      Effect.tapBoth({
+        onFailure: (error) =>
+          Effect.zipRight(
+            Metric.increment(metrics.storeErrors),
+            error._tag !== "StoreUnavailable"
+              ? Effect.void
+              : outages.has(store.name)
+              ? turnEventLoop
+              : Effect.sync(() => outages.add(store.name)).pipe(
+                Effect.zipRight(Effect.logWarning(`rate-sync: store "${store.name}" is unavailable: ${error.message}`)),
+                Effect.zipRight(turnEventLoop)
+              )
+          ),
+        onSuccess: () =>
+          outages.has(store.name)
+            ? Effect.sync(() => outages.delete(store.name)).pipe(
+              Effect.zipRight(Effect.logInfo(`rate-sync: store "${store.name}" is available again`))
+            )
+            : Effect.void
+      })
+    )
+}
+
+const bind = (spec: LimiterSpec, store: Store, observe: ReturnType<typeof observer>): Bound => {
+  const metrics = Metrics.forLimiter(spec.name, store.name)
+  const observed = observe(store, metrics)
+  return {
+    spec,
+    store,
+    metrics,
+    observe: observed,
+    orphans: Orphans.make({
+      release: (key, leaseId) => store.release(spec, key, leaseId),
+      // A lease the store granted expires by itself after its ttl; a place in line sooner.
+      ttlMs: spec.concurrency?.leaseTtlMs ?? 0
+    })
+  }
+}
+
+/** The permit of a call the store could not serve, when `fail_closed = false`. */
+const degraded = (b: Bound, key: string, cost: number, waited: number): Permit => ({
+  limiter: b.spec.name,
+  key,
+  cost,
+  slotMs: undefined,
+  waited: Duration.millis(waited),
+  remaining: undefined,
+  leaseId: undefined,
+  degraded: true
+})
+
+export const make = (options: {
+  readonly limiters: ReadonlyArray<LimiterSpec>
+  readonly stores: ReadonlyMap<string, Store>
+}): Effect.Effect<Context.Tag.Service<RateLimiter>> =>
+  Effect.sync(() => {
+    const observe = observer()
+    const bound = new Map<string, Bound>()
+    for (const spec of options.limiters) {
+      const store = options.stores.get(spec.store)
+      if (store === undefined) throw new Error(`rate-sync: limiter "${spec.name}" names unknown store "${spec.store}"`)
+      bound.set(spec.name, bind(spec, store, observe))
+    }
+    const names = [...bound.keys()]
+
+    const lookup = (limiter: string): Effect.Effect<Bound, LimiterNotFound> => {
+      const found = bound.get(limiter)
+      return found === undefined ? Effect.fail(new LimiterNotFound({ limiter, known: names })) : Effect.succeed(found)
+    }
+
+    const invalid = (b: Bound) => (problem: Options.Problem) => new InvalidOption({ limiter: b.spec.name, ...problem })
+
+    const admitDegraded = (b: Bound, key: string, cost: number, error: StoreUnavailable, waitedMs: number) =>
+      b.spec.failClosed
+        ? Effect.fail(error)
+        : Effect.as(Metric.increment(b.metrics.failOpen), degraded(b, key, cost, waitedMs))
+
+    /** A call that waits (acquire, consume), with its options checked. */
+    const waiting = (b: Bound, options: AcquireOptions | undefined): Either.Either<Call<AcquireTimeout>, InvalidOption> =>
+      Either.all([Options.key(options?.key), Options.timeout(options?.timeout, b.spec.timeoutMs)]).pipe(
+        Either.mapLeft(invalid(b)),
+        Either.map(([key, timeoutMs]): Call<AcquireTimeout> => {
+          const timedOut = (retryAfterMs: number | undefined) =>
+            new AcquireTimeout({
+              limiter: b.spec.name,
+              key,
+              timeout: Duration.millis(timeoutMs ?? 0),
+              retryAfter: retryAfterMs === undefined ? undefined : Duration.millis(retryAfterMs)
+            })
+          return {
+            b,
+            key,
+            cost: options?.cost ?? 1,
+            timeoutMs,
+            mode: "wait",
+            degrade: admitDegraded,
+            refuse: (refusal, overDeadlineMs) => timedOut(refusal._tag === "RateLimited" ? overDeadlineMs : undefined),
+            late: () => timedOut(undefined)
+          }
+        })
+      )
+
+    const trying = (b: Bound, options: TryAcquireOptions | undefined): Either.Either<Call<RateLimitExceeded>, InvalidOption> =>
+      Either.map(Either.mapLeft(Options.key(options?.key), invalid(b)), (key): Call<RateLimitExceeded> => ({
+        b,
+        key,
+        cost: options?.cost ?? 1,
+        timeoutMs: 0,
+        mode: "try",
+        degrade: admitDegraded,
+        refuse: (refusal) =>
+          new RateLimitExceeded({
+            limiter: b.spec.name,
+            key,
+            // Only a release frees a lease; the expiry of the soonest one is the latest it can take.
+            retryAfter: Duration.millis(
+              refusal._tag === "RateLimited" ? refusal.retryAfterMs : Math.max(0, refusal.expiresInMs ?? 0)
+            ),
+            limit: refusal.limit,
+            remaining: refusal._tag === "RateLimited" ? refusal.remaining : 0
+          }),
+        late: () =>
+          new RateLimitExceeded({ limiter: b.spec.name, key, retryAfter: Duration.zero, limit: 0, remaining: 0 })
+      }))
+
+    /** Looks the limiter up and checks the call's options, then runs it. */
+    const withCall = <C, A, E, R>(
+      limiter: string,
+      check: (b: Bound) => Either.Either<C, InvalidOption>,
+      use: (call: C, b: Bound) => Effect.Effect<A, E, R>
+    ): Effect.Effect<A, E | LimiterNotFound | InvalidOption, R> =>
+      Effect.flatMap(lookup(limiter), (b): Effect.Effect<A, E | InvalidOption, R> => {
+        const checked = check(b)
+        return Either.isLeft(checked) ? Effect.fail(checked.left) : use(checked.right, b)
+      })
+
+    const consume = (limiter: string, options?: AcquireOptions) =>
+      withCall(limiter, (b) => waiting(b, options), (call, b): Effect.Effect<Permit, ConsumeError> =>
+        b.spec.concurrency === undefined ? rateOnly(call) : Effect.fail(new LeaseNeedsScope({ limiter: b.spec.name })))
+
+    const run = <E>(call: Call<E>) => call.b.spec.concurrency === undefined ? rateOnly(call) : leased(call)
+
+    const keyOf = (b: Bound, options: { readonly key?: string | undefined } | undefined) =>
+      Either.mapLeft(Options.key(options?.key), invalid(b))
+
+    const service: Context.Tag.Service<RateLimiter> = {
+      acquire: (limiter, options) => withCall(limiter, (b) => waiting(b, options), run),
+      consume,
+      tryAcquire: (limiter, options) => withCall(limiter, (b) => trying(b, options), run),
+      // A rate-only permit holds nothing, so it needs no scope (which costs about as much as the rest).
+      withPermit: (limiter, options) => (self) =>
+        withCall(limiter, (b) => waiting(b, options), (call, b) =>
+          b.spec.concurrency === undefined
+            ? Effect.zipRight(rateOnly(call), self)
+            : Effect.scoped(Effect.zipRight(leased(call), self))),
+      state: (limiter, options) =>
+        withCall(limiter, (b) => keyOf(b, options), (key, b) =>
+          Effect.map(b.observe(b.store.state(b.spec, key)), (view): LimiterState => ({
+            limiter,
+            key,
+            limit: view.limit,
+            remaining: view.remaining,
+            resetAfter: Duration.millis(view.resetAfterMs),
+            nextSlotAfter: Duration.millis(view.nextSlotAfterMs),
+            leasesHeld: view.leasesHeld,
+            maxConcurrent: view.maxConcurrent,
+            waiting: view.waiting
+          }))),
+      backoff: (limiter, options) =>
+        withCall(
+          limiter,
+          (b) => Either.all([keyOf(b, options), Either.mapLeft(Options.retryAfter(options.retryAfter), invalid(b))]),
+          ([key, retryAfterMs], b) => b.observe(b.store.backoff(b.spec, key, retryAfterMs))
+        ),
+      limiters: names
+    }
+    return service
+  })

@@ -1,0 +1,58 @@
+/**
+ * The options of a call, checked where the call is made: JavaScript callers (and `as` casts) can pass
+ * anything, and a value an engine cannot serve must be a typed error naming the option, never an
+ * unlimited limit or a defect deep in a store.
+ */
+import * as Duration from "effect/Duration"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+
+/** Waits longer than this are no bound at all (about 31 years): they also stay clear of SQL interval overflow. */
+export const UNBOUNDED_MS = 1e12
+
+/** The longest `backoff` a caller can ask for: a year. Anything longer is a mistake, and would overflow the stores' time. */
+export const MAX_BACKOFF_MS = 365 * 24 * 3_600_000
+
+export interface Problem {
+  readonly option: string
+  readonly found: string
+  readonly expected: string
+}
+
+const show = (value: unknown): string =>
+  typeof value === "string" ? JSON.stringify(value) : typeof value === "bigint" ? `${value}n` : `${typeof value} ${String(value)}`
+
+const problem = (option: string, value: unknown, expected: string): Problem => ({ option, found: show(value), expected })
+
+/** A key: absent is the limiter's one shared key, "". */
+export const key = (value: unknown): Either.Either<string, Problem> =>
+  value === undefined
+    ? Either.right("")
+    : typeof value === "string"
+    ? Either.right(value)
+    : Either.left(problem("key", value, "a string (convert numbers with String(id))"))
+
+/** Milliseconds of a duration given as a number of ms, a bigint of ns, a string ("2 seconds") or a Duration. */
+const millis = (value: unknown): number | undefined => {
+  if (typeof value === "number") return Number.isNaN(value) || value < 0 ? undefined : value
+  if (typeof value === "bigint") return value < 0n ? undefined : Number(value) / 1e6
+  const decoded = Duration.decodeUnknown(value)
+  if (Option.isNone(decoded)) return undefined
+  const ms = Duration.toMillis(decoded.value)
+  return Number.isNaN(ms) || ms < 0 ? undefined : ms
+}
+
+/** A wait bound in ms; `undefined` when there is none (absent from the call and the limiter, or too long to matter). */
+export const timeout = (value: unknown, fallbackMs: number | undefined): Either.Either<number | undefined, Problem> => {
+  if (value === undefined) return Either.right(fallbackMs === undefined || fallbackMs > UNBOUNDED_MS ? undefined : fallbackMs)
+  const ms = millis(value)
+  if (ms === undefined) return Either.left(problem("timeout", value, "a duration of 0 or more (ms as a number, or \"2 seconds\")"))
+  return Either.right(ms > UNBOUNDED_MS ? undefined : ms)
+}
+
+export const retryAfter = (value: unknown): Either.Either<number, Problem> => {
+  const ms = millis(value)
+  return ms === undefined || ms > MAX_BACKOFF_MS
+    ? Either.left(problem("retryAfter", value, "a duration of 0 or more, at most 365 days"))
+    : Either.right(ms)
+}

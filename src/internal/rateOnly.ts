@@ -1,0 +1,55 @@
+/**
+ * An acquire without leases: one store call and at most one sleep, kept to few Effect steps, since it
+ * is the hot path of most limiters.
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import type { StoreError } from "../Errors.js"
+import type { Permit } from "../RateLimiter.js"
+import type { AcquireOutcome } from "../Store.js"
+import { type Call, failed, instrument, permit, refund, refused } from "./call.js"
+import { detached } from "./detach.js"
+
+const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.clockWith((clock) => {
+      const { b, cost, key, mode, timeoutMs } = call
+      const started = clock.unsafeCurrentTimeMillis()
+      const waited = () => clock.unsafeCurrentTimeMillis() - started
+      const ask = b.observe(b.store.acquire({
+        limiter: b.spec,
+        key,
+        cost,
+        leaseId: undefined,
+        maxWaitMs: mode === "try" ? 0 : timeoutMs ?? Infinity,
+        queue: false
+      }))
+      const decided = (outcome: AcquireOutcome): Effect.Effect<Permit, E> => {
+        if (outcome._tag === "Admitted") {
+          return outcome.waitMs <= 0
+            ? Effect.sync(() => permit(call, outcome, undefined, waited()))
+            : restore(Effect.sleep(Duration.millis(outcome.waitMs))).pipe(
+              Effect.onInterrupt(() => refund(call, outcome)),
+              Effect.map(() => permit(call, outcome, undefined, waited()))
+            )
+        }
+        const overDeadline = outcome._tag === "RateLimited" && timeoutMs !== undefined
+          ? Math.max(0, outcome.retryAfterMs - (timeoutMs - waited()))
+          : 0
+        return refused(call, call.refuse(outcome, overDeadline))
+      }
+      const onFailure = (error: StoreError) => failed(call, error, waited())
+      if (timeoutMs === undefined || mode === "try") return Effect.matchEffect(ask, { onFailure, onSuccess: decided })
+      // A caller with a deadline stops waiting for a slow store at it; a slot granted after that is given back.
+      const bounded = detached(ask, timeoutMs, Exit.match({ onFailure: () => Effect.void, onSuccess: (outcome) => refund(call, outcome) }))
+      return Effect.matchEffect(restore(bounded), {
+        onFailure,
+        onSuccess: Option.match({ onNone: () => refused(call, call.late()), onSome: decided })
+      })
+    })
+  )
+
+/** A rate slot alone: nothing is held, so no scope is needed. */
+export const rateOnly = <E>(call: Call<E>) => instrument(call, decide(call))
