@@ -9,6 +9,7 @@ import * as RateSync from "../src/RateSync.js"
 import * as RedisStore from "../src/redis/RedisStore.js"
 import { decodeSettings, toLimiterSpec } from "../src/Settings.js"
 import * as Stores from "../src/Stores.js"
+import { startRedisServer } from "./support/redisServer.js"
 
 const url = inject("redisUrl")
 let n = 0
@@ -21,9 +22,9 @@ const limiters = (store: Record<string, unknown>, limiter: Record<string, unknow
   }).pipe(Layer.provide(Stores.layer))
 
 /** A connection of the test's own, to look at what the store wrote. */
-const inspect = <A>(use: (redis: Redis) => Promise<A>) =>
+const inspect = <A>(use: (redis: Redis) => Promise<A>, at: string = url) =>
   Effect.acquireUseRelease(
-    Effect.sync(() => new Redis(url)),
+    Effect.sync(() => new Redis(at)),
     (redis) => Effect.promise(() => use(redis)),
     (redis) => Effect.promise(() => redis.quit())
   )
@@ -143,4 +144,83 @@ describe.skipIf(url === "")("Redis engine", () => {
       }
       expect(subscribed).toBe(1)
     }).pipe(Effect.scoped))
+
+  it.live("a wrong password fails the layer with WRONGPASS, and a password that goes wrong later never admits", () =>
+    Effect.gen(function*() {
+      const server = yield* Effect.acquireRelease(
+        Effect.promise(() => startRedisServer()),
+        (started) => Effect.promise(() => started?.stop() ?? Promise.resolve())
+      )
+      if (server === undefined) return yield* Effect.die("redis-server is not installed")
+      const withPassword = (password: string) => server.url.replace("redis://", `redis://:${password}@`)
+      yield* inspect((redis) => redis.config("SET", "requirepass", "right"), withPassword(""))
+      const wrong = yield* Layer.build(limiters({ url: withPassword("wrong"), connect_timeout_ms: 1_000 }, { rate_per_second: 10 }))
+        .pipe(Effect.flip)
+      expect(wrong._tag).toBe("StoreMisconfigured")
+      expect(wrong._tag === "StoreMisconfigured" && wrong.reason).toBe("authentication")
+      expect(wrong.message).toMatch(/WRONGPASS/)
+      // Started with the right password, which is then changed: calls fail with the cause, under the default fail_closed = false.
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* RateLimiter.consume("api")
+        yield* inspect(async (redis) => {
+          await redis.config("SET", "requirepass", "changed")
+          await redis.client("KILL", "TYPE", "normal")
+        }, withPassword("right"))
+        // Until the client has tried the old password again, the connection is merely lost (an outage);
+        // from the refusal on, every call fails with the cause and none is admitted.
+        let refused = 0
+        for (let i = 0; i < 40 && refused < 10; i++) {
+          const outcome = yield* Effect.either(RateLimiter.consume("api"))
+          if (refused > 0) expect(outcome._tag === "Left" && outcome.left._tag).toBe("StoreMisconfigured")
+          if (outcome._tag === "Left" && outcome.left._tag === "StoreMisconfigured") {
+            refused++
+            expect(outcome.left.message).toMatch(/WRONGPASS|NOAUTH/)
+          }
+          yield* Effect.sleep("50 millis")
+        }
+        expect(refused).toBe(10)
+      }).pipe(Effect.provide(limiters({ url: withPassword("right") }, { rate_per_second: 1_000 }))))
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a paused server cannot hold an acquire past its timeout nor admit it degraded; without a deadline, command_timeout_ms bounds it", () =>
+    Effect.gen(function*() {
+      const server = yield* Effect.acquireRelease(
+        Effect.promise(() => startRedisServer()),
+        (started) => Effect.promise(() => started?.stop() ?? Promise.resolve())
+      )
+      if (server === undefined) return yield* Effect.die("redis-server is not installed")
+      yield* Effect.gen(function*() {
+        yield* RateLimiter.consume("api")
+        yield* Effect.scoped(RateLimiter.acquire("leased"))
+        // Not through inspect: its QUIT would wait out the pause.
+        yield* Effect.promise(async () => {
+          const redis = new Redis(server.url)
+          await redis.client("PAUSE", 2_500)
+          redis.disconnect()
+        })
+        for (const call of [RateLimiter.consume("api", { timeout: "300 millis" }), Effect.scoped(RateLimiter.acquire("leased", { timeout: "300 millis" }))]) {
+          const started = Date.now()
+          const error = yield* Effect.flip(call)
+          expect(error._tag).toBe("AcquireTimeout")
+          expect(Date.now() - started).toBeLessThan(1_500)
+        }
+        const started = Date.now()
+        const error = yield* Effect.flip(Effect.scoped(RateLimiter.tryAcquire("api")))
+        expect(error._tag).toBe("StoreTimeout")
+        expect(Date.now() - started).toBeLessThan(2_000)
+        // After the pause: both work, and the lease granted to the caller that gave up was given back.
+        yield* Effect.sleep("2 seconds")
+        yield* Effect.scoped(RateLimiter.acquire("leased", { timeout: "2 seconds" }))
+        yield* RateLimiter.consume("api", { timeout: "2 seconds" })
+        let held = 1
+        for (let i = 0; i < 20 && held > 0; i++) {
+          held = (yield* RateLimiter.state("leased")).leasesHeld
+          if (held > 0) yield* Effect.sleep("100 millis")
+        }
+        expect(held).toBe(0)
+      }).pipe(Effect.provide(RateSync.layer({
+        stores: { r: { engine: "redis", url: server.url, command_timeout_ms: 700 } },
+        limiters: { api: { store: "r", rate_per_second: 100 }, leased: { store: "r", max_concurrent: 1, lease_ttl_seconds: 30 } }
+      }).pipe(Layer.provide(Stores.layer))))
+    }).pipe(Effect.scoped), 30_000)
 })
