@@ -19,8 +19,16 @@ export interface Problem {
   readonly expected: string
 }
 
-const show = (value: unknown): string =>
-  typeof value === "string" ? JSON.stringify(value) : typeof value === "bigint" ? `${value}n` : `${typeof value} ${String(value)}`
+const show = (value: unknown): string => {
+  if (typeof value === "string") return JSON.stringify(value)
+  if (typeof value === "bigint") return `${value}n`
+  if (Duration.isDuration(value)) return `a Duration of ${Duration.toMillis(value)} ms`
+  try {
+    return `${typeof value} ${String(value)}`
+  } catch {
+    return typeof value
+  }
+}
 
 const problem = (option: string, value: unknown, expected: string): Problem => ({ option, found: show(value), expected })
 

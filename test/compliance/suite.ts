@@ -427,6 +427,59 @@ export const complianceSuite = (harness: Harness) => {
       })
     })
 
+    describe("inputs of the call", () => {
+      test("a timeout too long for any timer means no bound, on every path; a backoff that long is refused", () => {
+        const rate = unique("huge")
+        const leased = unique("hugel")
+        const window = unique("hugew")
+        return Effect.gen(function*() {
+          const timeouts = [Duration.millis(1e308), Duration.infinity, 1e300, "1000000000 hours" as const]
+          for (const [i, timeout] of timeouts.entries()) {
+            for (const name of [rate, leased, window]) {
+              const permit = yield* Effect.scoped(RateLimiter.acquire(name, { key: `k${i}`, timeout }))
+              expect(permit.degraded).toBe(false)
+            }
+            const consumed = yield* RateLimiter.consume(rate, { key: `c${i}`, timeout })
+            expect(consumed.degraded).toBe(false)
+          }
+          const error = yield* RateLimiter.backoff(rate, { retryAfter: Duration.millis(1e308) }).pipe(Effect.flip)
+          expect(error._tag).toBe("InvalidOption")
+          // The limit is intact.
+          yield* Effect.scoped(RateLimiter.tryAcquire(rate, { key: "fresh" }))
+          expect((yield* Effect.scoped(RateLimiter.tryAcquire(rate, { key: "fresh" })).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+        }).pipe(Effect.provide(limiters({
+          [rate]: { rate_per_second: 1 },
+          [leased]: { max_concurrent: 1, rate_per_second: 1 },
+          [window]: { algorithm: "sliding_window", limit: 1, window_seconds: 1 }
+        })))
+      }, 30_000)
+
+      test("options of the wrong kind (from JavaScript) are a typed error naming the option, and take nothing", () => {
+        const name = unique("kinds")
+        // What an untyped caller can pass: checked at run time, so typed as unknown here.
+        const call = (options: Record<string, unknown>) =>
+          Effect.scoped(Reflect.apply(RateLimiter.acquire, RateLimiter, [name, options]) as Effect.Effect<unknown, { _tag: string; option?: string }, RateLimiter_.RateLimiter | Scope.Scope>)
+        return Effect.gen(function*() {
+          for (const [options, option] of [
+            [{ key: 42 }, "key"],
+            [{ key: null }, "key"],
+            [{ timeout: Number.NaN }, "timeout"],
+            [{ timeout: -5 }, "timeout"],
+            [{ timeout: "abc" }, "timeout"],
+            [{ timeout: {} }, "timeout"]
+          ] as const) {
+            const error = yield* Effect.flip(call(options))
+            expect([error._tag, error.option]).toEqual(["InvalidOption", option])
+          }
+          for (const cost of [0, -1, 1.5, Number.NaN, "1"]) {
+            expect((yield* Effect.flip(call({ cost })))._tag).toBe("InvalidCost")
+          }
+          // Nothing was taken by any of them.
+          expect((yield* RateLimiter.state(name)).remaining).toBe(2)
+        }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 1, burst: 2 } })))
+      })
+    })
+
     describe("tryAcquire never waits", () => {
       test("it fails with RateLimitExceeded carrying retryAfter, limit and remaining, and writes nothing", () => {
         const name = unique("try")
