@@ -11,7 +11,8 @@ import * as Metrics from "../src/Metrics.js"
 import * as PostgresStore from "../src/postgres/PostgresStore.js"
 import { RateLimiter } from "../src/RateLimiter.js"
 import * as RateSync from "../src/RateSync.js"
-import { decodeSettings } from "../src/Settings.js"
+import * as RateLimiterModule from "../src/RateLimiter.js"
+import { decodeSettings, toLimiterSpec } from "../src/Settings.js"
 import * as Stores from "../src/Stores.js"
 import { admin, asUser } from "./support/admin.js"
 
@@ -164,6 +165,30 @@ describe("PostgreSQL engine", () => {
         }).pipe(Layer.provide(Stores.layer)))
       )
     }))
+
+  it.live("refused and timed-out lease calls on many keys leave no wake-up entry or place in line behind", () =>
+    Effect.gen(function*() {
+      const settings = yield* decodeSettings({
+        stores: { db: { engine: "postgres", url, auto_create: true } },
+        limiters: { leased: { store: "db", max_concurrent: 1, lease_ttl_seconds: 30 } }
+      })
+      const config = settings.stores["db"]
+      if (config?.engine !== "postgres") return yield* Effect.die("not a postgres store")
+      const store = yield* PostgresStore.make("db", config)
+      const limiter = yield* RateLimiterModule.make({
+        stores: new Map([["db", store]]),
+        limiters: [toLimiterSpec("leased", settings.limiters["leased"]!)]
+      })
+      const keys = Array.from({ length: 100 }, (_, i) => `${fresh("many")}-${i}`)
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Effect.forEach(keys, (key) => limiter.acquire("leased", { key }), { concurrency: 8 })
+        yield* Effect.forEach(keys, (key) => Effect.flip(Effect.scoped(limiter.tryAcquire("leased", { key }))), { concurrency: 8 })
+        yield* Effect.forEach(keys.slice(0, 20), (key) => Effect.flip(Effect.scoped(limiter.acquire("leased", { key, timeout: "50 millis" }))), {
+          concurrency: 8
+        })
+      }))
+      expect(store.waiters()).toEqual({ subscribed: 0, queued: 0 })
+    }).pipe(Effect.scoped))
 
   it.live("missing grants fail the layer with the GRANT to run", () =>
     Effect.gen(function*() {

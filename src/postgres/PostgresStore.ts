@@ -111,6 +111,8 @@ type Rollback =
 export interface PostgresStore extends Store {
   /** The pool's client, for tests and tools. */
   readonly sql: SqlClient
+  /** How many keys have waiters subscribed to their releases, and how many are in this process's lines (for tests and tools). */
+  readonly waiters: () => { readonly subscribed: number; readonly queued: number }
   /**
    * Deletes the rows no limiter has touched for `olderThan` (at least a minute) and whose state lies
    * that far in the past: the seed page's cleanup, as an operation. It is the only statement of the
@@ -599,6 +601,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       engine: "postgres",
       timingMarginMs: margin,
       sql,
+      waiters: () => ({ subscribed: wakeups.size(), queued: lines.size }),
 
       cleanup: (olderThan) =>
         Effect.suspend((): Effect.Effect<number, Errors.PostgresError | ConfigurationError> => {

@@ -42,6 +42,8 @@ export interface RedisStore extends Store {
   /** The store's command connections and its subscriber, for tests and tools. */
   readonly clients: ReadonlyArray<Redis>
   readonly subscriber: Redis
+  /** How many keys have waiters subscribed to their releases (for tests and tools). */
+  readonly waiters: () => { readonly subscribed: number }
 }
 
 const messageOf = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
@@ -296,6 +298,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
       timingMarginMs: config.timing_margin_ms,
       clients,
       subscriber,
+      waiters: () => ({ subscribed: wakeups.size() }),
 
       acquire: (request) => {
         if (request.limiter.concurrency !== undefined && request.leaseId !== undefined) {
