@@ -75,15 +75,19 @@ const admitted = <E>(call: Call<E>, leaseId: string, outcome: Admitted, scope: S
  * One ask of the store. "again": the caller waited for a release and asks again; "late": its deadline
  * passed while the store was deciding.
  */
-const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Restore) =>
+const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Restore, first: boolean) =>
   Effect.scoped(Effect.gen(function*() {
     const { b, cost, key, mode } = call
     const giveBack = b.orphans.add(key, leaseId)
+    const left = deadline - (yield* Clock.currentTimeMillis)
+    // Woken at its deadline: its place in line goes back without keeping the caller.
+    if (!first && left <= 0) return yield* Effect.as(giveBack, "late" as const)
     // Subscribed before asking, so a release between the refusal and the wait is not missed.
     const released = yield* b.store.releases(b.spec, key)
-    const left = deadline - (yield* Clock.currentTimeMillis)
     const request = { limiter: b.spec, key, cost, leaseId, maxWaitMs: mode === "try" ? 0 : Math.max(0, left), queue: mode === "wait" }
-    const answer = yield* restore(detached(b.observe(b.store.acquire(request)), mode === "try" ? Infinity : left, () => giveBack)).pipe(
+    // Without a wait to bound (tryAcquire, a timeout of 0), the round trip is bounded by the store's own timeout.
+    const bound = mode === "try" || left <= 0 ? Infinity : left
+    const answer = yield* restore(detached(b.observe(b.store.acquire(request)), bound, () => giveBack)).pipe(
       // A failed call leaves no trace: whatever it may have been granted before its reply was lost goes back.
       Effect.tapError(() => giveBack)
     )
@@ -114,8 +118,8 @@ const decide = <E>(call: Call<E>) =>
     const leaseId = randomUUID()
     return yield* Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
-        while (true) {
-          const step = yield* Effect.either(ask(call, leaseId, deadline, restore))
+        for (let first = true;; first = false) {
+          const step = yield* Effect.either(ask(call, leaseId, deadline, restore, first))
           const at = yield* Clock.currentTimeMillis
           if (Either.isLeft(step)) return yield* failed(call, step.left, at - started)
           const outcome = step.right

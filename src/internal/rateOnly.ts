@@ -41,7 +41,8 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
         return refused(call, call.refuse(outcome, overDeadline))
       }
       const onFailure = (error: StoreError) => failed(call, error, waited())
-      if (timeoutMs === undefined || mode === "try") return Effect.matchEffect(ask, { onFailure, onSuccess: decided })
+      // A timeout of 0 asks for an answer without waiting, as tryAcquire does: the round trip is not a wait.
+      if (timeoutMs === undefined || timeoutMs === 0 || mode === "try") return Effect.matchEffect(ask, { onFailure, onSuccess: decided })
       // A caller with a deadline stops waiting for a slow store at it; a slot granted after that is given back.
       const bounded = detached(ask, timeoutMs, Exit.match({ onFailure: () => Effect.void, onSuccess: (outcome) => refund(call, outcome) }))
       return Effect.matchEffect(restore(bounded), {

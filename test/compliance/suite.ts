@@ -442,6 +442,10 @@ export const complianceSuite = (harness: Harness) => {
             const consumed = yield* RateLimiter.consume(rate, { key: `c${i}`, timeout })
             expect(consumed.degraded).toBe(false)
           }
+          // A timeout of 0 still gets a free permit: the store's round trip is not a wait.
+          for (const name of [rate, leased, window]) {
+            expect((yield* Effect.scoped(RateLimiter.acquire(name, { key: "zero", timeout: 0 }))).degraded).toBe(false)
+          }
           const error = yield* RateLimiter.backoff(rate, { retryAfter: Duration.millis(1e308) }).pipe(Effect.flip)
           expect(error._tag).toBe("InvalidOption")
           // The limit is intact.
