@@ -18,6 +18,8 @@ interface Entry {
 export interface Wakeups {
   /** Wakes the current subscribers of `id`; later subscribers wait for the next signal. */
   readonly signal: (id: string) => void
+  /** Wakes every subscriber (after wake-ups may have been missed). */
+  readonly signalAll: () => void
   /** Subscribes for the scope; the returned effect completes at the first signal after subscribing. */
   readonly subscribe: (id: string) => Effect.Effect<Effect.Effect<void>, never, Scope.Scope>
   /** Keys with subscribers (for tests). */
@@ -32,6 +34,11 @@ export const make = (): Wakeups => {
       if (entry === undefined) return
       entries.delete(id)
       Deferred.unsafeDone(entry.deferred, Exit.void)
+    },
+    signalAll: () => {
+      const all = [...entries.values()]
+      entries.clear()
+      for (const entry of all) Deferred.unsafeDone(entry.deferred, Exit.void)
     },
     subscribe: (id) =>
       Effect.acquireRelease(

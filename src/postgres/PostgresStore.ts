@@ -23,8 +23,7 @@ import { PgClient } from "@effect/sql-pg"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
-import * as Schedule from "effect/Schedule"
-import * as Stream from "effect/Stream"
+import * as Scope from "effect/Scope"
 import pg from "pg"
 import {
   ConfigIssue,
@@ -46,6 +45,7 @@ import * as Retry from "../Retry.js"
 import type { PostgresStoreConfig } from "../Settings.js"
 import type { AcquireOutcome, AcquireRequest, Reservation, StateView, Store } from "../Store.js"
 import * as Errors from "./errors.js"
+import * as Listener from "./listener.js"
 
 /** The seed page's table, in the configured schema. */
 export const createTableSql = (config: PostgresStoreConfig): ReadonlyArray<string> => {
@@ -553,19 +553,17 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       )
     }
 
+    /** Started when a lease is first waited for: a program without leases opens no LISTEN connection. */
     const listen = Effect.suspend(() => {
-      // LISTEN keeps one pooled connection; with a single connection, waiters rely on re-checks.
-      if (listening || config.pool_max_size < 2) return Effect.void
+      if (listening) return Effect.void
       listening = true
-      return sql.listen(channel).pipe(
-        Stream.runForEach((payload) => Effect.sync(() => signal(payload))),
-        Effect.retry(Schedule.spaced("1 second")),
-        Effect.ignore,
-        // Callers subscribe from uninterruptible regions; closing the store must still stop it.
-        Effect.interruptible,
-        Effect.forkIn(scope),
-        Effect.asVoid
-      )
+      return Listener.start({
+        connectionString: config.url,
+        channel,
+        connectTimeoutMs: config.pool_timeout_ms,
+        onNotify: signal,
+        onConnect: wakeups.signalAll
+      }).pipe(Scope.extend(scope))
     })
 
     const release = (limiter: LimiterSpec, key: string, leaseId: string) =>

@@ -153,9 +153,10 @@ export const make = (name: string, config: RedisStoreConfig) =>
       Effect.sync(() => Array.from({ length: config.pool_max_size }, () => open({}))),
       (all) => Effect.forEach(all, (client) => client.status === "ready" ? close(client) : Effect.sync(() => client.disconnect()))
     )
-    // Subscriptions wait for the connection (and are renewed after a reconnect) instead of failing.
+    // The subscriber subscribes on each `ready` (below), never before: a SUBSCRIBE sent while it connects
+    // makes its ready check (INFO) fail in subscriber mode, and the subscription is lost for good.
     const subscriber = yield* Effect.acquireRelease(
-      Effect.sync(() => open({ enableOfflineQueue: true, maxRetriesPerRequest: null, commandTimeout: undefined })),
+      Effect.sync(() => open({ maxRetriesPerRequest: null, commandTimeout: undefined, autoResubscribe: false })),
       (client) => Effect.sync(() => client.disconnect())
     )
 
@@ -186,7 +187,15 @@ export const make = (name: string, config: RedisStoreConfig) =>
     const signalId = (state: string) => isWellFormed(state) ? state : `#${digest(wtf8(state))}`
     const wakeups = Wakeups.make()
     subscriber.on("message", (_channel: string, sid: string) => wakeups.signal(sid))
-    subscriber.subscribe(channel).catch(() => {})
+    const subscribe = () => {
+      subscriber.subscribe(channel).then(
+        // Releases published while the subscriber was away were missed: every waiter checks again.
+        () => wakeups.signalAll(),
+        () => {}
+      )
+    }
+    subscriber.on("ready", subscribe)
+    if (subscriber.status === "ready") subscribe()
 
     // Values cross the wire relative to this offset (whole µs), so they stay small and exact.
     // It is not a time anyone relies on: only differences of the server's own instants are.

@@ -6,8 +6,9 @@
  * Prints one JSON line, a `LoadReport`, and exits 0; a crash exits non-zero.
  */
 import { spawn } from "node:child_process"
+import { existsSync, writeFileSync } from "node:fs"
 import { pathToFileURL } from "node:url"
-import { Clock, Duration, Effect, Layer } from "effect"
+import { Cause, Clock, Duration, Effect, Layer, Option } from "effect"
 import { RateLimiter } from "../../src/RateLimiter.js"
 import * as RateSync from "../../src/RateSync.js"
 import type { SettingsInput } from "../../src/Settings.js"
@@ -23,18 +24,34 @@ export interface LoadPlan {
   readonly skewMs: number
   /** How long each permit is held before its scope closes (for concurrency limits). */
   readonly holdMs?: number
+  /**
+   * Records an acquire that dies (a defect, not a typed failure) in `failed` as `Die:<tag>`, the
+   * defect's `_tag` or class name, and carries on; without it a defect crashes the process.
+   */
+  readonly recordDefects?: boolean
+  /** Created, empty, at the process's first permit: it is up and served by its store. */
+  readonly readyFile?: string
+  /** The fibers also stop, before `endAt`, once this file exists. */
+  readonly stopFile?: string
 }
 
 export interface LoadReport {
   /** Machine-clock ms of each admission; `degraded` ones were let through while the store was down. */
   readonly admitted: Array<number>
   readonly degraded: Array<number>
-  /** [machine-clock ms, error tag] of each failed acquire. */
+  /** [machine-clock ms, error tag] of each failed acquire (with `recordDefects`, `Die:<tag>` for a defect). */
   readonly failed: Array<readonly [number, string]>
   /** With `holdMs`: [admitted, about to release] of each recorded permit, on the machine clock. */
   readonly holds: Array<readonly [number, number]>
   /** How far the process's Effect clock and Date.now ran from the machine's, as measured inside it. */
   readonly skewSeen: { readonly effectClock: number; readonly dateNow: number }
+}
+
+/** The tag a defect is recorded under: `Die:` and its `_tag`, else its class name. */
+export const defectTag = (defect: unknown): string => {
+  if (typeof defect !== "object" || defect === null) return `Die:${typeof defect}`
+  const tag: unknown = Reflect.get(defect, "_tag")
+  return `Die:${typeof tag === "string" ? tag : defect.constructor.name}`
 }
 
 /** The machine's clock, untouched by the skew below. */
@@ -78,11 +95,17 @@ const run = (plan: LoadPlan) =>
   Effect.gen(function*() {
     const effectClock = (yield* Clock.currentTimeMillis) - machineClock()
     const report: LoadReport = { admitted: [], degraded: [], failed: [], holds: [], skewSeen: { effectClock, dateNow: Date.now() - machineClock() } }
+    const { readyFile, stopFile } = plan
+    let ready = false
     const worker = Effect.gen(function*() {
-      while (machineClock() < plan.endAt) {
+      while (machineClock() < plan.endAt && (stopFile === undefined || !existsSync(stopFile))) {
         yield* Effect.scoped(Effect.gen(function*() {
           const permit = yield* RateLimiter.acquire(plan.limiter, { timeout: Duration.seconds(1) })
           const at = machineClock()
+          if (readyFile !== undefined && !ready) {
+            ready = true
+            writeFileSync(readyFile, "")
+          }
           const recorded = at >= plan.startAt && at < plan.endAt
           if (recorded) (permit.degraded ? report.degraded : report.admitted).push(at)
           if (plan.holdMs !== undefined) {
@@ -90,10 +113,16 @@ const run = (plan: LoadPlan) =>
             if (recorded) report.holds.push([at, machineClock()])
           }
         })).pipe(
-          Effect.matchEffect({
+          Effect.matchCauseEffect({
             onSuccess: () => Effect.void,
-            // A failure is answered at once; a real client would back off a little before asking again.
-            onFailure: (error) => Effect.zipRight(Effect.sync(() => report.failed.push([machineClock(), error._tag])), Effect.sleep("10 millis"))
+            onFailure: (cause) => {
+              // A failure is answered at once; a real client would back off a little before asking again.
+              const failed = (tag: string) => Effect.zipRight(Effect.sync(() => report.failed.push([machineClock(), tag])), Effect.sleep("10 millis"))
+              const error = Cause.failureOption(cause)
+              if (Option.isSome(error)) return failed(error.value._tag)
+              const defect = Cause.dieOption(cause)
+              return plan.recordDefects === true && Option.isSome(defect) ? failed(defectTag(defect.value)) : Effect.failCause(cause)
+            }
           })
         )
       }
