@@ -26,9 +26,10 @@ const tree: Config.Config<Tree> = Config.all({
   children: Config.hashMap(Config.suspend(() => tree)).pipe(Config.withDefault(HashMap.empty<string, Tree>()))
 })
 
-const flatten = (node: Tree, prefix: string, out: Map<string, string>): Map<string, string> => {
-  if (Option.isSome(node.value) && prefix !== "") out.set(prefix, node.value.value)
-  for (const [name, child] of node.children) flatten(child, prefix === "" ? name : `${prefix}_${name}`, out)
+/** The variables under a node, by their path below it joined with `_` (empty segments kept: `__PROTO__` stays). */
+const flatten = (node: Tree, path: ReadonlyArray<string>, out: Map<string, string>): Map<string, string> => {
+  if (Option.isSome(node.value) && path.length > 0) out.set(path.join("_"), node.value.value)
+  for (const [name, child] of node.children) flatten(child, [...path, name], out)
   return out
 }
 
@@ -50,15 +51,19 @@ const section = (
   entries: Map<string, string>,
   keys: ReadonlyArray<string>
 ): Record<string, Record<string, string>> => {
-  const out: Record<string, Record<string, string>> = {}
+  const tables = new Map<string, Map<string, string>>()
   for (const [variable, value] of entries) {
     // A variable no known key explains still reaches the validator, as an unknown key of the
     // name its first segment gives, so the error points at it.
     const [first, ...rest] = variable.toLowerCase().split("_")
     const [name, key] = split(variable, keys) ?? [first!, rest.join("_")]
-    ;(out[name] ??= {})[key] = value
+    let table = tables.get(name)
+    if (table === undefined) tables.set(name, table = new Map())
+    table.set(key, value)
   }
-  return out
+  // Built with Object.fromEntries: every name is an own property, `__proto__` included (an assignment
+  // would reach Object.prototype instead, or drop the key).
+  return Object.fromEntries([...tables].map(([name, table]) => [name, Object.fromEntries(table)]))
 }
 
 /**
@@ -69,7 +74,7 @@ export const settingsConfig = (prefix = "RATE_SYNC"): Config.Config<Record<strin
   const nested = <A>(config: Config.Config<A>, path: string) =>
     [...prefix.split("_"), path].reverse().reduce((acc, segment) => Config.nested(acc, segment), config)
   const subtree = (path: string) =>
-    Config.map(nested(tree, path), (node) => flatten({ value: Option.none(), children: node.children }, "", new Map()))
+    Config.map(nested(tree, path), (node) => flatten({ value: Option.none(), children: node.children }, [], new Map()))
   return Config.map(
     Config.all({ stores: subtree("STORES"), limiters: subtree("LIMITERS") }),
     ({ limiters, stores }) => ({

@@ -11,21 +11,47 @@ import * as Schema from "effect/Schema"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
 import type { LimiterSpec, RatePolicy } from "./LimiterSpec.js"
 
-const describe = (actual: unknown): string =>
-  typeof actual === "string" ? JSON.stringify(actual) : actual === undefined ? "nothing" : String(actual)
+/** How a found value is shown in a message; never throws, whatever the value (`{ toString: 1 }`, null prototypes). */
+const describe = (actual: unknown): string => {
+  if (typeof actual === "string") return JSON.stringify(actual)
+  if (actual === undefined) return "nothing"
+  if (typeof actual === "number") return Object.is(actual, -0) ? "-0" : String(actual)
+  if (typeof actual === "bigint") return `${actual}n`
+  if (typeof actual === "symbol") return actual.toString()
+  if (Array.isArray(actual)) return "an array"
+  if (actual instanceof Date) return Number.isNaN(actual.getTime()) ? "an invalid date" : `the date ${actual.toISOString()}`
+  if (typeof actual === "object" && actual !== null) return "a table"
+  try {
+    return String(actual)
+  } catch {
+    return typeof actual
+  }
+}
 
-const NumberLike = Schema.transformOrFail(Schema.Union(Schema.Number, Schema.String), Schema.Number, {
+/** A lone UTF-16 surrogate: a string holding one cannot be written to a store as it is (UTF-8 replaces it). */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+
+const numberMessage = (issue: ParseResult.ParseIssue) => `Expected a number, found ${describe(issue.actual)}`
+const booleanMessage = (issue: ParseResult.ParseIssue) => `Expected true or false, found ${describe(issue.actual)}`
+
+const NumberLike = Schema.transformOrFail(Schema.Union(
+  Schema.Number.annotations({ message: numberMessage }),
+  Schema.String.annotations({ message: numberMessage })
+), Schema.Number, {
   strict: true,
   decode: (input, _, ast) => {
     const value = typeof input === "number" ? input : input.trim() === "" ? Number.NaN : Number(input)
     return Number.isFinite(value)
-      ? ParseResult.succeed(value)
+      ? ParseResult.succeed(value === 0 ? 0 : value) // -0 is 0
       : ParseResult.fail(new ParseResult.Type(ast, input, `Expected a number, found ${describe(input)}`))
   },
   encode: ParseResult.succeed
-}).annotations({ message: (issue) => `Expected a number, found ${describe(issue.actual)}` })
+}).annotations({ message: numberMessage })
 
-const BooleanLike = Schema.transformOrFail(Schema.Union(Schema.Boolean, Schema.String), Schema.Boolean, {
+const BooleanLike = Schema.transformOrFail(Schema.Union(
+  Schema.Boolean.annotations({ message: booleanMessage }),
+  Schema.String.annotations({ message: booleanMessage })
+), Schema.Boolean, {
   strict: true,
   decode: (input, _, ast) => {
     if (typeof input === "boolean") return ParseResult.succeed(input)
@@ -35,18 +61,107 @@ const BooleanLike = Schema.transformOrFail(Schema.Union(Schema.Boolean, Schema.S
       : ParseResult.fail(new ParseResult.Type(ast, input, `Expected true or false, found ${describe(input)}`))
   },
   encode: ParseResult.succeed
-}).annotations({ message: (issue) => `Expected true or false, found ${describe(issue.actual)}` })
+}).annotations({ message: booleanMessage })
 
 const refined = (filter: (n: number) => boolean, expected: string) =>
-  NumberLike.pipe(Schema.filter((n) => filter(n) || `Expected ${expected}, found ${n}`))
+  NumberLike.pipe(Schema.filter((n) => filter(n) || `Expected ${expected}, found ${describe(n)}`))
 
-const PositiveNumber = refined((n) => n > 0, "a number above 0")
-const NonNegativeNumber = refined((n) => n >= 0, "a number of 0 or more")
-const PositiveInt = refined((n) => Number.isInteger(n) && n >= 1, "a whole number of 1 or more")
-const NonNegativeInt = refined((n) => Number.isInteger(n) && n >= 0, "a whole number of 0 or more")
-const RatePerSecond = refined((n) => n > 0 && n <= 1_000_000, "a rate above 0 and at most 1000000 per second")
+/**
+ * The values a numeric key accepts. Every bound is one every engine serves: values a store's time
+ * arithmetic (PostgreSQL timestamps and intervals, Redis integers), a Node timer (at most 2^31 - 1 ms,
+ * longer ones fire at once) or a pool cannot hold are refused here, naming the key, rather than
+ * failing on first use.
+ */
+export interface Range {
+  readonly min: number
+  readonly max: number
+  /** The minimum itself is refused: a number above `min`. */
+  readonly above?: boolean
+  readonly whole?: boolean
+  /** What the number is called in messages: "a rate"; "a number" or "a whole number" by default. */
+  readonly noun?: string
+  /** " ms", " seconds", " per second". */
+  readonly unit?: string
+  /** Why the bound is there, when that is not obvious. */
+  readonly why?: string
+}
 
-const Str = Schema.String.annotations({ message: (issue) => `Expected a string, found ${describe(issue.actual)}` })
+export const inRange = (range: Range, n: number): boolean =>
+  Number.isFinite(n) && (range.above === true ? n > range.min : n >= range.min) && n <= range.max &&
+  (range.whole !== true || Number.isSafeInteger(n))
+
+const expectedOf = (range: Range): string => {
+  const what = range.noun ?? (range.whole === true ? "a whole number" : "a number")
+  const unit = range.unit ?? ""
+  const span = range.max === Infinity
+    ? `${what} of ${range.min} or more${unit}`
+    : range.above === true
+    ? `${what} above ${range.min} and at most ${range.max}${unit}`
+    : `${what} from ${range.min} to ${range.max}${unit}`
+  return range.why === undefined ? span : `${span} (${range.why})`
+}
+
+const ranged = (range: Range) => refined((n) => inRange(range, n), expectedOf(range))
+
+/** Timers that must fire for the store to work at all: below a tenth of a second a busy but healthy server trips them. */
+const timerMs = (what: string): Range => ({
+  min: 100,
+  max: 3_600_000,
+  unit: " ms",
+  why: `${what}; below 100 ms a healthy but busy server trips it, above an hour it is no bound`
+})
+
+/**
+ * The furthest ahead of now a limiter's state may lie, in seconds: about 31 years, well inside PostgreSQL
+ * timestamps and intervals and exact in Redis' microsecond doubles.
+ */
+export const MAX_STATE_SECONDS = 1_000_000_000
+
+/** Every numeric key's accepted values, by table: the schemas below are built from these. */
+export const ranges = {
+  limiter: {
+    rate_per_second: { min: 0.000001, max: 1_000_000, noun: "a rate", unit: " per second" },
+    burst: { min: 1, max: 1_000_000_000, whole: true },
+    limit: {
+      min: 1,
+      max: 10_000,
+      whole: true,
+      why: "PostgreSQL keeps a row per admission in the window and reads them all at each one"
+    },
+    window_seconds: { min: 0.001, max: 10_000_000, unit: " seconds" },
+    max_concurrent: { min: 1, max: 10_000, whole: true, why: "PostgreSQL keeps a row per permit" },
+    timeout: { min: 0, max: Infinity, unit: " seconds" },
+    lease_ttl_seconds: {
+      min: 0.5,
+      max: 1_000_000,
+      unit: " seconds",
+      why: "a lease is renewed every third of it: a shorter one expires before its renewal lands, a longer one outgrows the renewal timer"
+    },
+    retry_max_attempts: { min: 1, max: 1_000, whole: true },
+    retry_base_delay_ms: { min: 0, above: true, max: 60_000, unit: " ms" },
+    retry_max_delay_ms: { min: 0, above: true, max: 60_000, unit: " ms" }
+  },
+  memory: {
+    timing_margin_ms: { min: 0, max: 1_000, unit: " ms" }
+  },
+  postgres: {
+    pool_min_size: { min: 0, max: 1_000, whole: true },
+    pool_max_size: { min: 1, max: 1_000, whole: true },
+    timing_margin_ms: { min: 0, max: 1_000, unit: " ms" },
+    pool_timeout_ms: timerMs("a wait for a pooled connection"),
+    operation_timeout_ms: timerMs("a store operation's time")
+  },
+  redis: {
+    pool_max_size: { min: 1, max: 64, whole: true, why: "each is a connection opened when the store starts" },
+    timing_margin_ms: { min: 0, max: 1_000, unit: " ms" },
+    connect_timeout_ms: timerMs("a connection attempt"),
+    command_timeout_ms: timerMs("a command's time")
+  }
+} as const satisfies Record<"limiter" | Engine, Record<string, Range>>
+
+const Str = Schema.String.annotations({ message: (issue) => `Expected a string, found ${describe(issue.actual)}` }).pipe(
+  Schema.filter((s) => !LONE_SURROGATE.test(s) || "Expected text, found a string with a lone UTF-16 surrogate")
+)
 
 const NonEmptyString = Str.pipe(Schema.filter((s) => s.trim().length > 0 || "Expected a non-empty string"))
 
@@ -76,7 +191,7 @@ const withDefault = <A, I, R>(schema: Schema.Schema<A, I, R>, value: A) =>
 
 export const MemoryStoreConfig = Schema.Struct({
   engine: Schema.Literal("memory"),
-  timing_margin_ms: withDefault(NonNegativeNumber, 0)
+  timing_margin_ms: withDefault(ranged(ranges.memory.timing_margin_ms), 0)
 })
 
 export const PostgresStoreConfig = Schema.Struct({
@@ -85,25 +200,27 @@ export const PostgresStoreConfig = Schema.Struct({
   table_name: withDefault(Identifier, "rate_limiter_state"),
   schema_name: withDefault(Identifier, "public"),
   auto_create: withDefault(BooleanLike, false),
-  pool_min_size: withDefault(NonNegativeInt, 2),
-  pool_max_size: withDefault(PositiveInt, 10),
-  timing_margin_ms: withDefault(NonNegativeNumber, 10),
+  pool_min_size: withDefault(ranged(ranges.postgres.pool_min_size), 2),
+  pool_max_size: withDefault(ranged(ranges.postgres.pool_max_size), 10),
+  timing_margin_ms: withDefault(ranged(ranges.postgres.timing_margin_ms), 10),
   /** Speed knob: an UNLOGGED table (with auto_create); its state is lost if the server crashes. */
   unlogged: withDefault(BooleanLike, false),
   /** Speed knob: the limiter's own commits are not waited for on disk. */
   synchronous_commit: withDefault(BooleanLike, true),
   /** How long an operation waits for a free pooled connection before failing. */
-  pool_timeout_ms: withDefault(PositiveNumber, 5_000)
+  pool_timeout_ms: withDefault(ranged(ranges.postgres.pool_timeout_ms), 5_000),
+  /** The longest one store operation may take (a row lock held elsewhere, an overloaded server) before it fails with StoreTimeout. */
+  operation_timeout_ms: withDefault(ranged(ranges.postgres.operation_timeout_ms), 2_000)
 })
 
 export const RedisStoreConfig = Schema.Struct({
   engine: Schema.Literal("redis"),
   url: NonEmptyString,
   key_prefix: withDefault(Str, "rate-sync:"),
-  pool_max_size: withDefault(PositiveInt, 1),
-  timing_margin_ms: withDefault(NonNegativeNumber, 10),
-  connect_timeout_ms: withDefault(PositiveNumber, 5_000),
-  command_timeout_ms: withDefault(PositiveNumber, 2_000)
+  pool_max_size: withDefault(ranged(ranges.redis.pool_max_size), 1),
+  timing_margin_ms: withDefault(ranged(ranges.redis.timing_margin_ms), 10),
+  connect_timeout_ms: withDefault(ranged(ranges.redis.connect_timeout_ms), 5_000),
+  command_timeout_ms: withDefault(ranged(ranges.redis.command_timeout_ms), 2_000)
 })
 
 export type Engine = "memory" | "postgres" | "redis"
@@ -119,17 +236,18 @@ export type StoreConfigInput =
 export const LimiterConfig = Schema.Struct({
   store: NonEmptyString,
   algorithm: withDefault(oneOf("token_bucket", "sliding_window"), "token_bucket"),
-  rate_per_second: optional(RatePerSecond),
-  burst: optional(PositiveInt),
-  limit: optional(PositiveInt),
-  window_seconds: optional(PositiveNumber),
-  max_concurrent: optional(PositiveInt),
-  timeout: optional(NonNegativeNumber),
-  lease_ttl_seconds: withDefault(PositiveNumber, 30),
+  rate_per_second: optional(ranged(ranges.limiter.rate_per_second)),
+  burst: optional(ranged(ranges.limiter.burst)),
+  limit: optional(ranged(ranges.limiter.limit)),
+  window_seconds: optional(ranged(ranges.limiter.window_seconds)),
+  max_concurrent: optional(ranged(ranges.limiter.max_concurrent)),
+  /** Any finite wait: one too long for a timer is no bound at all. */
+  timeout: optional(ranged(ranges.limiter.timeout)),
+  lease_ttl_seconds: withDefault(ranged(ranges.limiter.lease_ttl_seconds), 30),
   fail_closed: withDefault(BooleanLike, false),
-  retry_max_attempts: withDefault(PositiveInt, 12),
-  retry_base_delay_ms: withDefault(PositiveNumber, 1),
-  retry_max_delay_ms: withDefault(PositiveNumber, 100)
+  retry_max_attempts: withDefault(ranged(ranges.limiter.retry_max_attempts), 12),
+  retry_base_delay_ms: withDefault(ranged(ranges.limiter.retry_base_delay_ms), 1),
+  retry_max_delay_ms: withDefault(ranged(ranges.limiter.retry_max_delay_ms), 100)
 })
 export type LimiterConfig = typeof LimiterConfig.Type
 export type LimiterConfigInput = typeof LimiterConfig.Encoded
@@ -153,7 +271,12 @@ export interface SettingsInput {
   readonly limiters?: Readonly<Record<string, LimiterConfigInput>>
 }
 
-const NAME = /^[A-Za-z0-9_.-]{1,128}$/
+/** Store and limiter names: letters, digits, '_', '-' and '.', at most this long (`:` separates a limiter's name from a key). */
+export const maxNameLength = 128
+
+const NAME = /^[A-Za-z0-9_.-]+$/
+
+const isName = (name: string) => name.length >= 1 && name.length <= maxNameLength && NAME.test(name)
 
 const issue = (path: string, message: string) => new ConfigIssue({ path, message })
 
@@ -228,6 +351,15 @@ const checkLimiter = (name: string, limiter: LimiterConfig, stores: ReadonlyArra
   ) {
     issues.push(issue(path, "needs at least one of rate_per_second, limit + window_seconds, or max_concurrent"))
   }
+  if (limiter.burst !== undefined && limiter.rate_per_second !== undefined) {
+    const seconds = limiter.burst / limiter.rate_per_second
+    if (seconds > MAX_STATE_SECONDS) {
+      issues.push(issue(
+        `${path}.burst`,
+        `Expected burst / rate_per_second at most ${MAX_STATE_SECONDS} seconds (a drained bucket must refill within about 31 years, which every store's time holds), found ${limiter.burst} / ${limiter.rate_per_second} = ${seconds} seconds`
+      ))
+    }
+  }
   if (limiter.retry_base_delay_ms > limiter.retry_max_delay_ms) {
     issues.push(issue(`${path}.retry_base_delay_ms`, `Expected at most retry_max_delay_ms (${limiter.retry_max_delay_ms}), found ${limiter.retry_base_delay_ms}`))
   }
@@ -240,25 +372,24 @@ const decodeTable = <A>(
   decode: (name: string, value: unknown) => Either.Either<A, Array<ConfigIssue>>,
   issues: Array<ConfigIssue>
 ): Record<string, A> => {
-  const out: Record<string, A> = {}
-  if (input === undefined) return out
+  if (input === undefined) return {}
   if (!isRecord(input)) {
     issues.push(issue(table, `Expected a table, found ${describe(input)}`))
-    return out
+    return {}
   }
+  const entries: Array<readonly [string, A]> = []
   for (const [name, value] of Object.entries(input)) {
-    if (!NAME.test(name)) {
-      issues.push(issue(`${table}.${name}`, "Expected a name of letters, digits, '_', '-' or '.' (at most 128)"))
+    if (!isName(name)) {
+      issues.push(issue(`${table}.${name}`, `Expected a name of letters, digits, '_', '-' or '.' (at most ${maxNameLength})`))
       continue
     }
     Either.match(decode(name, value), {
       onLeft: (found) => issues.push(...found),
-      onRight: (decoded) => {
-        out[name] = decoded
-      }
+      onRight: (decoded) => entries.push([name, decoded])
     })
   }
-  return out
+  // Own data properties, whatever the name: an assignment to `out["__proto__"]` would set the prototype instead.
+  return Object.fromEntries(entries)
 }
 
 /** Validates a whole configuration, reporting every problem at once with its key path. */
@@ -308,7 +439,8 @@ export const toLimiterSpec = (name: string, config: LimiterConfig): LimiterSpec 
     concurrency: config.max_concurrent === undefined
       ? undefined
       : { max: config.max_concurrent, leaseTtlMs: config.lease_ttl_seconds * 1000 },
-    timeoutMs: config.timeout === undefined ? undefined : config.timeout * 1000,
+    // A timeout of more than about 1.8e305 s would be an infinite number of ms.
+    timeoutMs: config.timeout === undefined ? undefined : Math.min(config.timeout * 1000, Number.MAX_VALUE),
     failClosed: config.fail_closed,
     retry: {
       maxAttempts: config.retry_max_attempts,

@@ -50,7 +50,8 @@ describe("TOML", () => {
         timing_margin_ms: 10,
         unlogged: false,
         synchronous_commit: true,
-        pool_timeout_ms: 5_000
+        pool_timeout_ms: 5_000,
+        operation_timeout_ms: 2_000
       })
       const spec = toLimiterSpec("api", settings.limiters["api"]!)
       expect(spec.rate).toEqual({ _tag: "TokenBucket", ratePerSecond: 100, burst: 1, intervalMs: 10 })
@@ -210,11 +211,11 @@ describe("validation: one Schema, errors with key path, expected and found", () 
       expect(issuesOf(error)).toEqual([
         `limits: unknown key (known keys: "stores" | "limiters")`,
         `stores.db.table_name: Expected a plain identifier (a letter or _, then letters, digits or _, at most 63), found "t; DROP TABLE x"`,
-        "stores.r.pool_max_size: Expected a whole number of 1 or more, found 0",
+        "stores.r.pool_max_size: Expected a whole number from 1 to 64 (each is a connection opened when the store starts), found 0",
         `stores.q.engine: Expected "memory", "postgres" or "redis", found "sqlite"`,
         `limiters.a.rate_per_second: Expected a number, found "fast"`,
-        "limiters.a.burst: Expected a whole number of 1 or more, found 1.5",
-        "limiters.b.rate_per_second: Expected a rate above 0 and at most 1000000 per second, found -1",
+        "limiters.a.burst: Expected a whole number from 1 to 1000000000, found 1.5",
+        "limiters.b.rate_per_second: Expected a rate from 0.000001 to 1000000 per second, found -1",
         `limiters.c.algorithm: Expected "token_bucket" or "sliding_window", found "leaky"`,
         `limiters.e.fail_closed: Expected true or false, found "maybe"`,
         "limiters.bad:name: Expected a name of letters, digits, '_', '-' or '.' (at most 128)",
@@ -267,7 +268,7 @@ describe("validation: one Schema, errors with key path, expected and found", () 
       )
       const expected = [
         `limiters.api.rate_per_second: Expected a number, found "abc"`,
-        "limiters.api.burst: Expected a whole number of 1 or more, found 0"
+        "limiters.api.burst: Expected a whole number from 1 to 1000000000, found 0"
       ]
       expect(issuesOf(fromObject)).toEqual(expected)
       expect(fromToml._tag === "ConfigurationError" ? issuesOf(fromToml) : []).toEqual(expected)
@@ -330,6 +331,6 @@ describe("errors are raised when the layer is built, never on first use", () => 
           .pipe(Layer.provide(MemoryStore.layer))
       ).pipe(Effect.scoped, Effect.flip)
       expect(error._tag).toBe("ConfigurationError")
-      expect(error.message).toBe("limiters.api.rate_per_second: Expected a rate above 0 and at most 1000000 per second, found 0")
+      expect(error.message).toBe("limiters.api.rate_per_second: Expected a rate from 0.000001 to 1000000 per second, found 0")
     }))
 })
