@@ -100,7 +100,7 @@ export class StoreUnavailable extends Schema.TaggedError<StoreUnavailable>()("St
 }) {}
 
 /**
- * The store did not answer within its operation bound (`statement_timeout_ms` on PostgreSQL,
+ * The store did not answer within its operation bound (`operation_timeout_ms` on PostgreSQL,
  * `command_timeout_ms` on Redis). A slow store is not an outage: this never admits a call, whatever
  * `fail_closed` says; an `acquire` with a timeout reports it as `AcquireTimeout`.
  */

@@ -131,4 +131,4 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
 export const make: (options: {
   readonly limiters: ReadonlyArray<LimiterSpec>
   readonly stores: ReadonlyMap<string, Store>
-}) => Effect.Effect<Context.Tag.Service<RateLimiter>> = internal.make
+}) => Effect.Effect<Context.Tag.Service<RateLimiter>, never, Scope.Scope> = internal.make

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -110,6 +111,43 @@ describe("RateLimiter service", () => {
       }).pipe(Layer.provide(MemoryStore.layer))
     )))
 
+  it.effect("a slot further ahead than a JavaScript timer can wait (24.8 days) is slept for in steps a timer can take", () => {
+    // A clock like the live one, whose timers cannot wait past 2^31 - 1 ms (Effect treats a longer sleep as one that never ends).
+    let now = 0
+    const requested: Array<number> = []
+    const clock: Clock.Clock = {
+      [Clock.ClockTypeId]: Clock.ClockTypeId,
+      unsafeCurrentTimeMillis: () => now,
+      unsafeCurrentTimeNanos: () => BigInt(Math.round(now * 1e6)),
+      currentTimeMillis: Effect.sync(() => now),
+      currentTimeNanos: Effect.sync(() => BigInt(Math.round(now * 1e6))),
+      sleep: (duration) =>
+        Effect.suspend(() => {
+          const ms = Duration.toMillis(duration)
+          requested.push(ms)
+          if (ms > 2 ** 31 - 1) return Effect.never
+          now += ms
+          return Effect.void
+        })
+    }
+    return Effect.gen(function*() {
+      yield* Limiter.consume("long")
+      const second = yield* Limiter.consume("long")
+      expect(second.degraded).toBe(false)
+      expect(now).toBeGreaterThanOrEqual(10_000_000_000)
+      expect(Math.max(...requested)).toBeLessThanOrEqual(2 ** 31 - 1)
+    }).pipe(
+      Effect.provide(
+        RateSync.layer({
+          stores: { m: { engine: "memory" } },
+          limiters: { long: { store: "m", algorithm: "sliding_window", limit: 1, window_seconds: 10_000_000 } }
+        }).pipe(Layer.provide(Stores.layer))
+      ),
+      Effect.withClock(clock),
+      Effect.timeout("1 second")
+    )
+  })
+
   it.effect("an unknown limiter fails with LimiterNotFound naming the known ones", () =>
     Effect.gen(function*() {
       const error = yield* Effect.scoped(Limiter.acquire("nope")).pipe(Effect.flip)
@@ -188,7 +226,7 @@ describe("store failure", () => {
     return { lines, layer: Logger.replace(Logger.defaultLogger, logger) }
   }
 
-  it.effect("fail_closed = true fails with StoreUnavailable", () =>
+  it.scoped("fail_closed = true fails with StoreUnavailable", () =>
     Effect.gen(function*() {
       const limiter = yield* RateLimiter.make({ limiters: spec(true), stores: new Map([["down", unreachable]]) })
       const error = yield* Effect.scoped(limiter.acquire("api")).pipe(Effect.flip)
@@ -196,7 +234,7 @@ describe("store failure", () => {
       expect(error.message).toBe("connection refused")
     }))
 
-  it.effect("by default it admits, warns once per outage, and counts it", () => {
+  it.scoped("by default it admits, warns once per outage, and counts it", () => {
     const { layer, lines } = capture()
     return Effect.gen(function*() {
       const limiter = yield* RateLimiter.make({ limiters: spec(false), stores: new Map([["down", unreachable]]) })
@@ -257,7 +295,7 @@ describe("tracing", () => {
 })
 
 describe("memory engine footprint", () => {
-  it.effect("idle keys are dropped once their state no longer matters", () =>
+  it.scoped("idle keys are dropped once their state no longer matters", () =>
     Effect.gen(function*() {
       const store = yield* MemoryStore.make()
       const limiter = yield* RateLimiter.make({

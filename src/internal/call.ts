@@ -21,6 +21,8 @@ export interface Bound {
   readonly observe: <A>(effect: Effect.Effect<A, StoreError>) => Effect.Effect<A, StoreError>
   /** Leases nobody will release, given back in the background. */
   readonly orphans: Orphans
+  /** Runs a give-back in the limiter's scope, so a caller interrupted does not wait for the store. */
+  readonly background: (effect: Effect.Effect<void>) => Effect.Effect<void>
 }
 
 export type Admitted = Extract<AcquireOutcome, { _tag: "Admitted" }>
@@ -49,7 +51,9 @@ export interface Call<E> {
 }
 
 export const costError = (b: Bound, cost: number): CostExceedsCapacity | InvalidCost | undefined => {
-  if (typeof cost !== "number" || !Number.isInteger(cost) || cost < 1) return new InvalidCost({ limiter: b.spec.name, cost: Number(cost) })
+  if (typeof cost !== "number" || !Number.isInteger(cost) || cost < 1) {
+    return new InvalidCost({ limiter: b.spec.name, cost: typeof cost === "number" ? cost : Number.NaN })
+  }
   const max = capacity(b.spec.rate)
   return max !== undefined && cost > max ? new CostExceedsCapacity({ limiter: b.spec.name, cost, capacity: max }) : undefined
 }
@@ -65,11 +69,14 @@ export const permit = (call: Call<unknown>, outcome: Admitted, leaseId: string |
   degraded: false
 })
 
-/** Gives a rate reservation back where the engine can; a failure only costs the caller a slot. */
+/**
+ * Gives a rate reservation back where the engine can, in the background: a caller that is
+ * interrupted or out of time does not wait for the store. A failure only costs a slot.
+ */
 export const refund = (call: Call<unknown>, outcome: AcquireOutcome): Effect.Effect<void> =>
   outcome._tag !== "Admitted" || outcome.reservation === undefined
     ? Effect.void
-    : Effect.ignore(call.b.observe(call.b.store.refund(call.b.spec, call.key, call.cost, outcome.reservation)))
+    : call.b.background(Effect.ignore(call.b.observe(call.b.store.refund(call.b.spec, call.key, call.cost, outcome.reservation))))
 
 /**
  * Effect's built-in tracer, which exports spans nowhere. Under it an acquire makes no span: building
@@ -119,3 +126,20 @@ export const failed = <E>(call: Call<E>, error: StoreError, waitedMs: number): E
     : error._tag === "StoreTimeout" && call.mode === "wait" && call.timeoutMs !== undefined
     ? refused(call, call.late())
     : Effect.fail(error)
+
+/**
+ * Whether a slot granted after `waitedMs` lies past the caller's deadline (the store answered late).
+ * Only for a caller with a wait to bound: tryAcquire and a timeout of 0 get what the store granted.
+ */
+export const pastDeadline = (call: Call<unknown>, outcome: Admitted, waitedMs: number): boolean =>
+  call.mode === "wait" && call.timeoutMs !== undefined && call.timeoutMs > 0 && outcome.waitMs > 0 &&
+  waitedMs + outcome.waitMs > call.timeoutMs
+
+/** The longest a JavaScript timer can wait; Effect treats a longer sleep as one that never ends. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** Sleeps until a slot however far ahead it lies (a long window, a backoff of months), in timer-sized steps. */
+export const sleepFor = (ms: number): Effect.Effect<void> =>
+  ms <= MAX_TIMER_MS
+    ? Effect.sleep(Duration.millis(ms))
+    : Effect.zipRight(Effect.sleep(Duration.millis(MAX_TIMER_MS)), Effect.suspend(() => sleepFor(ms - MAX_TIMER_MS)))

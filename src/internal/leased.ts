@@ -18,7 +18,7 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import type { AcquireOutcome } from "../Store.js"
-import { type Admitted, type Call, failed, instrument, permit, refund, refused } from "./call.js"
+import { type Admitted, type Call, failed, instrument, pastDeadline, permit, refund, refused, sleepFor } from "./call.js"
 import { detached } from "./detach.js"
 
 /** The slowest a waiter for a lease re-checks, as a safety net for lost wake-ups. */
@@ -59,13 +59,16 @@ const holdLease = (call: Call<unknown>, leaseId: string, parent: Scope.Scope) =>
     return lease
   })
 
-/** After the store granted the lease: hold it, then wait for the rate slot, giving both back if interrupted. */
+/**
+ * After the store granted the lease: hold it, then wait for the rate slot, giving both back (without
+ * waiting for the store) if interrupted.
+ */
 const admitted = <E>(call: Call<E>, leaseId: string, outcome: Admitted, scope: Scope.Scope, restore: Restore, started: number) =>
   Effect.gen(function*() {
     const lease = yield* holdLease(call, leaseId, scope)
     if (outcome.waitMs > 0) {
-      yield* restore(Effect.sleep(Duration.millis(outcome.waitMs))).pipe(
-        Effect.onInterrupt(() => Effect.zipRight(refund(call, outcome), Scope.close(lease, Exit.void)))
+      yield* restore(sleepFor(outcome.waitMs)).pipe(
+        Effect.onInterrupt(() => Effect.zipRight(refund(call, outcome), call.b.background(Scope.close(lease, Exit.void))))
       )
     }
     return permit(call, outcome, leaseId, (yield* Clock.currentTimeMillis) - started)
@@ -105,7 +108,7 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
       outcome.expiresInMs === undefined ? Infinity : Math.max(1, outcome.expiresInMs + 1)
     )
     yield* restore(Effect.race(released, Effect.sleep(Duration.millis(recheck)))).pipe(
-      Effect.onInterrupt(() => releaseNow(call, leaseId))
+      Effect.onInterrupt(() => giveBack)
     )
     return "again" as const
   }))
@@ -125,7 +128,14 @@ const decide = <E>(call: Call<E>) =>
           const outcome = step.right
           if (outcome === "again") continue
           if (outcome === "late") return yield* refused(call, call.late())
-          if (outcome._tag === "Admitted") return yield* admitted(call, leaseId, outcome, scope, restore, started)
+          if (outcome._tag === "Admitted") {
+            // The store's answer came late enough that the slot lies past the deadline: both go back.
+            if (pastDeadline(call, outcome, at - started)) {
+              yield* Effect.zipRight(refund(call, outcome), call.b.orphans.add(call.key, leaseId))
+              return yield* refused(call, call.late())
+            }
+            return yield* admitted(call, leaseId, outcome, scope, restore, started)
+          }
           const overDeadline = outcome._tag === "RateLimited" ? outcome.retryAfterMs - (deadline - at) : 0
           return yield* refused(call, call.refuse(outcome, Math.max(0, overDeadline)))
         }

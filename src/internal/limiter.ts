@@ -7,6 +7,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Metric from "effect/Metric"
+import type * as Scope from "effect/Scope"
 import {
   AcquireTimeout,
   type ConsumeError,
@@ -67,18 +68,21 @@ const observer = () => {
     )
 }
 
-const bind = (spec: LimiterSpec, store: Store, observe: ReturnType<typeof observer>): Bound => {
+const bind = (spec: LimiterSpec, store: Store, observe: ReturnType<typeof observer>, scope: Scope.Scope): Bound => {
   const metrics = Metrics.forLimiter(spec.name, store.name)
-  const observed = observe(store, metrics)
+  // Forked from uninterruptible regions: made interruptible so closing the layer stops them.
+  const background = (effect: Effect.Effect<void>) => Effect.asVoid(Effect.forkIn(Effect.interruptible(effect), scope))
   return {
     spec,
     store,
     metrics,
-    observe: observed,
+    observe: observe(store, metrics),
+    background,
     orphans: Orphans.make({
       release: (key, leaseId) => store.release(spec, key, leaseId),
       // A lease the store granted expires by itself after its ttl; a place in line sooner.
-      ttlMs: spec.concurrency?.leaseTtlMs ?? 0
+      ttlMs: spec.concurrency?.leaseTtlMs ?? 0,
+      fork: background
     })
   }
 }
@@ -98,14 +102,14 @@ const degraded = (b: Bound, key: string, cost: number, waited: number): Permit =
 export const make = (options: {
   readonly limiters: ReadonlyArray<LimiterSpec>
   readonly stores: ReadonlyMap<string, Store>
-}): Effect.Effect<Context.Tag.Service<RateLimiter>> =>
-  Effect.sync(() => {
+}): Effect.Effect<Context.Tag.Service<RateLimiter>, never, Scope.Scope> =>
+  Effect.map(Effect.scope, (scope) => {
     const observe = observer()
     const bound = new Map<string, Bound>()
     for (const spec of options.limiters) {
       const store = options.stores.get(spec.store)
       if (store === undefined) throw new Error(`rate-sync: limiter "${spec.name}" names unknown store "${spec.store}"`)
-      bound.set(spec.name, bind(spec, store, observe))
+      bound.set(spec.name, bind(spec, store, observe, scope))
     }
     const names = [...bound.keys()]
 
@@ -215,7 +219,7 @@ export const make = (options: {
       backoff: (limiter, options) =>
         withCall(
           limiter,
-          (b) => Either.all([keyOf(b, options), Either.mapLeft(Options.retryAfter(options.retryAfter), invalid(b))]),
+          (b) => Either.all([keyOf(b, options), Either.mapLeft(Options.retryAfter(options?.retryAfter), invalid(b))]),
           ([key, retryAfterMs], b) => b.observe(b.store.backoff(b.spec, key, retryAfterMs))
         ),
       limiters: names

@@ -2,14 +2,13 @@
  * An acquire without leases: one store call and at most one sleep, kept to few Effect steps, since it
  * is the hot path of most limiters.
  */
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import type { StoreError } from "../Errors.js"
 import type { Permit } from "../RateLimiter.js"
 import type { AcquireOutcome } from "../Store.js"
-import { type Call, failed, instrument, permit, refund, refused } from "./call.js"
+import { type Call, failed, instrument, pastDeadline, permit, refund, refused, sleepFor } from "./call.js"
 import { detached } from "./detach.js"
 
 const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
@@ -27,10 +26,14 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
         queue: false
       }))
       const decided = (outcome: AcquireOutcome): Effect.Effect<Permit, E> => {
+        // The store's answer came late enough that the slot lies past the deadline: it goes back.
+        if (outcome._tag === "Admitted" && pastDeadline(call, outcome, waited())) {
+          return Effect.zipRight(refund(call, outcome), refused(call, call.late()))
+        }
         if (outcome._tag === "Admitted") {
           return outcome.waitMs <= 0
             ? Effect.sync(() => permit(call, outcome, undefined, waited()))
-            : restore(Effect.sleep(Duration.millis(outcome.waitMs))).pipe(
+            : restore(sleepFor(outcome.waitMs)).pipe(
               Effect.onInterrupt(() => refund(call, outcome)),
               Effect.map(() => permit(call, outcome, undefined, waited()))
             )

@@ -135,10 +135,11 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     const margin = config.timing_margin_ms
     /**
      * Every operation ends within operation_timeout_ms, lock waits and conflict retries included.
-     * Interrupting a statement cancels it on the server; a transaction rolls back.
+     * The statement is then interrupted in the background (the driver asks the server to cancel it; a
+     * transaction rolls back): the caller does not wait for that.
      */
     const bounded = <A, E>(operation: Effect.Effect<A, E>): Effect.Effect<A, E | StoreTimeout> =>
-      Effect.interruptible(operation).pipe(
+      Effect.interruptible(Effect.disconnect(operation)).pipe(
         Effect.timeoutFail({
           duration: Duration.millis(config.operation_timeout_ms),
           onTimeout: () =>

@@ -54,6 +54,13 @@ const UNREACHABLE = new Set([
 /** A statement cancelled by statement_timeout, a lock not had in time, or a reply that never came. */
 const TIMEOUT = new Set(["57014", "55P03"])
 
+/**
+ * Server states that pass: connection failures (08), too many connections or out of resources (53),
+ * shut down, crashed or restarting (57), system errors (58), and a read-only server, as after a
+ * failover to a replica (25006).
+ */
+const OUTAGE_CLASSES = ["08", "53", "57", "58"]
+
 /** Messages pg gives without a code when the connection went away under a query. */
 const DROPPED = /connection terminated|connection error|not queryable|terminating connection|socket|ECONNRESET/i
 
@@ -97,7 +104,10 @@ export const fromCause = (context: Context) => (cause: unknown): PostgresError =
   if (/timeout exceeded when trying to connect|query read timeout/i.test(detail) || (code !== undefined && TIMEOUT.has(code))) {
     return new StoreTimeout(fields)
   }
-  if (code === undefined || UNREACHABLE.has(code) || DROPPED.test(detail)) return new StoreUnavailable(fields)
+  if (
+    code === undefined || UNREACHABLE.has(code) || /^E[A-Z]{3,}$/.test(code) || OUTAGE_CLASSES.includes(code.slice(0, 2)) ||
+    code === "25006" || DROPPED.test(detail)
+  ) return new StoreUnavailable(fields)
   return new StoreMisconfigured({ ...fields, reason: reasonOf(code) })
 }
 

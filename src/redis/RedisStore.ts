@@ -63,9 +63,20 @@ const isStrings = (u: unknown): u is ReadonlyArray<string> => Array.isArray(u) &
 /** The most requests one script call carries. */
 const MAX_BATCH = 256
 
+/** FNV-1a over UTF-16 code units: cheap, and the same key always picks the same connection. */
+const hashOf = (text: string): number => {
+  let hash = 0x811c9dc5
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193)
+  return hash >>> 0
+}
+
 const optionalNumber = (s: string | undefined): number | undefined => (s === undefined || s === "" ? undefined : Number(s))
 
-const OFFLINE = /Stream isn't writeable|Connection is closed|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH|max retries|LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY /i
+/** An outage: the connection is gone (any operating-system error code), or the server cannot serve for now (loading, failing over, out of memory). */
+const OFFLINE = /Stream isn't writeable|Connection is closed|\bE[A-Z]{3,}\b|max retries|no answer within connect_timeout_ms|^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|READONLY|OOM)\b/i
+
+/** Slow, not down: a command not answered in time, or a long script keeping the server busy. */
+const SLOW = /Command timed out|^BUSY\b/i
 
 /** Replies no reconnect or retry mends, by what they say is wrong. */
 const permanence = (detail: string): StoreMisconfigured["reason"] | undefined =>
@@ -82,7 +93,7 @@ const FIXES: Record<StoreMisconfigured["reason"], string> = {
   permission: "grant the url's user EVALSHA, EVAL, SCRIPT, PUBLISH and SUBSCRIBE on the key prefix",
   redirect: "this is a Redis Cluster node: the redis engine needs a standalone server (or a primary of its own)",
   database: "check the database number in the url",
-  schema: "",
+  schema: "check the key_prefix and the server's configuration",
   statement: "a rate-sync bug: please report it with this message"
 }
 
@@ -104,11 +115,11 @@ export const make = (name: string, config: RedisStoreConfig) =>
           cause
         })
       }
-      if (/Command timed out/i.test(detail)) {
+      if (SLOW.test(detail)) {
         return new StoreTimeout({
           store: name,
           engine: "redis",
-          message: `Redis at ${where} did not answer within command_timeout_ms = ${config.command_timeout_ms}`,
+          message: `Redis at ${where} did not answer within command_timeout_ms = ${config.command_timeout_ms} (${detail})`,
           cause
         })
       }
@@ -200,8 +211,11 @@ export const make = (name: string, config: RedisStoreConfig) =>
     // Values cross the wire relative to this offset (whole µs), so they stay small and exact.
     // It is not a time anyone relies on: only differences of the server's own instants are.
     const base = Math.floor(Date.now()) * 1_000
-    let next = 0
-    const client = () => clients[next++ % clients.length]!
+    /**
+     * Every command of one key goes on the same connection, which Redis runs in order: a release sent
+     * after an acquire whose reply timed out then still runs after that acquire, never before it.
+     */
+    const client = (state: string) => clients.length === 1 ? clients[0]! : clients[hashOf(state) % clients.length]!
 
     const run = (which: Script, limiter: LimiterSpec, key: string, extra: ReadonlyArray<string>) =>
       Effect.suspend(() => {
@@ -227,7 +241,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
         const keys = [":s", ":log", ":h", ":q", ":qe"].map((suffix) =>
           typeof root === "string" ? `${root}${suffix}` : Buffer.concat([root, Buffer.from(suffix)])
         )
-        const target = client()
+        const target = client(state)
         return Effect.tryPromise({
           try: () =>
             target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
