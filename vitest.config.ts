@@ -1,15 +1,24 @@
 import { defineConfig } from "vitest/config"
 
+/** Multi-process fault suites in real time (restarts, clock skew, killed connections): `npm run test:slow`. */
+export const slowSuites = ["test/restarts.test.ts", "test/clockSkew.test.ts", "test/connectionKill.test.ts"]
+
+/** What both runs share. */
+export const shared = {
+  globalSetup: ["test/support/globalSetup.ts"],
+  // Most files wait on servers and timers rather than the CPU: two at a time on the 2-core CI machine.
+  maxWorkers: 2,
+  minWorkers: 1,
+  testTimeout: 60_000,
+  hookTimeout: 120_000,
+  reporters: ["default", "json"]
+}
+
 export default defineConfig({
   test: {
+    ...shared,
     include: ["test/**/*.test.ts"],
-    globalSetup: ["test/support/globalSetup.ts"],
-    // Most files wait on servers and timers rather than the CPU: two at a time on the 2-core CI machine.
-    maxWorkers: 2,
-    minWorkers: 1,
-    testTimeout: 60_000,
-    hookTimeout: 120_000,
-    reporters: ["default", "json"],
+    exclude: ["**/node_modules/**", ...slowSuites],
     outputFile: { json: ".tmp/vitest-results.json" }
   }
 })
