@@ -216,21 +216,20 @@ export const make = (options: Options) => {
         return Deferred.await(done)
       }
       // Nobody is deciding this key: the caller decides it in its own fiber (no fork, no hand-off).
-      // Whoever asks meanwhile queues, and a drain forked afterwards decides them together.
+      // Whoever asks meanwhile queues, and a drain forked afterwards decides them together: however the
+      // caller's part ends (interrupted included, when its caller gives up), exactly once.
       const queue: Array<Pending> = []
       state.queue = queue
+      const handOff = Effect.suspend(() =>
+        queue.length > 0
+          ? Effect.asVoid(Effect.forkIn(drain(id, state, queue, clock, request), options.scope))
+          : Effect.sync(() => {
+            state.queue = undefined
+          })
+      )
       return decideBatch(id, state, [request], request, queue, clock).pipe(
-        Effect.flatMap((exit) =>
-          Effect.zipRight(
-            queue.length > 0
-              ? Effect.forkIn(drain(id, state, queue, clock, request), options.scope)
-              : Effect.sync(() => {
-                state.queue = undefined
-              }),
-            Exit.map(exit, (outcomes) => outcomes[0]!)
-          )
-        ),
-        Effect.uninterruptible
+        Effect.onExit(() => handOff),
+        Effect.flatMap((exit) => Exit.map(exit, (outcomes) => outcomes[0]!))
       )
     })
 

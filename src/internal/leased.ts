@@ -83,16 +83,22 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
     const { b, cost, key, mode } = call
     const giveBack = b.orphans.add(key, leaseId)
     const left = deadline - (yield* Clock.currentTimeMillis)
-    // Woken at its deadline: its place in line goes back without keeping the caller.
-    if (!first && left <= 0) return yield* Effect.as(giveBack, "late" as const)
-    // Subscribed before asking, so a release between the refusal and the wait is not missed.
-    const released = yield* b.store.releases(b.spec, key)
-    const request = { limiter: b.spec, key, cost, leaseId, maxWaitMs: mode === "try" ? 0 : Math.max(0, left), queue: mode === "wait" }
+    // Woken at its deadline (within a millisecond: a sleep shorter than that is no sleep on every
+    // clock): its place in line goes back without keeping the caller.
+    if (!first && left < 1) return yield* Effect.as(giveBack, "late" as const)
     // Without a wait to bound (tryAcquire, a timeout of 0), the round trip is bounded by the store's own timeout.
     const bound = mode === "try" || left <= 0 ? Infinity : left
+    // Subscribed before asking, so a release between the refusal and the wait is not missed.
+    const subscribed = yield* restore(b.store.releases(b.spec, key)).pipe(
+      Number.isFinite(bound) ? Effect.timeoutOption(bound) : Effect.asSome
+    )
+    if (Option.isNone(subscribed)) return "late" as const
+    const released = subscribed.value
+    const request = { limiter: b.spec, key, cost, leaseId, maxWaitMs: mode === "try" ? 0 : Math.max(0, left), queue: mode === "wait" }
     const answer = yield* restore(detached(b.observe(b.store.acquire(request)), bound, () => giveBack)).pipe(
-      // A failed call leaves no trace: whatever it may have been granted before its reply was lost goes back.
-      Effect.tapError(() => giveBack)
+      // A failed call leaves no trace: whatever it may have been granted before its reply was lost goes
+      // back (a defect included; an interrupted caller's is given back by `detached`).
+      Effect.tapErrorCause(() => giveBack)
     )
     if (Option.isNone(answer)) return "late" as const
     const outcome: AcquireOutcome = answer.value
@@ -101,8 +107,10 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
       yield* releaseNow(call, leaseId)
       return outcome
     }
+    // The time left after the store answered, which may have taken most of it.
+    const leftNow = deadline - (yield* Clock.currentTimeMillis)
     const recheck = Math.min(
-      left,
+      Math.max(0, leftNow),
       RECHECK_MS,
       (b.spec.concurrency?.leaseTtlMs ?? RECHECK_MS) / 3,
       outcome.expiresInMs === undefined ? Infinity : Math.max(1, outcome.expiresInMs + 1)
@@ -113,6 +121,18 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
     return "again" as const
   }))
 
+/**
+ * A lease whose grant took a third of its ttl or more to reach the caller (a slow reply) is renewed
+ * before it is handed over: renewal runs every third of the ttl from here, and the lease may already
+ * have expired. False when it had: it is not held, and must not be used.
+ */
+const confirm = (call: Call<unknown>, leaseId: string, replyMs: number) =>
+  replyMs < (call.b.spec.concurrency?.leaseTtlMs ?? Infinity) / 3
+    ? Effect.succeed(true)
+    : call.b.observe(call.b.store.renew(call.b.spec, call.key, leaseId)).pipe(
+      Effect.tapErrorCause(() => call.b.orphans.add(call.key, leaseId))
+    )
+
 const decide = <E>(call: Call<E>) =>
   Effect.gen(function*() {
     const scope = yield* Effect.scope
@@ -122,6 +142,7 @@ const decide = <E>(call: Call<E>) =>
     return yield* Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
         for (let first = true;; first = false) {
+          const askedAt = yield* Clock.currentTimeMillis
           const step = yield* Effect.either(ask(call, leaseId, deadline, restore, first))
           const at = yield* Clock.currentTimeMillis
           if (Either.isLeft(step)) return yield* failed(call, step.left, at - started)
@@ -133,6 +154,15 @@ const decide = <E>(call: Call<E>) =>
             if (pastDeadline(call, outcome, at - started)) {
               yield* Effect.zipRight(refund(call, outcome), call.b.orphans.add(call.key, leaseId))
               return yield* refused(call, call.late())
+            }
+            const confirmed = yield* Effect.either(confirm(call, leaseId, at - askedAt))
+            if (Either.isLeft(confirmed)) return yield* failed(call, confirmed.left, at - started)
+            if (!confirmed.right) {
+              // Granted so long ago that it expired before it reached the caller: never handed over.
+              yield* refund(call, outcome)
+              if (call.mode === "wait") continue
+              const max = call.b.spec.concurrency?.max ?? 0
+              return yield* refused(call, call.refuse({ _tag: "ConcurrencyFull", expiresInMs: undefined, held: max, limit: max }, 0))
             }
             return yield* admitted(call, leaseId, outcome, scope, restore, started)
           }

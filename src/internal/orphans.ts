@@ -1,8 +1,9 @@
 /**
  * Leases (and places in line) that no caller will release: granted to a call whose caller gave up,
- * or possibly granted by a call whose reply was lost. They are released in the background, round
- * after round while the store is down (backing off), until the store confirms or the lease would
- * have expired anyway. One fiber, in the limiter's scope, serves a limiter's orphans.
+ * or possibly granted by a call whose reply was lost. Each is released at once in the background;
+ * those whose release failed are tried again, round after round while the store is down (backing
+ * off), until the store confirms or the lease would have expired anyway. A release that hangs holds
+ * up no other: each runs in a fiber of its own, in the limiter's scope.
  */
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
@@ -14,7 +15,7 @@ const FIRST_ROUND_MS = 200
 const LAST_ROUND_MS = 5_000
 
 /** Releases in flight at once, so a long list does not hold the store's whole pool. */
-const CONCURRENCY = 8
+const MAX_IN_FLIGHT = 32
 
 /**
  * The most waiting to be released. An outage with a busy fail-open loop makes one per call; past
@@ -29,47 +30,66 @@ export interface Orphans {
   readonly size: () => number
 }
 
+interface Entry {
+  readonly key: string
+  readonly until: number
+  inFlight: boolean
+}
+
 export const make = <E>(options: {
   readonly release: (key: string, leaseId: string) => Effect.Effect<void, E>
   /** After this long the store has expired the lease by itself: trying further is pointless. */
   readonly ttlMs: number
-  /** Runs the releasing fiber in the limiter's scope, so closing the layer stops it. */
+  /** Runs a fiber in the limiter's scope, so closing the layer stops it. */
   readonly fork: (effect: Effect.Effect<void>) => Effect.Effect<void>
 }): Orphans => {
-  const pending = new Map<string, { readonly key: string; readonly until: number }>()
-  let running = false
+  const pending = new Map<string, Entry>()
+  let inFlight = 0
+  let retrying = false
 
-  /** One round over what is pending; true when everything was released or dropped. */
-  const round = Effect.gen(function*() {
-    const now = yield* Clock.currentTimeMillis
-    const due = [...pending].filter(([leaseId, { until }]) => until > now || !pending.delete(leaseId))
-    yield* Effect.forEach(due, ([leaseId, { key }]) =>
-      // A defect is one more failed release: tried again next round, never the end of the fiber.
-      Effect.exit(options.release(key, leaseId)).pipe(
-        Effect.map((released) => Exit.isSuccess(released) && pending.delete(leaseId))
-      ), { concurrency: CONCURRENCY, discard: true })
-  })
+  /** One release, unless one is in flight for it; a defect is one more failed release. */
+  const attempt = (leaseId: string, entry: Entry): Effect.Effect<void> =>
+    entry.inFlight || inFlight >= MAX_IN_FLIGHT ? Effect.void : Effect.suspend(() => {
+      entry.inFlight = true
+      inFlight++
+      return Effect.exit(options.release(entry.key, leaseId)).pipe(
+        Effect.map((released) => {
+          if (Exit.isSuccess(released)) pending.delete(leaseId)
+        }),
+        Effect.ensuring(Effect.sync(() => {
+          entry.inFlight = false
+          inFlight--
+        }))
+      )
+    })
 
-  const serve = (pauseMs: number): Effect.Effect<void> =>
+  /** Starts a round for what is pending and not in flight, each release in its own fiber. */
+  const round = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    Effect.forEach([...pending], ([leaseId, entry]) => {
+      if (entry.until <= now) {
+        pending.delete(leaseId)
+        return Effect.void
+      }
+      return entry.inFlight ? Effect.void : options.fork(attempt(leaseId, entry))
+    }, { discard: true }))
+
+  const retry = (pauseMs: number): Effect.Effect<void> =>
     Effect.suspend(() =>
-      pending.size === 0 ? Effect.void : round.pipe(
-        Effect.zipRight(Effect.suspend(() =>
-          pending.size === 0
-            ? Effect.void
-            : Effect.zipRight(Effect.sleep(Duration.millis(pauseMs)), serve(Math.min(LAST_ROUND_MS, pauseMs * 2)))
-        ))
+      pending.size === 0 ? Effect.void : Effect.sleep(Duration.millis(pauseMs)).pipe(
+        Effect.zipRight(round),
+        Effect.zipRight(retry(Math.min(LAST_ROUND_MS, pauseMs * 2)))
       )
     )
 
-  /** Starts the releasing fiber unless it runs; it starts again if something came in as it ended. */
-  const start: Effect.Effect<void> = Effect.suspend(() => {
-    if (running || pending.size === 0) return Effect.void
-    running = true
-    return options.fork(serve(FIRST_ROUND_MS).pipe(
+  /** Starts the retrying fiber unless it runs; it starts again if something came in as it ended. */
+  const startRetrying: Effect.Effect<void> = Effect.suspend(() => {
+    if (retrying || pending.size === 0) return Effect.void
+    retrying = true
+    return options.fork(retry(FIRST_ROUND_MS).pipe(
       Effect.onExit((exit) => {
-        running = false
+        retrying = false
         // Interrupted: the limiter's scope closed, and nothing is to be released any more.
-        return Exit.isInterrupted(exit) ? Effect.void : start
+        return Exit.isInterrupted(exit) ? Effect.void : startRetrying
       })
     ))
   })
@@ -77,9 +97,12 @@ export const make = <E>(options: {
   return {
     add: (key, leaseId) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
-        pending.set(leaseId, { key, until: now + options.ttlMs })
+        const entry: Entry = { key, until: now + options.ttlMs, inFlight: false }
+        const known = pending.get(leaseId)
+        if (known !== undefined) return Effect.void
+        pending.set(leaseId, entry)
         if (pending.size > MAX_PENDING) pending.delete(pending.keys().next().value!)
-        return start
+        return Effect.zipRight(options.fork(attempt(leaseId, entry)), startRetrying)
       }),
     size: () => pending.size
   }

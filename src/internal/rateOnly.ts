@@ -44,8 +44,10 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
         return refused(call, call.refuse(outcome, overDeadline))
       }
       const onFailure = (error: StoreError) => failed(call, error, waited())
-      // A timeout of 0 asks for an answer without waiting, as tryAcquire does: the round trip is not a wait.
-      if (timeoutMs === undefined || timeoutMs === 0 || mode === "try") return Effect.matchEffect(ask, { onFailure, onSuccess: decided })
+      // Without a wait to bound (tryAcquire, a timeout of 0, none at all) the round trip is bounded by the
+      // store's own timeout; the caller can still be interrupted, and a slot decided for it then is not
+      // given back (stricter, never looser).
+      if (timeoutMs === undefined || timeoutMs === 0 || mode === "try") return Effect.matchEffect(restore(ask), { onFailure, onSuccess: decided })
       // A caller with a deadline stops waiting for a slow store at it; a slot granted after that is given back.
       const bounded = detached(ask, timeoutMs, Exit.match({ onFailure: () => Effect.void, onSuccess: (outcome) => refund(call, outcome) }))
       return Effect.matchEffect(restore(bounded), {
