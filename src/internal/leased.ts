@@ -89,10 +89,12 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
     // Without a wait to bound (tryAcquire, a timeout of 0), the round trip is bounded by the store's own timeout.
     const bound = mode === "try" || left <= 0 ? Infinity : left
     // Subscribed before asking, so a release between the refusal and the wait is not missed.
+    // A place in line kept from an earlier ask goes back if the caller leaves here.
     const subscribed = yield* restore(b.store.releases(b.spec, key)).pipe(
-      Number.isFinite(bound) ? Effect.timeoutOption(bound) : Effect.asSome
+      Number.isFinite(bound) ? Effect.timeoutOption(bound) : Effect.asSome,
+      Effect.onInterrupt(() => giveBack)
     )
-    if (Option.isNone(subscribed)) return "late" as const
+    if (Option.isNone(subscribed)) return yield* Effect.as(giveBack, "late" as const)
     const released = subscribed.value
     const request = { limiter: b.spec, key, cost, leaseId, maxWaitMs: mode === "try" ? 0 : Math.max(0, left), queue: mode === "wait" }
     const answer = yield* restore(detached(b.observe(b.store.acquire(request)), bound, () => giveBack)).pipe(
