@@ -47,6 +47,25 @@ describe("rate-sync/promise", () => {
     await expect(RateSync.consume("jobs")).rejects.toBeInstanceOf(RateSync.LeaseNeedsScope)
   })
 
+  it("values plain JavaScript may pass (a numeric key, a NaN, negative or unparsable timeout) reject with InvalidOption naming the option", async () => {
+    await RateSync.configureLimiter("js", { store: "mem", rate_per_second: 0.5, burst: 1 })
+    // As JavaScript calls it: no type checks on the options.
+    const untyped = (options: Record<string, unknown>): Promise<unknown> => Reflect.apply(RateSync.acquire, undefined, ["js", options])
+    for (const [options, option] of [
+      [{ key: 42 }, "key"],
+      [{ timeout: Number.NaN }, "timeout"],
+      [{ timeout: -5 }, "timeout"],
+      [{ timeout: "abc" }, "timeout"]
+    ] as const) {
+      const error = await untyped(options).then(() => undefined, (e: unknown) => e)
+      expect(error).toBeInstanceOf(RateSync.InvalidOption)
+      expect(error instanceof RateSync.InvalidOption && error.option).toBe(option)
+    }
+    // None took the limiter's one slot, and a refusal is the usual RateLimitExceeded.
+    await (await RateSync.tryAcquire("js")).release()
+    await expect(RateSync.tryAcquire("js")).rejects.toBeInstanceOf(RateSync.RateLimitExceeded)
+  })
+
   it("a configuration mistake throws where it is made", async () => {
     const error = await RateSync.configureLimiter("bad", { store: "nowhere", rate_per_second: 1 }).then(() => undefined, (e: unknown) => e)
     expect(error).toBeInstanceOf(RateSync.ConfigurationError)
