@@ -8,6 +8,7 @@
  * no lease or place in line is left held by nobody.
  */
 import { randomUUID } from "node:crypto"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -100,7 +101,7 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
     const answer = yield* restore(detached(b.observe(b.store.acquire(request)), bound, () => giveBack)).pipe(
       // A failed call leaves no trace: whatever it may have been granted before its reply was lost goes
       // back (a defect included; an interrupted caller's is given back by `detached`).
-      Effect.tapErrorCause(() => giveBack)
+      Effect.tapErrorCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.void : giveBack)
     )
     if (Option.isNone(answer)) return "late" as const
     const outcome: AcquireOutcome = answer.value

@@ -34,6 +34,8 @@ interface Entry {
   readonly key: string
   readonly until: number
   inFlight: boolean
+  /** Given back again while a release was in flight: that release may have run before the grant. */
+  again: boolean
 }
 
 export const make = <E>(options: {
@@ -52,14 +54,17 @@ export const make = <E>(options: {
     entry.inFlight || inFlight >= MAX_IN_FLIGHT ? Effect.void : Effect.suspend(() => {
       entry.inFlight = true
       inFlight++
+      entry.again = false
       return Effect.exit(options.release(entry.key, leaseId)).pipe(
-        Effect.map((released) => {
-          if (Exit.isSuccess(released)) pending.delete(leaseId)
-        }),
         Effect.ensuring(Effect.sync(() => {
           entry.inFlight = false
           inFlight--
-        }))
+        })),
+        Effect.flatMap((released) => {
+          if (entry.again) return attempt(leaseId, entry)
+          if (Exit.isSuccess(released)) pending.delete(leaseId)
+          return Effect.void
+        })
       )
     })
 
@@ -97,9 +102,12 @@ export const make = <E>(options: {
   return {
     add: (key, leaseId) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
-        const entry: Entry = { key, until: now + options.ttlMs, inFlight: false }
         const known = pending.get(leaseId)
-        if (known !== undefined) return Effect.void
+        if (known !== undefined) {
+          known.again = true
+          return known.inFlight ? Effect.void : options.fork(attempt(leaseId, known))
+        }
+        const entry: Entry = { key, until: now + options.ttlMs, inFlight: false, again: false }
         pending.set(leaseId, entry)
         if (pending.size > MAX_PENDING) pending.delete(pending.keys().next().value!)
         return Effect.zipRight(options.fork(attempt(leaseId, entry)), startRetrying)
