@@ -1,6 +1,6 @@
 /**
  * `npm run cleanup -- [--config rate-sync.toml] [--store NAME] [--older-than "7 days"]`: deletes the
- * PostgreSQL rows no limiter has touched for that long (the seed page's cleanup), on every postgres
+ * PostgreSQL rows no limiter has touched for that long, on every postgres
  * store of the configuration or the one named. Needs `DELETE` granted on the table, which nothing
  * else in rate-sync needs. Redis keys expire by themselves and the memory store drops idle keys.
  */

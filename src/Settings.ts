@@ -1,6 +1,6 @@
 /**
  * The one Schema every configuration source goes through (TOML, Effect `Config`, plain objects),
- * with keys exactly as on the seed page (snake_case). Numbers and booleans are typed by the key
+ * with keys exactly as documented in the README (snake_case). Numbers and booleans are typed by the key
  * they belong to, never by what a string looks like: `"123456"` given for a password stays a string,
  * while `"100"` given for `rate_per_second` (as env vars must) decodes to 100.
  */

@@ -36,7 +36,7 @@ timeout = 30.0
 `
 
 describe("TOML", () => {
-  it.effect("the seed page's examples load with every documented key", () =>
+  it.effect("the documented examples load with every documented key", () =>
     Effect.gen(function*() {
       const settings = yield* Toml.parseText(SEED_PRODUCTION).pipe(withVars({ DATABASE_URL: "postgres://app@db/prod" }))
       expect(settings.stores["prod_db"]).toEqual({

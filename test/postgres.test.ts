@@ -33,7 +33,7 @@ const limiters = (store: Record<string, unknown>, limiter: Record<string, unknow
   }).pipe(Layer.provide(Stores.layer))
 
 describe("PostgreSQL engine", () => {
-  it.live("auto_create creates exactly the seed page's table and index", () =>
+  it.live("auto_create creates exactly the documented table and index", () =>
     Effect.gen(function*() {
       const table = fresh("seed")
       yield* Effect.scoped(PostgresStore.make("db", yield* storeConfig({ table_name: table, auto_create: true })))

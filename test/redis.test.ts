@@ -29,6 +29,12 @@ const inspect = <A>(use: (redis: Redis) => Promise<A>, at: string = url) =>
     (redis) => Effect.promise(() => redis.quit())
   )
 
+/** A redis-server of the test's own, for what would disturb other tests (a password, a pause); stopped with the scope. */
+const ownServer = Effect.acquireRelease(
+  Effect.promise(() => startRedisServer()),
+  (started) => Effect.promise(() => started?.stop() ?? Promise.resolve())
+).pipe(Effect.flatMap((started) => started === undefined ? Effect.die("redis-server is not installed") : Effect.succeed(started)))
+
 const keysUnder = (prefix: string) => inspect((redis) => redis.keys(`${prefix}*`))
 
 describe.skipIf(url === "")("Redis engine", () => {
@@ -147,11 +153,7 @@ describe.skipIf(url === "")("Redis engine", () => {
 
   it.live("a wrong password fails the layer with WRONGPASS, and a password that goes wrong later never admits", () =>
     Effect.gen(function*() {
-      const server = yield* Effect.acquireRelease(
-        Effect.promise(() => startRedisServer()),
-        (started) => Effect.promise(() => started?.stop() ?? Promise.resolve())
-      )
-      if (server === undefined) return yield* Effect.die("redis-server is not installed")
+      const server = yield* ownServer
       const withPassword = (password: string) => server.url.replace("redis://", `redis://:${password}@`)
       yield* inspect((redis) => redis.config("SET", "requirepass", "right"), withPassword(""))
       const wrong = yield* Layer.build(limiters({ url: withPassword("wrong"), connect_timeout_ms: 1_000 }, { rate_per_second: 10 }))
@@ -184,11 +186,7 @@ describe.skipIf(url === "")("Redis engine", () => {
 
   it.live("a paused server cannot hold an acquire past its timeout nor admit it degraded; without a deadline, command_timeout_ms bounds it", () =>
     Effect.gen(function*() {
-      const server = yield* Effect.acquireRelease(
-        Effect.promise(() => startRedisServer()),
-        (started) => Effect.promise(() => started?.stop() ?? Promise.resolve())
-      )
-      if (server === undefined) return yield* Effect.die("redis-server is not installed")
+      const server = yield* ownServer
       yield* Effect.gen(function*() {
         yield* RateLimiter.consume("api")
         yield* Effect.scoped(RateLimiter.acquire("leased"))

@@ -1,5 +1,5 @@
 /**
- * The PostgreSQL store, on `@effect/sql-pg` with one pool per store, in exactly the seed page's
+ * The PostgreSQL store, on `@effect/sql-pg` with one pool per store, in exactly the documented
  * table and needing only SELECT, INSERT and UPDATE on it:
  *
  * - token bucket: one row per key; `last_acquisition_at` is GCRA's theoretical arrival time.
@@ -47,7 +47,7 @@ import type { AcquireOutcome, AcquireRequest, Reservation, StateView, Store } fr
 import * as Errors from "./errors.js"
 import * as Listener from "./listener.js"
 
-/** The seed page's table, in the configured schema. */
+/** The documented table (README, "Manual Table Setup"), in the configured schema. */
 export const createTableSql = (config: PostgresStoreConfig): ReadonlyArray<string> => {
   const table = `"${config.schema_name}"."${config.table_name}"`
   return [
@@ -115,7 +115,7 @@ export interface PostgresStore extends Store {
   readonly waiters: () => { readonly subscribed: number; readonly queued: number }
   /**
    * Deletes the rows no limiter has touched for `olderThan` (at least a minute) and whose state lies
-   * that far in the past: the seed page's cleanup, as an operation. It is the only statement of the
+   * that far in the past: the documented cleanup, as an operation. It is the only statement of the
    * library that needs `DELETE` granted; nothing else ever deletes. Returns how many rows went.
    */
   readonly cleanup: (olderThan: Duration.DurationInput) => Effect.Effect<number, Errors.PostgresError | ConfigurationError>

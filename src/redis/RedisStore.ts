@@ -12,13 +12,14 @@
 import { createHash } from "node:crypto"
 import * as Effect from "effect/Effect"
 import { Redis, type RedisOptions } from "ioredis"
-import { StoreMisconfigured, StoreTimeout, StoreUnavailable } from "../Errors.js"
+import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
 import { digest, isWellFormed, wtf8 } from "../internal/keys.js"
 import * as Wakeups from "../internal/wakeups.js"
 import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
 import type { RedisStoreConfig } from "../Settings.js"
 import type { AcquireOutcome, AcquireRequest, StateView, Store } from "../Store.js"
+import * as Errors from "./errors.js"
 import * as Scripts from "./scripts.js"
 
 interface Script {
@@ -46,18 +47,6 @@ export interface RedisStore extends Store {
   readonly waiters: () => { readonly subscribed: number }
 }
 
-const messageOf = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
-
-/** Where the url points, without its password. */
-const describeUrl = (url: string): string => {
-  try {
-    const parsed = new URL(url)
-    return `${parsed.protocol}//${parsed.host}${parsed.pathname === "/" ? "" : parsed.pathname}`
-  } catch {
-    return "the configured url"
-  }
-}
-
 const isStrings = (u: unknown): u is ReadonlyArray<string> => Array.isArray(u) && u.every((x) => typeof x === "string")
 
 /** The most requests one script call carries. */
@@ -72,67 +61,13 @@ const hashOf = (text: string): number => {
 
 const optionalNumber = (s: string | undefined): number | undefined => (s === undefined || s === "" ? undefined : Number(s))
 
-/** An outage: the connection is gone (any operating-system error code), or the server cannot serve for now (loading, failing over, out of memory). */
-const OFFLINE = /Stream isn't writeable|Connection is closed|\bE[A-Z]{3,}\b|max retries|no answer within connect_timeout_ms|^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|READONLY|OOM)\b/i
-
-/** Slow, not down: a command not answered in time, or a long script keeping the server busy. */
-const SLOW = /Command timed out|^BUSY\b/i
-
-/** Replies no reconnect or retry mends, by what they say is wrong. */
-const permanence = (detail: string): StoreMisconfigured["reason"] | undefined =>
-  /^(WRONGPASS|NOAUTH)|invalid password|invalid username/i.test(detail)
-    ? "authentication"
-    : /^NOPERM/.test(detail)
-    ? "permission"
-    : /^(MOVED|ASK|CROSSSLOT)\b/.test(detail)
-    ? "redirect"
-    : undefined
-
-const FIXES: Record<StoreMisconfigured["reason"], string> = {
-  authentication: "check the user and password in the url",
-  permission: "grant the url's user EVALSHA, EVAL, SCRIPT, PUBLISH and SUBSCRIBE on the key prefix",
-  redirect: "this is a Redis Cluster node: the redis engine needs a standalone server (or a primary of its own)",
-  database: "check the database number in the url",
-  schema: "check the key_prefix and the server's configuration",
-  statement: "a rate-sync bug: please report it with this message"
-}
-
 export const make = (name: string, config: RedisStoreConfig) =>
   Effect.gen(function*() {
-    const where = describeUrl(config.url)
+    const where = Errors.describeUrl(config.url)
     /** Why each client last failed to connect, while it is not ready: a wrong password shows only there. */
     const refusals = new WeakMap<Redis, string>()
-    const toError = (cause: unknown, client?: Redis): StoreUnavailable | StoreTimeout | StoreMisconfigured => {
-      const detail = messageOf(cause)
-      const refusal = client === undefined ? undefined : refusals.get(client)
-      const reason = permanence(detail) ?? (refusal === undefined ? undefined : permanence(refusal))
-      if (reason !== undefined) {
-        return new StoreMisconfigured({
-          store: name,
-          engine: "redis",
-          reason,
-          message: `Redis at ${where} refused: ${permanence(detail) === undefined ? refusal : detail}; ${FIXES[reason]}`,
-          cause
-        })
-      }
-      if (SLOW.test(detail)) {
-        return new StoreTimeout({
-          store: name,
-          engine: "redis",
-          message: `Redis at ${where} did not answer within command_timeout_ms = ${config.command_timeout_ms} (${detail})`,
-          cause
-        })
-      }
-      if (OFFLINE.test(detail)) {
-        return new StoreUnavailable({
-          store: name,
-          engine: "redis",
-          message: `cannot reach Redis at ${where} (${detail}); it reconnects by itself, limiters follow fail_closed meanwhile`,
-          cause
-        })
-      }
-      return new StoreMisconfigured({ store: name, engine: "redis", reason: "statement", message: `Redis error at ${where}: ${detail}; ${FIXES.statement}`, cause })
-    }
+    const toError = (cause: unknown, client?: Redis) =>
+      Errors.classify({ store: name, where, commandTimeoutMs: config.command_timeout_ms }, cause, client === undefined ? undefined : refusals.get(client))
 
     const options: RedisOptions = {
       connectTimeout: config.connect_timeout_ms,
@@ -148,7 +83,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
       const client = new Redis(config.url, { ...options, ...extra })
       // Errors reach the caller through the commands; a refused connection is remembered for them.
       client.on("error", (error: unknown) => {
-        if (client.status !== "ready") refusals.set(client, messageOf(error))
+        if (client.status !== "ready") refusals.set(client, Errors.messageOf(error))
       })
       client.on("ready", () => refusals.delete(client))
       return client
@@ -188,7 +123,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
         (error) => error._tag !== "StoreMisconfigured",
         (error) =>
           Effect.logWarning(
-            `rate-sync: store "${name}" starts without Redis at ${where} (${messageOf(error.cause)}); limiters follow fail_closed until it answers`
+            `rate-sync: store "${name}" starts without Redis at ${where} (${Errors.messageOf(error.cause)}); limiters follow fail_closed until it answers`
           )
       )
     )
@@ -245,7 +180,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
         return Effect.tryPromise({
           try: () =>
             target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
-              messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
+              Errors.messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
             ),
           catch: (cause) => toError(cause, target)
         })

@@ -1,5 +1,5 @@
 /**
- * The seed page's production setup is enough for every feature: its exact table SQL,
+ * The documented production setup is enough for every feature: its exact table SQL,
  * auto_create = false, and a role granted only SELECT, INSERT, UPDATE on that table.
  */
 import { beforeAll, inject } from "vitest"

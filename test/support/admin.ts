@@ -21,7 +21,7 @@ export const asUser = (url: string, user: string, password: string) => {
   return parsed.toString()
 }
 
-/** The seed page's "Manual Table Setup (Production)", to the letter. */
+/** The README's "Manual Table Setup (Production)", to the letter. */
 export const SEED_TABLE_SQL = `CREATE TABLE rate_limiter_state (
     group_id VARCHAR(255) PRIMARY KEY,
     last_acquisition_at TIMESTAMPTZ NOT NULL,
