@@ -194,9 +194,13 @@ export const make = (options: Options) => {
     )
   }
 
-  /** Decides `request` with whatever else is waiting for the key `id` in this process. */
+  /**
+   * Decides `request` with whatever else is waiting for the key `id` in this process. A key's queue is
+   * set and its hand-off installed in one uninterruptible step (an interruption between them would
+   * leave the key queued for ever); only the waiting is interruptible.
+   */
   const submit = (id: string, request: AcquireRequest): Effect.Effect<AcquireOutcome, StoreError> =>
-    Effect.clockWith((clock) => {
+    Effect.uninterruptibleMask((restore) => Effect.clockWith((clock) => {
       const state = stateOf(id)
       if (reservesAhead(request)) {
         const now = Number(clock.unsafeCurrentTimeNanos()) / 1e6
@@ -213,7 +217,7 @@ export const make = (options: Options) => {
       if (state.queue !== undefined) {
         const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)
         state.queue.push({ request, done })
-        return Deferred.await(done)
+        return restore(Deferred.await(done))
       }
       // Nobody is deciding this key: the caller decides it in its own fiber (no fork, no hand-off).
       // Whoever asks meanwhile queues, and a drain forked afterwards decides them together: however the
@@ -227,11 +231,11 @@ export const make = (options: Options) => {
             state.queue = undefined
           })
       )
-      return decideBatch(id, state, [request], request, queue, clock).pipe(
+      return restore(decideBatch(id, state, [request], request, queue, clock)).pipe(
         Effect.onExit(() => handOff),
         Effect.flatMap((exit) => Exit.map(exit, (outcomes) => outcomes[0]!))
       )
-    })
+    }))
 
   return { submit }
 }

@@ -129,12 +129,18 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
  * before it is handed over: renewal runs every third of the ttl from here, and the lease may already
  * have expired. False when it had: it is not held, and must not be used.
  */
-const confirm = (call: Call<unknown>, leaseId: string, replyMs: number) =>
-  replyMs < (call.b.spec.concurrency?.leaseTtlMs ?? Infinity) / 3
-    ? Effect.succeed(true)
-    : call.b.observe(call.b.store.renew(call.b.spec, call.key, leaseId)).pipe(
-      Effect.tapErrorCause(() => call.b.orphans.add(call.key, leaseId))
+const confirm = (call: Call<unknown>, leaseId: string, replyMs: number, deadline: number, restore: Restore) =>
+  Effect.gen(function*() {
+    if (replyMs < (call.b.spec.concurrency?.leaseTtlMs ?? Infinity) / 3) return true
+    const giveBack = call.b.orphans.add(call.key, leaseId)
+    // Bounded by the caller's deadline like every store call of a waiting caller; given back if it is not met.
+    const bound = call.mode === "try" || call.timeoutMs === 0 ? Infinity : deadline - (yield* Clock.currentTimeMillis)
+    const renewed = yield* restore(detached(call.b.observe(call.b.store.renew(call.b.spec, call.key, leaseId)), bound, () => giveBack)).pipe(
+      Effect.tapErrorCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.void : giveBack)
     )
+    if (Option.isNone(renewed)) return yield* Effect.as(giveBack, "late" as const)
+    return renewed.value
+  })
 
 const decide = <E>(call: Call<E>) =>
   Effect.gen(function*() {
@@ -158,8 +164,12 @@ const decide = <E>(call: Call<E>) =>
               yield* Effect.zipRight(refund(call, outcome), call.b.orphans.add(call.key, leaseId))
               return yield* refused(call, call.late())
             }
-            const confirmed = yield* Effect.either(confirm(call, leaseId, at - askedAt))
+            const confirmed = yield* Effect.either(confirm(call, leaseId, at - askedAt, deadline, restore))
             if (Either.isLeft(confirmed)) return yield* failed(call, confirmed.left, at - started)
+            if (confirmed.right === "late") {
+              yield* refund(call, outcome)
+              return yield* refused(call, call.late())
+            }
             if (!confirmed.right) {
               // Granted so long ago that it expired before it reached the caller: never handed over.
               yield* refund(call, outcome)

@@ -36,6 +36,8 @@ interface Entry {
   inFlight: boolean
   /** Given back again while a release was in flight: that release may have run before the grant. */
   again: boolean
+  /** Whether a release was ever sent: one that never was is kept past the ttl (it frees local state too). */
+  tried: boolean
 }
 
 export const make = <E>(options: {
@@ -51,8 +53,11 @@ export const make = <E>(options: {
 
   /** One release, unless one is in flight for it; a defect is one more failed release. */
   const attempt = (leaseId: string, entry: Entry): Effect.Effect<void> =>
-    entry.inFlight || inFlight >= MAX_IN_FLIGHT ? Effect.void : Effect.suspend(() => {
+    Effect.suspend(() => {
+      // Checked when the fiber runs, not when it was forked.
+      if (entry.inFlight || inFlight >= MAX_IN_FLIGHT) return Effect.void
       entry.inFlight = true
+      entry.tried = true
       inFlight++
       entry.again = false
       return Effect.exit(options.release(entry.key, leaseId)).pipe(
@@ -68,15 +73,14 @@ export const make = <E>(options: {
       )
     })
 
-  /** Starts a round for what is pending and not in flight, each release in its own fiber. */
-  const round = Effect.flatMap(Clock.currentTimeMillis, (now) =>
-    Effect.forEach([...pending], ([leaseId, entry]) => {
-      if (entry.until <= now) {
-        pending.delete(leaseId)
-        return Effect.void
-      }
-      return entry.inFlight ? Effect.void : options.fork(attempt(leaseId, entry))
-    }, { discard: true }))
+  /** Starts a round for what is pending and not in flight, each release in its own fiber, at most the cap at once. */
+  const round = Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    for (const [leaseId, entry] of pending) {
+      if (entry.until <= now && entry.tried && !entry.inFlight) pending.delete(leaseId)
+    }
+    const due = [...pending].filter(([, entry]) => !entry.inFlight).slice(0, Math.max(0, MAX_IN_FLIGHT - inFlight))
+    return Effect.forEach(due, ([leaseId, entry]) => options.fork(attempt(leaseId, entry)), { discard: true })
+  })
 
   const retry = (pauseMs: number): Effect.Effect<void> =>
     Effect.suspend(() =>
@@ -107,7 +111,7 @@ export const make = <E>(options: {
           known.again = true
           return known.inFlight ? Effect.void : options.fork(attempt(leaseId, known))
         }
-        const entry: Entry = { key, until: now + options.ttlMs, inFlight: false, again: false }
+        const entry: Entry = { key, until: now + options.ttlMs, inFlight: false, again: false, tried: false }
         pending.set(leaseId, entry)
         if (pending.size > MAX_PENDING) pending.delete(pending.keys().next().value!)
         return Effect.zipRight(options.fork(attempt(leaseId, entry)), startRetrying)

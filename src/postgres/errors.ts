@@ -105,7 +105,7 @@ export const fromCause = (context: Context) => (cause: unknown): PostgresError =
     return new StoreTimeout(fields)
   }
   if (
-    code === undefined || UNREACHABLE.has(code) || /^E[A-Z]{3,}$/.test(code) || OUTAGE_CLASSES.includes(code.slice(0, 2)) ||
+    code === undefined || UNREACHABLE.has(code) || /^E[A-Z_]{3,}$/.test(code) || OUTAGE_CLASSES.includes(code.slice(0, 2)) ||
     code === "25006" || DROPPED.test(detail)
   ) return new StoreUnavailable(fields)
   return new StoreMisconfigured({ ...fields, reason: reasonOf(code) })

@@ -38,6 +38,8 @@ export const start = (options: Options): Effect.Effect<void, never, Scope.Scope>
             connectionString: options.connectionString,
             connectionTimeoutMillis: options.connectTimeoutMs,
             keepAlive: true,
+            // A connection the network dropped silently is noticed within a minute, not the system's two hours.
+            keepAliveInitialDelayMillis: 10_000,
             application_name: "rate-sync"
           })
           current = client

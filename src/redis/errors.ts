@@ -18,11 +18,21 @@ export const describeUrl = (url: string): string => {
   }
 }
 
-/** An outage: the connection is gone (any operating-system error code), or the server cannot serve for now (loading, failing over, out of memory). */
-const OFFLINE = /Stream isn't writeable|Connection is closed|\bE[A-Z]{3,}\b|max retries|no answer within connect_timeout_ms|^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|READONLY|OOM)\b/i
+/**
+ * An outage: the connection is gone (the client's own words, or an operating-system error code such as
+ * ECONNREFUSED), or the server cannot serve for now (loading, failing over, out of memory). Case
+ * matters: a server reply ("ERR Error compiling script") is never an outage.
+ */
+const OFFLINE = /Stream isn't writeable|Connection is closed|max retries|no answer within connect_timeout_ms|^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|READONLY|OOM)\b|\b(ECONNREFUSED|ECONNRESET|ECONNABORTED|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH|EHOSTDOWN|ENETUNREACH|ENETDOWN|EPIPE|EAI_AGAIN)\b/
+
+/** An operating-system error code on the error itself (connection errors carry one; server replies do not). */
+const systemCode = (cause: unknown): boolean => {
+  const code = typeof cause === "object" && cause !== null ? Object.getOwnPropertyDescriptor(cause, "code")?.value : undefined
+  return typeof code === "string" && /^E[A-Z_]+$/.test(code) && code !== "ERR"
+}
 
 /** Slow, not down: a command not answered in time, or a long script keeping the server busy. */
-const SLOW = /Command timed out|^BUSY\b/i
+const SLOW = /^Command timed out|^BUSY\b/
 
 /** Replies no reconnect or retry mends, by what they say is wrong. */
 const permanence = (detail: string): StoreMisconfigured["reason"] | undefined =>
@@ -32,6 +42,8 @@ const permanence = (detail: string): StoreMisconfigured["reason"] | undefined =>
     ? "permission"
     : /^(MOVED|ASK|CROSSSLOT)\b/.test(detail)
     ? "redirect"
+    : /DB index is out of range/.test(detail)
+    ? "database"
     : undefined
 
 const FIXES: Record<StoreMisconfigured["reason"], string> = {
@@ -76,7 +88,7 @@ export const classify = (
       cause
     })
   }
-  if (OFFLINE.test(detail)) {
+  if (OFFLINE.test(detail) || systemCode(cause)) {
     return new StoreUnavailable({
       store,
       engine: "redis",
