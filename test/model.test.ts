@@ -593,8 +593,12 @@ const runScenario = (engine: Engine, scenario: Scenario, progress: Progress): Ef
 
     // What the store was told, by caller and lease.
     const calls = () => controller.calls()
-    /** Whether a store call `acquire` of caller `id` failed with `StoreUnavailable` (an outage, not slowness). */
-    const outage = (id: string) => calls().some((call) => call.caller === id && call.op === "acquire" && call.error === "StoreUnavailable")
+    /**
+     * Whether a store call of caller `id`'s acquire path failed with `StoreUnavailable` (an outage, not
+     * slowness): `acquire`, or the `renew` that confirms a grant whose reply took a third of the ttl.
+     */
+    const outage = (id: string) =>
+      calls().some((call) => call.caller === id && (call.op === "acquire" || call.op === "renew") && call.error === "StoreUnavailable")
     const renewTroubled = (leaseId: string) =>
       calls().some((call) => call.op === "renew" && call.leaseId === leaseId && (call.fault !== undefined || call.storeFailure))
     /** Leases (or places in line) a failed call may have left in the store, to expire by their ttl. */

@@ -80,8 +80,6 @@ const bind = (spec: LimiterSpec, store: Store, observe: ReturnType<typeof observ
     background,
     orphans: Orphans.make({
       release: (key, leaseId) => store.release(spec, key, leaseId),
-      // A lease the store granted expires by itself after its ttl; a place in line sooner.
-      ttlMs: spec.concurrency?.leaseTtlMs ?? 0,
       fork: background
     })
   }

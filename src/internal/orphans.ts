@@ -2,10 +2,10 @@
  * Leases (and places in line) that no caller will release: granted to a call whose caller gave up,
  * or possibly granted by a call whose reply was lost. Each is released at once in the background;
  * those whose release failed are tried again, round after round while the store is down (backing
- * off), until the store confirms or the lease would have expired anyway. A release that hangs holds
- * up no other: each runs in a fiber of its own, in the limiter's scope.
+ * off), until the store confirms. Not only when the lease would have expired: a place in a process's
+ * own line (PostgreSQL) does not expire, and only a release frees it. A release that hangs holds up no
+ * other: each runs in a fiber of its own, in the limiter's scope.
  */
-import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -32,18 +32,13 @@ export interface Orphans {
 
 interface Entry {
   readonly key: string
-  readonly until: number
   inFlight: boolean
   /** Given back again while a release was in flight: that release may have run before the grant. */
   again: boolean
-  /** Whether a release was ever sent: one that never was is kept past the ttl (it frees local state too). */
-  tried: boolean
 }
 
 export const make = <E>(options: {
   readonly release: (key: string, leaseId: string) => Effect.Effect<void, E>
-  /** After this long the store has expired the lease by itself: trying further is pointless. */
-  readonly ttlMs: number
   /** Runs a fiber in the limiter's scope, so closing the layer stops it. */
   readonly fork: (effect: Effect.Effect<void>) => Effect.Effect<void>
 }): Orphans => {
@@ -57,7 +52,6 @@ export const make = <E>(options: {
       // Checked when the fiber runs, not when it was forked.
       if (entry.inFlight || inFlight >= MAX_IN_FLIGHT) return Effect.void
       entry.inFlight = true
-      entry.tried = true
       inFlight++
       entry.again = false
       return Effect.exit(options.release(entry.key, leaseId)).pipe(
@@ -74,10 +68,7 @@ export const make = <E>(options: {
     })
 
   /** Starts a round for what is pending and not in flight, each release in its own fiber, at most the cap at once. */
-  const round = Effect.flatMap(Clock.currentTimeMillis, (now) => {
-    for (const [leaseId, entry] of pending) {
-      if (entry.until <= now && entry.tried && !entry.inFlight) pending.delete(leaseId)
-    }
+  const round = Effect.suspend(() => {
     const due = [...pending].filter(([, entry]) => !entry.inFlight).slice(0, Math.max(0, MAX_IN_FLIGHT - inFlight))
     return Effect.forEach(due, ([leaseId, entry]) => options.fork(attempt(leaseId, entry)), { discard: true })
   })
@@ -105,13 +96,13 @@ export const make = <E>(options: {
 
   return {
     add: (key, leaseId) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      Effect.suspend(() => {
         const known = pending.get(leaseId)
         if (known !== undefined) {
           known.again = true
           return known.inFlight ? Effect.void : options.fork(attempt(leaseId, known))
         }
-        const entry: Entry = { key, until: now + options.ttlMs, inFlight: false, again: false, tried: false }
+        const entry: Entry = { key, inFlight: false, again: false }
         pending.set(leaseId, entry)
         if (pending.size > MAX_PENDING) pending.delete(pending.keys().next().value!)
         return Effect.zipRight(options.fork(attempt(leaseId, entry)), startRetrying)
