@@ -1,5 +1,5 @@
 /**
- * The behavioural contract (CONTRACT.md section 3), run against any store. Memory runs it on
+ * The behaviour every engine must have (README, Semantics and Guarantees), run against any store. Memory runs it on
  * `TestClock`; the server engines run the same tests against real servers in real time, where
  * the bounds are checked on the slot times the store itself reported, so no result depends on
  * client timing.
