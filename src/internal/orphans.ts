@@ -19,7 +19,9 @@ const MAX_IN_FLIGHT = 32
 
 /**
  * The most waiting to be released. An outage with a busy fail-open loop makes one per call; past
- * this the oldest are dropped: their leases expire by themselves after their ttl.
+ * this the oldest are dropped. Their leases, and their places in Redis's line, expire by themselves
+ * after their ttl; a place in a PostgreSQL process's own line does not (a known limit, only reached
+ * when more than this many give-backs fail in a row).
  */
 const MAX_PENDING = 10_000
 
