@@ -11,7 +11,14 @@
  *
  * Every change is an optimistic write on `version` (for the token bucket: or on the row still being
  * within what the batch's plan allows), retried under the limiter's `Schedule`.
- * Time is the database's: every decision is made and written against `statement_timestamp()`.
+ * Time is the database's: every decision is made against `clock_timestamp()` read after the lock of
+ * the row it changes, so a statement that queued behind another transaction decides at the time it
+ * got the row, not at its start (`statement_timestamp()`, earlier by the wait). That is why writes
+ * that may wait are upserts: `ON CONFLICT ... DO UPDATE` locks the existing row before it evaluates
+ * its condition and new values, where a plain UPDATE may compute them before it waits. The instant a
+ * decision used is written to `updated_at` and returned as its `now`; a lease that also takes a rate
+ * slot runs its ttl from after the rate's write. Reads, which wait for no row lock, the cleanup and a
+ * refund (which decides nothing by the time) use `statement_timestamp()`.
  * Requests of one process on one key are coalesced into one batch, so in-process contention costs
  * no conflicts and, under load, less than one round trip per admission.
  */
@@ -84,6 +91,15 @@ const MAX_BATCH = 256
 const MAX_CACHED = 10_000
 
 const NEXT_VERSION = "CASE WHEN version >= 2147483646 THEN 1 ELSE version + 1 END"
+
+/** The version after `version`, as NEXT_VERSION computes it. */
+const nextVersion = (version: number) => (version >= 2147483646 ? 1 : version + 1)
+
+/**
+ * One reading of the clock as `c.t`, for the FROM of a sub-select in an upsert's `SET (...) = (SELECT ...)`:
+ * it is evaluated there, after the row's lock, once for all the columns it sets.
+ */
+const INSTANT = "(SELECT clock_timestamp() AS t) AS c"
 
 class Conflict {
   readonly _tag = "Conflict"
@@ -165,6 +181,9 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       acquire: Effect.acquireRelease(Effect.succeed(pool), (p) => Effect.promise(() => p.end()))
     }).pipe(Effect.provide(Reactivity.layer), Effect.mapError(toError))
     const T = sql.literal(table)
+    const C = sql.literal(INSTANT)
+    /** The new version of the row `s` in a sub-select, where an unqualified `version` would be ambiguous. */
+    const NEXT_S = sql.literal(NEXT_VERSION.replaceAll("version", "s.version"))
     const scope = yield* Effect.scope
 
     yield* setup(sql, config, context)
@@ -224,12 +243,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         return { tat: row.tat ?? -Infinity, version: row.version, now: row.now }
       })
 
-    /** The first write to a key creates its row; a lost race shows up as an ordinary conflict. */
-    const ensureRow = (id: string) =>
-      sql`INSERT INTO ${T} (group_id, last_acquisition_at, version) VALUES (${id}, '-infinity', 1)
-        ON CONFLICT (group_id) DO NOTHING`
-
-    /** Decides a batch in order against one read of the row, then writes it in one conditional UPDATE. */
+    /** Decides a batch in order against one read of the row, then writes it in one conditional upsert. */
     const bucketAttempt = (
       id: string,
       rate: TokenBucket,
@@ -275,26 +289,22 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             step.admitted ? Math.min(least, batch[i]!.maxWaitMs + tolerance - step.through * rate.intervalMs) : least,
           Infinity
         )
+        // Read after the row's lock, a moment before the SET's instant: a debt within the slack then
+        // is within it at the write too.
         const stillValid = Number.isFinite(slack)
-          ? sql`s.last_acquisition_at <= statement_timestamp() + ${slack}::float8 * interval '1 millisecond'`
+          ? sql`s.last_acquisition_at <= clock_timestamp() + ${slack}::float8 * interval '1 millisecond'`
           : sql.literal("TRUE")
         const added = sql`${micros}::float8 * interval '1 microsecond'`
-        if (!blind && state.version === null) yield* ensureRow(id)
-        const rows = blind
-          ? yield* sql<{ tat: number; version: number; now: number }>`
-            INSERT INTO ${T} AS s (group_id, last_acquisition_at, version)
-            VALUES (${id}, statement_timestamp() + ${added}, 1)
-            ON CONFLICT (group_id) DO UPDATE SET
-              last_acquisition_at = GREATEST(s.last_acquisition_at, statement_timestamp()) + ${added},
-              version = ${sql.literal(`CASE WHEN s.version >= 2147483646 THEN 1 ELSE s.version + 1 END`)},
-              updated_at = statement_timestamp()
-            WHERE ${stillValid}
-            RETURNING ${atOf("last_acquisition_at")} AS tat, version, ${NOW} AS now`
-          : yield* sql<{ tat: number; version: number; now: number }>`
-            UPDATE ${T} AS s SET last_acquisition_at = GREATEST(last_acquisition_at, statement_timestamp()) + ${added},
-              version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
-            WHERE group_id = ${id} AND (version = ${state.version ?? 1} OR ${stillValid})
-            RETURNING ${atOf("last_acquisition_at")} AS tat, version, ${NOW} AS now`
+        // A row created here is written as the version after the one the plan expected, as if created
+        // empty and then written, so that another writer's plan against no row does not match it.
+        const expected = state.version ?? 1
+        const rows = yield* sql<{ tat: number; version: number; now: number }>`
+          INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
+          SELECT ${id}, c.t + ${added}, ${nextVersion(expected)}, c.t FROM ${C}
+          ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, version, updated_at) = (
+            SELECT GREATEST(s.last_acquisition_at, c.t) + ${added}, ${NEXT_S}, c.t FROM ${C})
+          WHERE ${blind ? stillValid : sql`(s.version = ${expected} OR ${stillValid})`}
+          RETURNING ${atOf("last_acquisition_at")} AS tat, version, ${atOf("updated_at")} AS now`
         const row = rows[0]
         if (row === undefined) {
           cache.delete(id)
@@ -372,21 +382,27 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             remaining: Math.max(0, policy.limit - used(state.now))
           }))
         }
-        if (state.version === null) yield* ensureRow(header)
+        // The header's upsert takes its lock (a header created here is written as the version after the
+        // expected one, as if created empty and then written) and returns the instant it decided at;
+        // the entries are written from that instant, and it is what the statement returns.
+        const expected = state.version ?? 1
         const rows = yield* sql<{ now: number }>`
           WITH h AS (
-            UPDATE ${T} SET version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
-            WHERE group_id = ${header} AND version = ${state.version ?? 1} RETURNING 1
+            INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
+            SELECT ${header}, '-infinity', ${nextVersion(expected)}, c.t FROM ${C}
+            ON CONFLICT (group_id) DO UPDATE SET (version, updated_at) = (SELECT ${NEXT_S}, c.t FROM ${C})
+            WHERE s.version = ${expected}
+            RETURNING updated_at AS t
           )
-          INSERT INTO ${T} (group_id, last_acquisition_at, version)
-          SELECT u.id, ${fromMicros(sql.literal("u.at"))} + GREATEST(interval '0', statement_timestamp() - ${fromMicros(ceilMicros(state.now))}), 1
+          INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
+          SELECT u.id, ${fromMicros(sql.literal("u.at"))} + GREATEST(interval '0', h.t - ${fromMicros(ceilMicros(state.now))}), 1, h.t
           FROM h, unnest(${[...written.keys()]}::text[], ${[...written.values()].map(ceilMicros)}::bigint[]) AS u(id, at)
-          ON CONFLICT (group_id) DO UPDATE SET last_acquisition_at = EXCLUDED.last_acquisition_at, updated_at = statement_timestamp()
-          RETURNING ${NOW} AS now`
+          ON CONFLICT (group_id) DO UPDATE SET last_acquisition_at = EXCLUDED.last_acquisition_at, updated_at = EXCLUDED.updated_at
+          RETURNING ${atOf("updated_at")} AS now`
         const row = rows[0]
         if (row === undefined) return yield* Effect.fail(new Conflict())
-        // The batch was planned at the read's time and written later: every entry moved by the same
-        // amount, so the entries keep their spacing and none lies before the write.
+        // The batch was planned at the read's time and written at the header's instant: every entry
+        // moved by the same amount, so the entries keep their spacing and none lies before the write.
         const shift = Math.max(0, row.now - state.now)
         return plan.map((step): AcquireOutcome =>
           step.admitted
@@ -448,17 +464,30 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     }
 
     const ttlMicros = (limiter: LimiterSpec) => Math.round((limiter.concurrency?.leaseTtlMs ?? 0) * 1000)
+    const ttlOf = (limiter: LimiterSpec) => sql`${ttlMicros(limiter)}::float8 * interval '1 microsecond'`
 
+    // The slot's lock comes from SKIP LOCKED, which never waits: the instant is read once it is held.
     const claim = (limiter: LimiterSpec, slots: ReadonlyArray<string>, token: number) =>
       sql<{ group_id: string }>`
-        UPDATE ${T} SET version = ${token},
-          last_acquisition_at = statement_timestamp() + ${ttlMicros(limiter)}::float8 * interval '1 microsecond',
-          updated_at = statement_timestamp()
+        UPDATE ${T} SET (version, last_acquisition_at, updated_at) = (SELECT ${token}::int, c.t + ${ttlOf(limiter)}, c.t FROM ${C})
         WHERE group_id = (
-          SELECT group_id FROM ${T} WHERE group_id = ANY(${slots}) AND last_acquisition_at <= statement_timestamp()
+          SELECT group_id FROM ${T} WHERE group_id = ANY(${slots}) AND last_acquisition_at <= clock_timestamp()
           ORDER BY group_id LIMIT 1 FOR UPDATE SKIP LOCKED
-        ) AND last_acquisition_at <= statement_timestamp()
+        ) AND last_acquisition_at <= clock_timestamp()
         RETURNING group_id`
+
+    /**
+     * Sets the lease on `slot` to run its ttl from now, if `token` still holds it: in the upsert, the
+     * row is locked before the time is read. The insert is there only for its conflict: a slot row that
+     * is gone is not created.
+     */
+    const extend = (limiter: LimiterSpec, slot: string, token: number) =>
+      sql<{ version: number }>`
+        INSERT INTO ${T} AS s (group_id, last_acquisition_at, version)
+        SELECT ${slot}, '-infinity', 0 WHERE EXISTS (SELECT 1 FROM ${T} WHERE group_id = ${slot})
+        ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, updated_at) = (SELECT c.t + ${ttlOf(limiter)}, c.t FROM ${C})
+        WHERE s.version = ${token} AND s.last_acquisition_at > clock_timestamp()
+        RETURNING version`.pipe(Effect.map((rows) => rows.some((row) => row.version === token)))
 
     const slotInfo = (slots: ReadonlyArray<string>) =>
       Effect.map(
@@ -503,6 +532,10 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             return yield* Effect.fail<Rollback>({ _tag: "Refused", retryAfterMs: decided.retryAfterMs, remaining: decided.remaining })
           }
           outcome = decided!
+          // The rate's write may have waited on its row's lock: the lease runs its ttl from the time
+          // after that, not from the claim. The slot is locked by this transaction, so this waits for nothing.
+          yield* sql`UPDATE ${T} SET (last_acquisition_at, updated_at) = (SELECT c.t + ${ttlOf(limiter)}, c.t FROM ${C})
+            WHERE group_id = ${claimed[0]!.group_id} AND version = ${token}`
         }
         held.set(leaseId, { slot: claimed[0]!.group_id, token })
         return outcome
@@ -577,13 +610,16 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           if (left) signal(hash)
           return Effect.void
         }
+        // As in `extend`: an upsert, so whether the lease is still held is read after the slot's lock.
         return sql`
           WITH r AS (
-            UPDATE ${T} SET last_acquisition_at = '-infinity', updated_at = statement_timestamp()
-            WHERE group_id = ${lease.slot} AND version = ${lease.token} AND last_acquisition_at > statement_timestamp()
-            RETURNING 1
+            INSERT INTO ${T} AS s (group_id, last_acquisition_at, version)
+            SELECT ${lease.slot}, '-infinity', 0 WHERE EXISTS (SELECT 1 FROM ${T} WHERE group_id = ${lease.slot})
+            ON CONFLICT (group_id) DO UPDATE SET last_acquisition_at = '-infinity', updated_at = clock_timestamp()
+            WHERE s.version = ${lease.token} AND s.last_acquisition_at > clock_timestamp()
+            RETURNING version
           )
-          SELECT pg_notify(${channel}, ${hash}) FROM r`.pipe(
+          SELECT pg_notify(${channel}, ${hash}) FROM r WHERE r.version = ${lease.token}`.pipe(
           // Forgotten only once the database took it: a release that failed can be tried again.
           Effect.zipRight(Effect.sync(() => {
             held.delete(leaseId)
@@ -650,14 +686,10 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         Effect.suspend(() => {
           const lease = held.get(leaseId)
           if (lease === undefined) return Effect.succeed(false)
-          return sql`
-            UPDATE ${T} SET last_acquisition_at = statement_timestamp() + ${ttlMicros(limiter)}::float8 * interval '1 microsecond',
-              updated_at = statement_timestamp()
-            WHERE group_id = ${lease.slot} AND version = ${lease.token} AND last_acquisition_at > statement_timestamp()
-            RETURNING 1`.pipe(
-            Effect.map((rows) => {
-              if (rows.length === 0) held.delete(leaseId)
-              return rows.length > 0
+          return extend(limiter, lease.slot, lease.token).pipe(
+            Effect.map((renewed) => {
+              if (!renewed) held.delete(leaseId)
+              return renewed
             }),
             Effect.mapError(toError),
             bounded
@@ -687,13 +719,18 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           const pushMs = rate._tag === "TokenBucket"
             ? retryAfterMs + Gcra.tolerance(rate, margin) - rate.intervalMs
             : retryAfterMs
-          const until = sql`statement_timestamp() + ${pushMs}::float8 * interval '1 millisecond'`
+          const push = sql`${pushMs}::float8 * interval '1 millisecond'`
+          // Measured from the time after the row's lock, like every decision; a row created here is
+          // written, like the rate's, as a version no plan against a missing row expects.
           return sql`
-            INSERT INTO ${T} (group_id, last_acquisition_at, version) VALUES (${id}, ${until}, 1)
-            ON CONFLICT (group_id) DO UPDATE SET
-              last_acquisition_at = GREATEST(${T}.last_acquisition_at, ${until}),
-              version = ${sql.literal(NEXT_VERSION.replaceAll("version", `${table}.version`))},
-              updated_at = statement_timestamp()`.pipe(Effect.asVoid, Effect.mapError(toError), bounded)
+            INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
+            SELECT ${id}, c.t + ${push}, ${nextVersion(1)}, c.t FROM ${C}
+            ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, version, updated_at) = (
+              SELECT GREATEST(s.last_acquisition_at, c.t + ${push}), ${NEXT_S}, c.t FROM ${C})`.pipe(
+            Effect.asVoid,
+            Effect.mapError(toError),
+            bounded
+          )
         }),
 
       state: (limiter, key) =>
