@@ -69,6 +69,16 @@ export interface StateView {
   readonly waiting: number
 }
 
+/** Upstream backoffs a store's process has learned of, from itself and every other process (`internal/holds.ts`). */
+export interface Backoffs {
+  /** Taken before a call that may reserve a slot. */
+  readonly mark: () => number
+  /** The end (local ms) of a backoff on the key learned of after `mark`, while it lasts past `nowMs`. */
+  readonly until: (limiter: LimiterSpec, key: string, mark: number, nowMs: number) => number | undefined
+  /** Whether any backoff is known at all: the common answer, no, costs no lookup. */
+  readonly any: () => boolean
+}
+
 export interface Store {
   readonly name: string
   readonly engine: string
@@ -90,8 +100,13 @@ export interface Store {
     cost: number,
     reservation: Reservation
   ) => Effect.Effect<void, StoreError>
-  /** No rate slot is granted before `retryAfterMs` from now, for every process. */
+  /**
+   * No rate slot is granted before `retryAfterMs` from now, for every process: the store records it,
+   * refunds cannot undo it, and every process learns of it (`backoffs`) so that slots its waiters
+   * reserved before it are not used inside it.
+   */
   readonly backoff: (limiter: LimiterSpec, key: string, retryAfterMs: number) => Effect.Effect<void, StoreError>
+  readonly backoffs: Backoffs
   readonly state: (limiter: LimiterSpec, key: string) => Effect.Effect<StateView, StoreError>
   /**
    * Subscribes to lease releases on a key. The returned effect completes at the first release

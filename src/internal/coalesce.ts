@@ -4,15 +4,21 @@
  * round trip per batch instead of one each (and, under optimistic locking, no conflicts among
  * themselves). Requests are decided in the order they arrived.
  *
- * Token-bucket keys asked for concurrently also reserve slots ahead: a batch asks for extra unit
- * slots in proportion to how often the key was asked for since the last batch, but only slots due
- * within `marginMs`. The next callers of this process take those without a round trip, and once
- * half of them are gone a refill is asked for in the background, so a busy key's callers do not
- * all stop for the round trip when the last one is taken. A spare slot is used at most
- * `marginMs / 2` after it was due, so with the callers' own jitter it stays inside the timing
- * margin, which the burst allowance already gives up for lateness: the bound holds. One not taken
- * in time is dropped (never used late); that costs capacity only when demand falls, and at tight
- * rates, where slots lie further apart than the margin, no spare is ever reserved.
+ * Token-bucket keys in demand also reserve slots ahead, so that a busy key's callers neither wait
+ * for a round trip each nor let the store's schedule run dry between them (with a burst of 1 at a
+ * high rate, a moment when no process holds a reservation is capacity lost for good). A batch
+ * tops this process's pool up to half a margin's worth of the key's demand here (requests per ms,
+ * a decaying count), asking only for slots due within the margin; once half the pool is gone, a
+ * refill is asked for in the background. Sized by this process's own demand, the pool is used up
+ * about as fast as its slots fall due, even when other processes take most of the rate: its slots
+ * lie together in the store's schedule but are handed out at this process's pace. A slot is used
+ * at most `marginMs` after it was due and dropped otherwise, which bounds how late callers proceed
+ * (the bound where they proceed is the store's plus the rate times that lateness). A slot dropped
+ * is capacity lost, which happens only when demand falls or a process stalls. A key asked for only
+ * now and then has no pool, and at tight rates, where slots lie further apart than the margin, no
+ * slot is ever reserved ahead.
+ *
+ * A backoff learned of (`held`) empties the key's pool: its slots may lie inside the hold.
  */
 import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
@@ -34,6 +40,8 @@ interface Spare {
   /** When the slot is due, in ms of the local clock. */
   readonly dueAt: number
   readonly outcome: Admitted
+  /** The backoff mark taken before the call that reserved it. */
+  readonly mark: number
 }
 
 interface KeyState {
@@ -43,19 +51,23 @@ interface KeyState {
   head: number
   /** How many spares the last batch left in the pool: a refill starts once half are gone. */
   pooled: number
-  /** Requests served from spares since the last batch: the demand to reserve for. */
-  served: number
-  /** When the key was last asked for (local ms), and the time between the last two asks. */
+  /** The key's demand in this process: requests counted with a weight decaying over DEMAND_MS. */
+  demand: number
+  /** When `demand` was last updated (local ms). */
   lastAt: number
-  gapMs: number
 }
 
 export interface Options {
   /** Where the per-key drains run: closing it ends them. */
   readonly scope: Scope.Scope
   readonly maxBatch: number
-  /** The store's timing margin: how far ahead spares are reserved (0: none). */
+  /** The store's timing margin: how far ahead spares are reserved and how late they may be used (0: none). */
   readonly marginMs: number
+  /** Backoffs learned of, by key: a pool reserved before one is dropped. */
+  readonly held?: {
+    readonly mark: () => number
+    readonly since: (id: string, mark: number, nowMs: number) => boolean
+  } | undefined
   /**
    * Decides a batch of requests for one key (all of the same limiter), one outcome per request, in
    * order; then reserves up to `ahead.count` unit slots like `ahead.request`, whose outcomes follow
@@ -76,14 +88,18 @@ const MAX_SPARES = 512
 /** Bounds the keys whose spares and demand are remembered. */
 const MAX_KEYS = 10_000
 
+/** How long a request counts towards a key's demand (the decay's time constant), in ms. */
+const DEMAND_MS = 100
+
 export const make = (options: Options) => {
   const keys = new Map<string, KeyState>()
-  const slackMs = options.marginMs / 2
+  const lateMs = options.marginMs
+  const held = options.held
 
   const stateOf = (id: string): KeyState => {
     let state = keys.get(id)
     if (state === undefined) {
-      state = { queue: undefined, spares: [], head: 0, pooled: 0, served: 0, lastAt: -Infinity, gapMs: Infinity }
+      state = { queue: undefined, spares: [], head: 0, pooled: 0, demand: 0, lastAt: 0 }
       keys.set(id, state)
       if (keys.size > MAX_KEYS) {
         for (const [key, other] of keys) {
@@ -102,24 +118,33 @@ export const make = (options: Options) => {
 
   const sparesLeft = (state: KeyState) => state.spares.length - state.head
 
+  /** Counts a request towards the key's demand (per ms, as `demand / DEMAND_MS`). */
+  const count = (state: KeyState, now: number) => {
+    state.demand = state.demand * Math.exp(-Math.max(0, now - state.lastAt) / DEMAND_MS) + 1
+    state.lastAt = now
+  }
+
   /** A spare slot for `request` at local time `now`, taken from the pool; stale ones are dropped. */
-  const takeSpare = (state: KeyState, request: AcquireRequest, now: number): Admitted | undefined => {
+  const takeSpare = (id: string, state: KeyState, request: AcquireRequest, now: number, wallMs: number): Admitted | undefined => {
     const spares = state.spares
-    while (state.head < spares.length && spares[state.head]!.dueAt + slackMs < now) state.head++
+    while (state.head < spares.length && spares[state.head]!.dueAt + lateMs < now) state.head++
     const spare = spares[state.head]
     if (spare === undefined || spare.dueAt - now > request.maxWaitMs) return undefined
+    if (held !== undefined && held.since(id, spare.mark, wallMs)) {
+      state.head = spares.length
+      return undefined
+    }
     state.head++
-    state.served++
     return { ...spare.outcome, waitMs: Math.max(0, spare.dueAt - now) }
   }
 
-  const addSpares = (state: KeyState, outcomes: ReadonlyArray<AcquireOutcome>, at: number) => {
+  const addSpares = (state: KeyState, outcomes: ReadonlyArray<AcquireOutcome>, at: number, mark: number) => {
     if (state.head > 0) {
       state.spares.splice(0, state.head)
       state.head = 0
     }
     for (const outcome of outcomes) {
-      if (outcome._tag === "Admitted") state.spares.push({ dueAt: at + outcome.waitMs, outcome })
+      if (outcome._tag === "Admitted") state.spares.push({ dueAt: at + outcome.waitMs, outcome, mark })
     }
     state.pooled = state.spares.length
   }
@@ -138,25 +163,21 @@ export const make = (options: Options) => {
   ): Effect.Effect<Exit.Exit<ReadonlyArray<AcquireOutcome>, StoreError>> =>
     Effect.suspend(() => {
       const first = requests[0] ?? template
-      // Only a key asked for often enough that a spare would be taken in time gets slots reserved
-      // ahead: an occasional caller (a user of a per-user limit, say) would see half its burst go
-      // to slots nobody takes. The pool aims at twice the demand since the last batch, so that
-      // half of it covers the next refill's round trip.
-      const concurrent = requests.length > 1 || state.served > 0 || state.gapMs <= slackMs
-      const left = sparesLeft(state)
-      const ahead = reservesAhead(first) && concurrent
-        ? Math.max(0, Math.min(MAX_SPARES - left, requests.length + 2 * state.served - left))
-        : 0
-      state.served = 0
+      const now = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+      // Half a margin's worth of this process's demand for the key, less what the pool still holds.
+      const target = Math.min(MAX_SPARES, Math.floor((state.demand / DEMAND_MS) * Math.exp(-Math.max(0, now - state.lastAt) / DEMAND_MS) * (options.marginMs / 2)))
+      const ahead = reservesAhead(first) ? Math.max(0, target - sparesLeft(state)) : 0
       if (requests.length === 0 && ahead === 0) return Effect.succeed(Exit.succeed([]))
       const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
+      const mark = held?.mark() ?? 0
       return Effect.exit(options.decide(id, requests, { request: spare, count: ahead })).pipe(
         Effect.tap((exit) =>
           Effect.sync(() => {
             const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
-            if (Exit.isSuccess(exit)) addSpares(state, exit.value.slice(requests.length), at)
+            const wall = clock.unsafeCurrentTimeMillis()
+            if (Exit.isSuccess(exit)) addSpares(state, exit.value.slice(requests.length), at, mark)
             for (let i = 0; i < queue.length; i++) {
-              const outcome = reservesAhead(queue[i]!.request) ? takeSpare(state, queue[i]!.request, at) : undefined
+              const outcome = reservesAhead(queue[i]!.request) ? takeSpare(id, state, queue[i]!.request, at, wall) : undefined
               if (outcome !== undefined) {
                 Deferred.unsafeDone(queue[i]!.done, Exit.succeed(outcome))
                 queue.splice(i--, 1)
@@ -204,9 +225,8 @@ export const make = (options: Options) => {
       const state = stateOf(id)
       if (reservesAhead(request)) {
         const now = Number(clock.unsafeCurrentTimeNanos()) / 1e6
-        state.gapMs = now - state.lastAt
-        state.lastAt = now
-        const spare = takeSpare(state, request, now)
+        count(state, now)
+        const spare = takeSpare(id, state, request, now, clock.unsafeCurrentTimeMillis())
         if (spare !== undefined) {
           if (state.queue !== undefined || sparesLeft(state) * 2 >= state.pooled) return Effect.succeed(spare)
           // Half the pool is gone: refill it in the background while the rest is handed out.

@@ -19,8 +19,9 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import type { AcquireOutcome } from "../Store.js"
-import { type Admitted, type Call, failed, instrument, pastDeadline, permit, refund, refused, sleepFor } from "./call.js"
+import { type Admitted, type Call, failed, instrument, pastDeadline, permit, refund, refused } from "./call.js"
 import { detached } from "./detach.js"
+import { waitForSlot } from "./slot.js"
 
 /** The slowest a waiter for a lease re-checks, as a safety net for lost wake-ups. */
 const RECHECK_MS = 1_000
@@ -61,18 +62,29 @@ const holdLease = (call: Call<unknown>, leaseId: string, parent: Scope.Scope) =>
   })
 
 /**
- * After the store granted the lease: hold it, then wait for the rate slot, giving both back (without
- * waiting for the store) if interrupted.
+ * After the store granted the lease: hold it, then wait for the rate slot (placed again after a
+ * backoff learned of meanwhile), giving both back (without waiting for the store) if interrupted.
  */
-const admitted = <E>(call: Call<E>, leaseId: string, outcome: Admitted, scope: Scope.Scope, restore: Restore, started: number) =>
+const admitted = <E>(
+  call: Call<E>,
+  leaseId: string,
+  outcome: Admitted,
+  scope: Scope.Scope,
+  restore: Restore,
+  started: number,
+  mark: number,
+  deadline: number
+) =>
   Effect.gen(function*() {
     const lease = yield* holdLease(call, leaseId, scope)
-    if (outcome.waitMs > 0) {
-      yield* restore(sleepFor(outcome.waitMs)).pipe(
-        Effect.onInterrupt(() => Effect.zipRight(refund(call, outcome), call.b.background(Scope.close(lease, Exit.void))))
-      )
-    }
-    return permit(call, outcome, leaseId, (yield* Clock.currentTimeMillis) - started)
+    const closeLease = call.b.background(Scope.close(lease, Exit.void))
+    const waited = yield* Effect.either(waitForSlot(call, outcome, mark, deadline, restore).pipe(Effect.onInterrupt(() => closeLease)))
+    // A store call that placed the slot again failed: the lease goes back and the failure policy decides.
+    if (Either.isLeft(waited)) return yield* Effect.zipRight(closeLease, failed(call, waited.left, (yield* Clock.currentTimeMillis) - started))
+    const slot = waited.right
+    if (slot._tag === "Late") return yield* Effect.zipRight(closeLease, refused(call, call.late()))
+    if (slot._tag === "Refused") return yield* Effect.zipRight(closeLease, refused(call, call.refuse(slot.outcome, slot.overDeadlineMs)))
+    return permit(call, slot.outcome, leaseId, (yield* Clock.currentTimeMillis) - started)
   })
 
 /**
@@ -155,6 +167,7 @@ const decide = <E>(call: Call<E>) =>
       Effect.gen(function*() {
         for (let first = true;; first = false) {
           const askedAt = yield* Clock.currentTimeMillis
+          const mark = call.b.store.backoffs.mark()
           const step = yield* Effect.either(ask(call, leaseId, deadline, restore, first))
           const at = yield* Clock.currentTimeMillis
           if (Either.isLeft(step)) return yield* failed(call, step.left, at - started)
@@ -180,7 +193,7 @@ const decide = <E>(call: Call<E>) =>
               const max = call.b.spec.concurrency?.max ?? 0
               return yield* refused(call, call.refuse({ _tag: "ConcurrencyFull", expiresInMs: undefined, held: max, limit: max }, 0))
             }
-            return yield* admitted(call, leaseId, outcome, scope, restore, started)
+            return yield* admitted(call, leaseId, outcome, scope, restore, started, mark, call.mode === "try" ? started : deadline)
           }
           const overDeadline = outcome._tag === "RateLimited" ? outcome.retryAfterMs - (deadline - at) : 0
           return yield* refused(call, call.refuse(outcome, Math.max(0, overDeadline)))

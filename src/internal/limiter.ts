@@ -27,16 +27,7 @@ import { leased } from "./leased.js"
 import * as Options from "./options.js"
 import * as Orphans from "./orphans.js"
 import { rateOnly } from "./rateOnly.js"
-
-/**
- * Lets timers and I/O run once. A store that is down can fail a call within the same microtask
- * chain (ioredis rejects at once while disconnected); a caller that asks again straight away, as a
- * fail-open loop does without knowing, would then never let the event loop reach the reconnect.
- */
-const turnEventLoop: Effect.Effect<void> = Effect.async<void>((resume) => {
-  const handle = setImmediate(() => resume(Effect.void))
-  return Effect.sync(() => clearImmediate(handle))
-})
+import { turnEventLoop } from "./slot.js"
 
 /** Counts store failures and logs an outage once, when it starts and when it ends. */
 const observer = () => {

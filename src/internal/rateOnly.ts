@@ -8,8 +8,9 @@ import * as Option from "effect/Option"
 import type { StoreError } from "../Errors.js"
 import type { Permit } from "../RateLimiter.js"
 import type { AcquireOutcome } from "../Store.js"
-import { type Call, failed, instrument, pastDeadline, permit, refund, refused, sleepFor } from "./call.js"
+import { type Call, failed, instrument, pastDeadline, permit, refund, refused } from "./call.js"
 import { detached } from "./detach.js"
+import { waitForSlot } from "./slot.js"
 
 const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
   Effect.uninterruptibleMask((restore) =>
@@ -17,6 +18,7 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
       const { b, cost, key, mode, timeoutMs } = call
       const started = clock.unsafeCurrentTimeMillis()
       const waited = () => clock.unsafeCurrentTimeMillis() - started
+      const mark = b.store.backoffs.mark()
       const ask = b.observe(b.store.acquire({
         limiter: b.spec,
         key,
@@ -25,18 +27,24 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
         maxWaitMs: mode === "try" ? 0 : timeoutMs ?? Infinity,
         queue: false
       }))
-      const decided = (outcome: AcquireOutcome): Effect.Effect<Permit, E> => {
+      const decided = (outcome: AcquireOutcome): Effect.Effect<Permit, E | StoreError> => {
         // The store's answer came late enough that the slot lies past the deadline: it goes back.
         if (outcome._tag === "Admitted" && pastDeadline(call, outcome, waited())) {
           return Effect.zipRight(refund(call, outcome), refused(call, call.late()))
         }
         if (outcome._tag === "Admitted") {
-          return outcome.waitMs <= 0
-            ? Effect.sync(() => permit(call, outcome, undefined, waited()))
-            : restore(sleepFor(outcome.waitMs)).pipe(
-              Effect.onInterrupt(() => refund(call, outcome)),
-              Effect.map(() => permit(call, outcome, undefined, waited()))
-            )
+          // The hot path: no wait and no backoff known anywhere.
+          if (outcome.waitMs <= 0 && !b.store.backoffs.any()) return Effect.sync(() => permit(call, outcome, undefined, waited()))
+          const deadline = mode === "try" ? started : timeoutMs === undefined ? Infinity : started + timeoutMs
+          return Effect.matchEffect(waitForSlot(call, outcome, mark, deadline, restore), {
+            onFailure: (error) => failed(call, error, waited()),
+            onSuccess: (slot) =>
+              slot._tag === "Slot"
+                ? Effect.sync(() => permit(call, slot.outcome, undefined, waited()))
+                : slot._tag === "Late"
+                ? refused(call, call.late())
+                : refused(call, call.refuse(slot.outcome, slot.overDeadlineMs))
+          })
         }
         const overDeadline = outcome._tag === "RateLimited" && timeoutMs !== undefined
           ? Math.max(0, outcome.retryAfterMs - (timeoutMs - waited()))

@@ -9,6 +9,7 @@ import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Gcra from "../internal/gcra.js"
+import * as Holds from "../internal/holds.js"
 import * as Leases from "../internal/leases.js"
 import * as Window from "../internal/window.js"
 import { capacity, type LimiterSpec, stateKey } from "../LimiterSpec.js"
@@ -46,6 +47,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   const now = () => Number(clock.unsafeCurrentTimeNanos()) / 1e6 - epoch
   const states = new Map<string, KeyState>()
   const margin = options.timingMarginMs ?? 0
+  const holds = Holds.make()
 
   const signal = (state: KeyState) => {
     if (state.released !== undefined) {
@@ -105,7 +107,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
         // The rate decision comes first: a slot beyond the deadline only moves further away,
         // so such a request fails at once even while it would also wait for a lease.
         let decision: Gcra.Decision | Window.Decision | undefined
-        if (rate?._tag === "TokenBucket") decision = Gcra.reserve(state.tat, at, rate, margin, cost, maxWaitMs)
+        if (rate?._tag === "TokenBucket") decision = Gcra.reserve(state.tat, at, rate, cost, maxWaitMs)
         else if (rate?._tag === "SlidingWindow") {
           decision = Window.reserve(state.log, at, state.blockedUntil, Window.span(rate, margin), cost, maxWaitMs)
         }
@@ -116,7 +118,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
             _tag: "RateLimited",
             retryAfterMs: decision.retryAfterMs,
             limit: capacity(rate) ?? 0,
-            remaining: remainingOf(state, at, limiter, margin)
+            remaining: remainingOf(state, at, limiter)
           }
         }
         if (leases !== undefined && leaseId !== undefined && limiter.concurrency !== undefined) {
@@ -145,7 +147,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
           waitMs: decision?.admitted === true ? decision.waitMs : 0,
           reservation,
           limit: capacity(rate),
-          remaining: rate === undefined ? undefined : remainingOf(state, at, limiter, margin)
+          remaining: rate === undefined ? undefined : remainingOf(state, at, limiter)
         }
       }),
 
@@ -173,7 +175,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
         const state = stateOf(limiter, key, now())
         const rate = limiter.rate
         if (rate?._tag === "TokenBucket") {
-          const tat = Gcra.refund(state.tat, reservation.tatMs, rate, cost)
+          const tat = Gcra.refund(state.tat, reservation.tatMs, rate, cost, Gcra.floorFor(state.blockedUntil, rate))
           if (tat !== undefined) state.tat = tat
         } else if (rate?._tag === "SlidingWindow") {
           Window.remove(state.log, reservation.slotMs, cost)
@@ -186,10 +188,20 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
         const at = now()
         const state = stateOf(limiter, key, at)
         const rate = limiter.rate
-        if (rate?._tag === "TokenBucket") state.tat = Gcra.backoff(state.tat, at, rate, margin, retryAfterMs)
-        else state.blockedUntil = Math.max(state.blockedUntil, at + retryAfterMs)
+        if (rate === undefined) return
+        // Also kept for a token bucket: a refund may not bring its next slot back inside the hold.
+        state.blockedUntil = Math.max(state.blockedUntil, at + retryAfterMs)
+        if (rate._tag === "TokenBucket") state.tat = Gcra.backoff(state.tat, at, rate, retryAfterMs)
         touch(state, limiter)
+        const wall = clock.unsafeCurrentTimeMillis()
+        holds.hold(stateKey(limiter.name, key), wall + retryAfterMs, wall)
       }),
+
+    backoffs: {
+      mark: holds.mark,
+      until: (limiter, key, mark, nowMs) => holds.until(stateKey(limiter.name, key), mark, nowMs),
+      any: holds.any
+    },
 
     state: (limiter, key) =>
       Effect.sync((): StateView => {
@@ -209,16 +221,16 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
           return {
             ...base,
             limit: rate.burst,
-            remaining: Gcra.remaining(state.tat, at, rate, margin),
+            remaining: Gcra.remaining(state.tat, at, rate),
             resetAfterMs: Gcra.resetAfter(state.tat, at),
-            nextSlotAfterMs: Gcra.nextSlotAfter(state.tat, at, rate, margin)
+            nextSlotAfterMs: Gcra.nextSlotAfter(state.tat, at, rate)
           }
         }
         const last = state.log[state.log.length - 1]
         return {
           ...base,
           limit: rate.limit,
-          remaining: remainingOf(state, at, limiter, margin),
+          remaining: remainingOf(state, at, limiter),
           resetAfterMs: Math.max(0, last === undefined ? 0 : last.at + rate.windowMs + margin - at, state.blockedUntil - at),
           nextSlotAfterMs: Window.earliestSlot(state.log, Math.max(at, state.blockedUntil), Window.span(rate, margin), 1) - at
         }
@@ -235,10 +247,10 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   }
 }
 
-const remainingOf = (state: KeyState, at: number, limiter: LimiterSpec, margin: number): number => {
+const remainingOf = (state: KeyState, at: number, limiter: LimiterSpec): number => {
   const rate = limiter.rate
   if (rate === undefined) return 0
-  if (rate._tag === "TokenBucket") return Gcra.remaining(state.tat, at, rate, margin)
+  if (rate._tag === "TokenBucket") return Gcra.remaining(state.tat, at, rate)
   return Math.max(0, rate.limit - Window.used(state.log))
 }
 

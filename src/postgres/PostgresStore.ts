@@ -42,6 +42,7 @@ import {
   StoreUnavailable
 } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
+import * as Holds from "../internal/holds.js"
 import { digest, wtf8 } from "../internal/keys.js"
 import * as Gcra from "../internal/gcra.js"
 import * as Wakeups from "../internal/wakeups.js"
@@ -262,7 +263,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           : cached === undefined
           ? yield* readBucket(id)
           : { tat: cached.tat, version: cached.version, now: cached.serverMs + (performance.now() - cached.localMs) }
-        const tolerance = Gcra.tolerance(rate, margin)
+        const tolerance = Gcra.tolerance(rate)
         const start = Math.max(state.tat, state.now)
         let units = 0
         const plan = batch.map((request) => {
@@ -271,7 +272,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           units += request.cost
           return { admitted: true as const, through: units }
         })
-        const remaining = (tat: number, now: number) => Gcra.remaining(tat, now, rate, margin)
+        const remaining = (tat: number, now: number) => Gcra.remaining(tat, now, rate)
         if (units === 0 && blind) return yield* bucketAttempt(id, rate, batch, false)
         if (units === 0) {
           return plan.map((step): AcquireOutcome => ({
@@ -419,10 +420,19 @@ export const make = (name: string, config: PostgresStoreConfig) =>
 
     // ---- coalescing: one writer per key and process ---------------------------------------------
 
+    /** Backoffs of every process, by rate id; heard of through the LISTEN connection once this process waits. */
+    const holds = Holds.make()
+    const clock = yield* Effect.clock
+    const hold = (id: string, retryAfterMs: number) => {
+      const now = clock.unsafeCurrentTimeMillis()
+      holds.hold(id, now + retryAfterMs, now)
+    }
+
     const { submit } = Coalesce.make({
       scope,
       maxBatch: MAX_BATCH,
       marginMs: margin,
+      held: { mark: holds.mark, since: (id, mark, nowMs) => holds.until(id, mark, nowMs) !== undefined },
       decide: (id, requests, ahead) => {
         const batch = ahead.count === 0 ? requests : [...requests, ...Array.from({ length: ahead.count }, () => ahead.request)]
         const limiter = batch[0]!.limiter
@@ -431,7 +441,10 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         const attempt = Effect.suspend(() =>
           rate._tag === "TokenBucket" ? bucketAttempt(id, rate, batch, attempts++ === 0) : windowAttempt(id, rate, batch)
         )
-        return bounded(retrying(limiter, attempt))
+        return bounded(retrying(limiter, attempt)).pipe(
+          // A process that waits for a slot must hear of other processes' backoffs from then on.
+          Effect.tap((outcomes) => outcomes.some((o) => o._tag === "Admitted" && o.waitMs > 0) ? listen : Effect.void)
+        )
       },
       closed: new StoreUnavailable({ store: name, engine: "postgres", message: "the store was closed" })
     })
@@ -587,7 +600,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       )
     }
 
-    /** Started when a lease is first waited for: a program without leases opens no LISTEN connection. */
+    /** Started when a lease or a rate slot is first waited for: a program that never waits opens no LISTEN connection. */
     const listen = Effect.suspend(() => {
       if (listening) return Effect.void
       listening = true
@@ -595,7 +608,12 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         connectionString: config.url,
         channel,
         connectTimeoutMs: config.pool_timeout_ms,
-        onNotify: signal,
+        onNotify: (payload) => {
+          // "b:<ms>:<rate id>" is a backoff; anything else a release's key digest (never with a colon).
+          const colon = payload.startsWith("b:") ? payload.indexOf(":", 2) : -1
+          if (colon < 0) return signal(payload)
+          hold(payload.slice(colon + 1), Number(payload.slice(2, colon)))
+        },
         onConnect: wakeups.signalAll
       }).pipe(Scope.extend(scope))
     })
@@ -716,22 +734,32 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           const id = rateId(limiter, key)
           cache.delete(id)
           // Token bucket: the next slot is no earlier than now + retryAfter. Window: blocked until then.
-          const pushMs = rate._tag === "TokenBucket"
-            ? retryAfterMs + Gcra.tolerance(rate, margin) - rate.intervalMs
-            : retryAfterMs
+          const pushMs = rate._tag === "TokenBucket" ? Gcra.floorFor(retryAfterMs, rate) : retryAfterMs
           const push = sql`${pushMs}::float8 * interval '1 millisecond'`
           // Measured from the time after the row's lock, like every decision; a row created here is
           // written, like the rate's, as a version no plan against a missing row expects.
+          // Every process hears of it ("b:", retry after ms, the key's id), so slots its waiters reserved
+          // earlier are not used inside it; this one's need not wait for the message.
           return sql`
-            INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
-            SELECT ${id}, c.t + ${push}, ${nextVersion(1)}, c.t FROM ${C}
-            ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, version, updated_at) = (
-              SELECT GREATEST(s.last_acquisition_at, c.t + ${push}), ${NEXT_S}, c.t FROM ${C})`.pipe(
-            Effect.asVoid,
+            WITH b AS (
+              INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
+              SELECT ${id}, c.t + ${push}, ${nextVersion(1)}, c.t FROM ${C}
+              ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, version, updated_at) = (
+                SELECT GREATEST(s.last_acquisition_at, c.t + ${push}), ${NEXT_S}, c.t FROM ${C})
+              RETURNING 1
+            )
+            SELECT pg_notify(${channel}, ${`b:${retryAfterMs}:${id}`}) FROM b`.pipe(
             Effect.mapError(toError),
-            bounded
+            bounded,
+            Effect.zipRight(Effect.sync(() => hold(id, retryAfterMs)))
           )
         }),
+
+      backoffs: {
+        mark: holds.mark,
+        until: (limiter, key, mark, nowMs) => holds.until(rateId(limiter, key), mark, nowMs),
+        any: holds.any
+      },
 
       state: (limiter, key) =>
         Effect.gen(function*() {
@@ -750,9 +778,9 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             return {
               ...base,
               limit: rate.burst,
-              remaining: Gcra.remaining(row.tat, row.now, rate, margin),
+              remaining: Gcra.remaining(row.tat, row.now, rate),
               resetAfterMs: Gcra.resetAfter(row.tat, row.now),
-              nextSlotAfterMs: Gcra.nextSlotAfter(row.tat, row.now, rate, margin)
+              nextSlotAfterMs: Gcra.nextSlotAfter(row.tat, row.now, rate)
             } satisfies StateView
           }
           const window = yield* readWindow(rateId(limiter, key), rate.limit)

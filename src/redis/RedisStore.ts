@@ -14,6 +14,7 @@ import * as Effect from "effect/Effect"
 import { Redis, type RedisOptions } from "ioredis"
 import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
+import * as Holds from "../internal/holds.js"
 import { digest, isWellFormed, wtf8 } from "../internal/keys.js"
 import * as Wakeups from "../internal/wakeups.js"
 import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
@@ -129,12 +130,24 @@ export const make = (name: string, config: RedisStoreConfig) =>
     )
 
     const channel = `${config.key_prefix}released`
+    const backoffChannel = `${config.key_prefix}backoff`
     /** The release message of a key: the state key itself, or a digest of its WTF-8 bytes when it has lone surrogates. */
     const signalId = (state: string) => isWellFormed(state) ? state : `#${digest(wtf8(state))}`
     const wakeups = Wakeups.make()
-    subscriber.on("message", (_channel: string, sid: string) => wakeups.signal(sid))
+    const holds = Holds.make()
+    const clock = yield* Effect.clock
+    /** A backoff of any process: the key is held for its retry-after from now (we hear of it no earlier than it was made). */
+    const held = (sid: string, retryAfterMs: number) => {
+      const now = clock.unsafeCurrentTimeMillis()
+      holds.hold(sid, now + retryAfterMs, now)
+    }
+    subscriber.on("message", (from: string, message: string) => {
+      if (from === channel) return wakeups.signal(message)
+      const colon = message.indexOf(":")
+      if (from === backoffChannel && colon > 0) held(message.slice(colon + 1), Number(message.slice(0, colon)))
+    })
     const subscribe = () => {
-      subscriber.subscribe(channel).then(
+      subscriber.subscribe(channel, backoffChannel).then(
         // Releases published while the subscriber was away were missed: every waiter checks again.
         () => wakeups.signalAll(),
         () => {}
@@ -166,7 +179,6 @@ export const make = (name: string, config: RedisStoreConfig) =>
           String(rate?._tag === "TokenBucket" ? rate.burst : 0),
           String(rate?._tag === "SlidingWindow" ? rate.limit : 0),
           String(rate?._tag === "SlidingWindow" ? (rate.windowMs + config.timing_margin_ms) * 1_000 : 0),
-          String(config.timing_margin_ms * 1_000),
           String((limiter.concurrency?.leaseTtlMs ?? 0) * 1_000),
           String(limiter.concurrency?.max ?? 0),
           sid,
@@ -294,7 +306,17 @@ export const make = (name: string, config: RedisStoreConfig) =>
       backoff: (limiter, key, retryAfterMs) =>
         limiter.rate === undefined
           ? Effect.void
-          : run(SCRIPTS.backoff, limiter, key, [String(Math.max(0, retryAfterMs) * 1_000)]).pipe(Effect.asVoid),
+          : run(SCRIPTS.backoff, limiter, key, [String(Math.max(0, retryAfterMs) * 1_000), backoffChannel]).pipe(
+            // This process's waiters need not wait for the message to come back.
+            Effect.tap(() => Effect.sync(() => held(signalId(stateKey(limiter.name, key)), retryAfterMs))),
+            Effect.asVoid
+          ),
+
+      backoffs: {
+        mark: holds.mark,
+        until: (limiter, key, mark, nowMs) => holds.until(signalId(stateKey(limiter.name, key)), mark, nowMs),
+        any: holds.any
+      },
 
       state: (limiter, key) =>
         run(SCRIPTS.state, limiter, key, []).pipe(

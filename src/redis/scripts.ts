@@ -14,8 +14,9 @@
  *
  * ARGV 1-10 are common: base (µs; values returned to the client are relative to it, so they stay
  * small and exact), kind ("tb", "sw" or ""), interval (µs), burst, limit, window (µs, lengthened by
- * the margin), margin (µs), lease ttl (µs), max concurrent, the key's state id (the release channel's
- * message). Results are strings: Lua numbers would be truncated to integers on the way out.
+ * the margin), lease ttl (µs), max concurrent, the key's state id (the message of the release and
+ * backoff channels), the release channel. Results are strings: Lua numbers would be truncated to
+ * integers on the way out.
  */
 
 const prelude = `
@@ -26,10 +27,9 @@ local interval = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
 local window = tonumber(ARGV[6])
-local margin = tonumber(ARGV[7])
-local ttl = tonumber(ARGV[8])
-local maxc = tonumber(ARGV[9])
-local sid = ARGV[10]
+local ttl = tonumber(ARGV[7])
+local maxc = tonumber(ARGV[8])
+local sid = ARGV[9]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local N = now - base
@@ -38,7 +38,7 @@ local function fmt(x) return string.format('%.17g', x) end
 local function ms(us) return fmt(us / 1000) end
 
 local tolerance = 0
-if kind == 'tb' then tolerance = math.max(interval, burst * interval - margin) end
+if kind == 'tb' then tolerance = burst * interval end
 
 -- token bucket: its hash fields, read once per script and kept in step with what it writes
 local bucket = nil
@@ -130,7 +130,7 @@ local function leave(id)
   local had = redis.call('ZREM', H, id) == 1
   redis.call('ZREM', Q, id)
   redis.call('HDEL', QE, id)
-  if had or redis.call('ZCARD', Q) > 0 then redis.call('PUBLISH', ARGV[11], sid) end
+  if had or redis.call('ZCARD', Q) > 0 then redis.call('PUBLISH', ARGV[10], sid) end
 end
 
 local cap = ''
@@ -189,13 +189,13 @@ end
  * Every outcome is 7 strings: {"A", wait ms, slot ms, tat ms, version, limit, remaining},
  * {"R", retry after ms, limit, remaining, "", "", ""} or {"C", soonest expiry ms, held, limit, "", "", ""}.
  *
- * A request with a lease. ARGV 11 channel, 12 cost, 13 lease id, 14 max wait (µs, -1 for none),
- * 15 queue ("1": keep a place in line when every lease is held).
+ * A request with a lease. ARGV 11 cost, 12 lease id, 13 max wait (µs, -1 for none),
+ * 14 queue ("1": keep a place in line when every lease is held).
  */
 export const acquireLease = `${prelude}
-local cost = tonumber(ARGV[12])
-local id = ARGV[13]
-local max_wait = tonumber(ARGV[14])
+local cost = tonumber(ARGV[11])
+local id = ARGV[12]
+local max_wait = tonumber(ARGV[13])
 
 purge_leases()
 local wait = 0
@@ -211,7 +211,7 @@ if kind ~= '' then
   end
 end
 if not can_grant(id) then
-  if ARGV[15] == '1' then
+  if ARGV[14] == '1' then
     if not redis.call('ZSCORE', Q, id) then redis.call('ZADD', Q, redis.call('HINCRBY', S, 't', 1), id) end
     redis.call('HSET', QE, id, fmt(now + ttl))
   end
@@ -232,7 +232,7 @@ return {'A', ms(wait), slot, tat, version, cap, remaining}
 /**
  * A batch of rate requests without leases, decided in order (the waiters of one process on one
  * key), then up to a count of unit slots reserved ahead for the process's next callers (token
- * bucket only). ARGV 11 channel, 12 how many ahead, 13 their max wait (µs), then pairs: cost, max
+ * bucket only). ARGV 11 how many ahead, 12 their max wait (µs), then pairs: cost, max
  * wait (µs, -1 for none). Returns 7 strings per request, then, when slots were reserved ahead,
  * {"B", count, wait of the first (ms, below 0 when it had room to spare), interval (ms), now (ms),
  * tat (ms), version, limit, remaining}: unit j waits max(0, first + j * interval), exactly as if each
@@ -241,7 +241,7 @@ return {'A', ms(wait), slot, tat, version, cap, remaining}
 export const acquireRates = `${prelude}
 if kind == 'sw' then prune_log() end
 local out = {}
-for i = 14, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   local cost = tonumber(ARGV[i])
   local max_wait = tonumber(ARGV[i + 1])
   local wait = rate_wait(cost)
@@ -252,9 +252,9 @@ for i = 14, #ARGV, 2 do
     for _, v in ipairs({'A', ms(wait), slot, tat, version, cap, remaining}) do out[#out + 1] = v end
   end
 end
-local ahead = tonumber(ARGV[12])
+local ahead = tonumber(ARGV[11])
 if ahead > 0 and kind == 'tb' then
-  local ahead_wait = tonumber(ARGV[13])
+  local ahead_wait = tonumber(ARGV[12])
   local tat = tat_rel()
   local from = N
   if tat ~= nil and tat > N then from = tat end
@@ -273,58 +273,64 @@ expire_all()
 return out
 `
 
-/** ARGV 11 channel, 12 lease id. */
+/** ARGV 11 lease id. */
 export const release = `${prelude}
 purge_leases()
-leave(ARGV[12])
+leave(ARGV[11])
 expire_all()
 return 1
 `
 
-/** ARGV 12 lease id. Returns 1 when the lease was still held and now runs for another ttl. */
+/** ARGV 11 lease id. Returns 1 when the lease was still held and now runs for another ttl. */
 export const renew = `${prelude}
 purge_leases()
 local renewed = 0
-if redis.call('ZSCORE', H, ARGV[12]) then
-  redis.call('ZADD', H, 'XX', now + ttl, ARGV[12])
+if redis.call('ZSCORE', H, ARGV[11]) then
+  redis.call('ZADD', H, 'XX', now + ttl, ARGV[11])
   renewed = 1
 end
 expire_all()
 return renewed
 `
 
-/** ARGV 12 cost, 13 version written by the reservation (token bucket), 14 slot (µs, window). */
+/** ARGV 11 cost, 12 version written by the reservation (token bucket), 13 slot (µs, window). */
 export const refund = `${prelude}
-local cost = tonumber(ARGV[12])
+local cost = tonumber(ARGV[11])
 if kind == 'tb' then
   -- only the newest reservation goes back: later ones were spaced from it
-  if redis.call('HGET', S, 'w') == ARGV[13] then
+  if redis.call('HGET', S, 'w') == ARGV[12] then
     redis.call('HINCRBY', S, 'n', -cost)
     redis.call('HINCRBY', S, 'w', 1)
   end
 elseif kind == 'sw' then
-  local units = redis.call('ZRANGEBYSCORE', LOG, ARGV[14], ARGV[14], 'LIMIT', 0, cost)
+  local units = redis.call('ZRANGEBYSCORE', LOG, ARGV[13], ARGV[13], 'LIMIT', 0, cost)
   if #units > 0 then redis.call('ZREM', LOG, unpack(units)) end
 end
 expire_all()
 return 1
 `
 
-/** ARGV 12 retry after (µs): no slot is granted before now + retry after. */
+/**
+ * ARGV 11 retry after (µs), 12 the backoff channel: no slot is granted before now + retry after, and
+ * every process hears of it ("retry after ms:state id"), so slots its waiters reserved earlier are
+ * not used inside it. The write counter moves whatever happens, so no refund of an earlier
+ * reservation can bring the next slot back inside the hold.
+ */
 export const backoff = `${prelude}
-local push = tonumber(ARGV[12])
+local push = tonumber(ARGV[11])
 if kind == 'tb' then
   local target = N + push + tolerance - interval
   local tat = tat_rel()
   if tat == nil or target > tat then
     bucket.a, bucket.n, bucket.i = base + math.ceil(target), 0, interval
     redis.call('HSET', S, 'a', fmt(bucket.a), 'n', 0, 'i', fmt(interval))
-    redis.call('HINCRBY', S, 'w', 1)
   end
+  redis.call('HINCRBY', S, 'w', 1)
 elseif kind == 'sw' then
   redis.call('HSET', S, 'b', fmt(math.max(blocked(), math.ceil(now + push))))
 end
 expire_all()
+redis.call('PUBLISH', ARGV[12], ms(push) .. ':' .. sid)
 return 1
 `
 

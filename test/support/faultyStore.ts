@@ -282,6 +282,7 @@ export const makeController: Effect.Effect<FaultController> = Effect.sync(() => 
       name: store.name,
       engine: store.engine,
       timingMarginMs: store.timingMarginMs,
+      backoffs: store.backoffs,
       acquire: (request) =>
         intercept(
           store,
