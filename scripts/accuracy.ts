@@ -381,7 +381,7 @@ interface Configuration {
 const TUNED_MARGIN_MS = 50
 const MIN_SECONDS_BELOW_10 = 20
 const RATES: Record<string, ReadonlyArray<number>> = {
-  memory: [1, 200, 2_000, 20_000],
+  memory: [1, 200, 2_000],
   postgres: [1, 200, 2_000],
   redis: [1, 200, 2_000, 20_000]
 }

@@ -3,6 +3,7 @@
  * algorithms in `internal/` atomically against their own clock; the waiting, leases'
  * renewal, metrics and failure policy live once in `RateLimiter`.
  */
+import type * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import type * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
@@ -83,12 +84,18 @@ export interface Store {
   readonly name: string
   readonly engine: string
   /**
-   * Taken from the burst allowance (token bucket) and added to the window (sliding window), so
-   * callers' differing latencies up to the margin cannot push an interval over the bound. It never
-   * shortens an interval: it only ever makes the limiter stricter.
+   * Added to a sliding window's length (stricter), and how late a caller may proceed after its slot
+   * before the slot is given up and the next free one reserved (0: never). It never enters a token
+   * bucket's arithmetic: the burst and the interval are exactly the configured ones.
    */
   readonly timingMarginMs: number
   readonly acquire: (request: AcquireRequest) => Effect.Effect<AcquireOutcome, StoreError>
+  /**
+   * What `acquire` would answer, when the process can answer without the store and without an
+   * effect (a slot reserved ahead; the memory engine always); undefined otherwise. The hot path of
+   * a busy key, where an effect's cost is most of the call's.
+   */
+  readonly acquireNow?: (request: AcquireRequest, clock: Clock.Clock) => AcquireOutcome | undefined
   /** Gives a lease (or a place in line) back. Unknown or expired ids change nothing. */
   readonly release: (limiter: LimiterSpec, key: string, leaseId: string) => Effect.Effect<void, StoreError>
   /** Extends a held lease; false when it had already expired or was released. */

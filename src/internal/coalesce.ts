@@ -51,9 +51,12 @@ interface KeyState {
   head: number
   /** How many spares the last batch left in the pool: a refill starts once half are gone. */
   pooled: number
-  /** The key's demand in this process: requests counted with a weight decaying over DEMAND_MS. */
-  demand: number
-  /** When `demand` was last updated (local ms). */
+  /** How many slots the pool aims at: doubled when callers found it empty, cut when slots went stale. */
+  target: number
+  /** Since the last batch: slots taken from the pool, and slots dropped unused. */
+  served: number
+  dropped: number
+  /** When the key was last asked for (local ms). */
   lastAt: number
 }
 
@@ -88,18 +91,18 @@ const MAX_SPARES = 512
 /** Bounds the keys whose spares and demand are remembered. */
 const MAX_KEYS = 10_000
 
-/** How long a request counts towards a key's demand (the decay's time constant), in ms. */
-const DEMAND_MS = 100
+/** A key not asked for this long (ms) has no pool: its next callers start from none. */
+const QUIET_MS = 100
 
 export const make = (options: Options) => {
   const keys = new Map<string, KeyState>()
-  const lateMs = options.marginMs
+  const lateMs = options.marginMs / 2
   const held = options.held
 
   const stateOf = (id: string): KeyState => {
     let state = keys.get(id)
     if (state === undefined) {
-      state = { queue: undefined, spares: [], head: 0, pooled: 0, demand: 0, lastAt: 0 }
+      state = { queue: undefined, spares: [], head: 0, pooled: 0, target: 0, served: 0, dropped: 0, lastAt: -Infinity }
       keys.set(id, state)
       if (keys.size > MAX_KEYS) {
         for (const [key, other] of keys) {
@@ -118,16 +121,19 @@ export const make = (options: Options) => {
 
   const sparesLeft = (state: KeyState) => state.spares.length - state.head
 
-  /** Counts a request towards the key's demand (per ms, as `demand / DEMAND_MS`). */
+  /** Notes that the key was asked for; after a quiet spell, its pool starts from none. */
   const count = (state: KeyState, now: number) => {
-    state.demand = state.demand * Math.exp(-Math.max(0, now - state.lastAt) / DEMAND_MS) + 1
+    if (now - state.lastAt > QUIET_MS) state.target = 0
     state.lastAt = now
   }
 
   /** A spare slot for `request` at local time `now`, taken from the pool; stale ones are dropped. */
   const takeSpare = (id: string, state: KeyState, request: AcquireRequest, now: number, wallMs: number): Admitted | undefined => {
     const spares = state.spares
-    while (state.head < spares.length && spares[state.head]!.dueAt + lateMs < now) state.head++
+    while (state.head < spares.length && spares[state.head]!.dueAt + lateMs < now) {
+      state.head++
+      state.dropped++
+    }
     const spare = spares[state.head]
     if (spare === undefined || spare.dueAt - now > request.maxWaitMs) return undefined
     if (held !== undefined && held.since(id, spare.mark, wallMs)) {
@@ -135,7 +141,38 @@ export const make = (options: Options) => {
       return undefined
     }
     state.head++
+    state.served++
     return { ...spare.outcome, waitMs: Math.max(0, spare.dueAt - now) }
+  }
+
+  /**
+   * The store's clock against ours: the least (local receipt - store decision) seen, which is the
+   * clocks' offset plus the quickest reply. A reply slower than that arrived late by the
+   * difference, and its callers have already waited that long: their waits are shortened by it,
+   * never below the slot (the offset can only be overestimated). Callers then proceed at their
+   * slot plus the quickest reply, not plus whatever this reply took (a commit's fsync, a busy
+   * server), which would bunch them. The least is taken over the last two 10 s spans, so a drift
+   * of the clocks is followed.
+   */
+  let offsetNow = Infinity
+  let offsetBefore = Infinity
+  let offsetSince = -Infinity
+  const OFFSET_SPAN_MS = 10_000
+  const settle = (outcomes: ReadonlyArray<AcquireOutcome>, at: number): ReadonlyArray<AcquireOutcome> => {
+    if (at - offsetSince > OFFSET_SPAN_MS) {
+      offsetBefore = offsetNow
+      offsetNow = Infinity
+      offsetSince = at
+    }
+    for (const o of outcomes) {
+      if (o._tag === "Admitted" && o.reservation !== undefined) offsetNow = Math.min(offsetNow, at - (o.reservation.slotMs - o.waitMs))
+    }
+    const offset = Math.min(offsetNow, offsetBefore)
+    return outcomes.map((o) =>
+      o._tag === "Admitted" && o.reservation !== undefined && o.waitMs > 0
+        ? { ...o, waitMs: Math.max(0, Math.min(o.waitMs, o.reservation.slotMs + offset - at)) }
+        : o
+    )
   }
 
   const addSpares = (state: KeyState, outcomes: ReadonlyArray<AcquireOutcome>, at: number, mark: number) => {
@@ -163,14 +200,22 @@ export const make = (options: Options) => {
   ): Effect.Effect<Exit.Exit<ReadonlyArray<AcquireOutcome>, StoreError>> =>
     Effect.suspend(() => {
       const first = requests[0] ?? template
-      const now = Number(clock.unsafeCurrentTimeNanos()) / 1e6
-      // Half a margin's worth of this process's demand for the key, less what the pool still holds.
-      const target = Math.min(MAX_SPARES, Math.floor((state.demand / DEMAND_MS) * Math.exp(-Math.max(0, now - state.lastAt) / DEMAND_MS) * (options.marginMs / 2)))
-      const ahead = reservesAhead(first) ? Math.max(0, target - sparesLeft(state)) : 0
+      // The pool grows while callers find it empty (they queued here, and the key is in demand:
+      // several asked, or the pool served some) and shrinks when slots went stale unused: it
+      // settles at what this process takes within the margin.
+      if (state.dropped > 0) state.target = Math.floor((state.target * 3) / 4)
+      else if (requests.length > 1 || (requests.length > 0 && state.served > 0)) state.target = Math.min(MAX_SPARES, Math.max(2, state.target * 2))
+      state.served = 0
+      state.dropped = 0
+      const ahead = reservesAhead(first) ? Math.max(0, state.target - sparesLeft(state)) : 0
       if (requests.length === 0 && ahead === 0) return Effect.succeed(Exit.succeed([]))
       const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
       const mark = held?.mark() ?? 0
       return Effect.exit(options.decide(id, requests, { request: spare, count: ahead })).pipe(
+        Effect.map((exit) => {
+          const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+          return Exit.map(exit, (outcomes) => settle(outcomes, at))
+        }),
         Effect.tap((exit) =>
           Effect.sync(() => {
             const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
@@ -257,5 +302,19 @@ export const make = (options: Options) => {
       )
     }))
 
-  return { submit }
+  /**
+   * A slot reserved ahead for `request`, taken at once without an effect, or undefined: none is
+   * ready, or the pool is due a refill, which `submit` starts.
+   */
+  const takeNow = (id: string, request: AcquireRequest, clock: Clock.Clock): Admitted | undefined => {
+    if (!reservesAhead(request)) return undefined
+    const state = keys.get(id)
+    if (state === undefined || (state.queue === undefined && sparesLeft(state) * 2 < state.pooled)) return undefined
+    const now = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+    const spare = takeSpare(id, state, request, now, clock.unsafeCurrentTimeMillis())
+    if (spare !== undefined) count(state, now)
+    return spare
+  }
+
+  return { submit, takeNow }
 }

@@ -19,14 +19,8 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
       const started = clock.unsafeCurrentTimeMillis()
       const waited = () => clock.unsafeCurrentTimeMillis() - started
       const mark = b.store.backoffs.mark()
-      const ask = b.observe(b.store.acquire({
-        limiter: b.spec,
-        key,
-        cost,
-        leaseId: undefined,
-        maxWaitMs: mode === "try" ? 0 : timeoutMs ?? Infinity,
-        queue: false
-      }))
+      const request = { limiter: b.spec, key, cost, leaseId: undefined, maxWaitMs: mode === "try" ? 0 : timeoutMs ?? Infinity, queue: false }
+      const ask = b.observe(b.store.acquire(request))
       const decided = (outcome: AcquireOutcome): Effect.Effect<Permit, E | StoreError> => {
         // The store's answer came late enough that the slot lies past the deadline: it goes back.
         if (outcome._tag === "Admitted" && pastDeadline(call, outcome, waited())) {
@@ -52,6 +46,9 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
         return refused(call, call.refuse(outcome, overDeadline))
       }
       const onFailure = (error: StoreError) => failed(call, error, waited())
+      // Answered at once (a slot reserved ahead, the memory engine): no store call to bound.
+      const now = b.store.acquireNow?.(request, clock)
+      if (now !== undefined) return decided(now)
       // Without a wait to bound (tryAcquire, a timeout of 0, none at all) the round trip is bounded by the
       // store's own timeout; the caller can still be interrupted, and a slot decided for it then is not
       // given back (stricter, never looser).

@@ -13,7 +13,7 @@ import * as Holds from "../internal/holds.js"
 import * as Leases from "../internal/leases.js"
 import * as Window from "../internal/window.js"
 import { capacity, type LimiterSpec, stateKey } from "../LimiterSpec.js"
-import { type AcquireOutcome, type StateView, type Store, StoreFactory } from "../Store.js"
+import { type AcquireOutcome, type AcquireRequest, type StateView, type Store, StoreFactory } from "../Store.js"
 
 interface KeyState {
   tat: number
@@ -89,67 +89,71 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
 
   const expiresAt = (limiter: LimiterSpec, at: number) => at + (limiter.concurrency?.leaseTtlMs ?? 0)
 
+  /** One atomic decision: synchronous, so `acquireNow` always answers. */
+  const decide = (request: AcquireRequest): AcquireOutcome => {
+
+    const { cost, leaseId, limiter, maxWaitMs } = request
+    const at = now()
+    const state = stateOf(limiter, request.key, at)
+    const rate = limiter.rate
+    const leases = limiter.concurrency !== undefined && leaseId !== undefined
+      ? (state.leases ??= Leases.empty())
+      : undefined
+
+    // The rate decision comes first: a slot beyond the deadline only moves further away,
+    // so such a request fails at once even while it would also wait for a lease.
+    let decision: Gcra.Decision | Window.Decision | undefined
+    if (rate?._tag === "TokenBucket") decision = Gcra.reserve(state.tat, at, rate, cost, maxWaitMs)
+    else if (rate?._tag === "SlidingWindow") {
+      decision = Window.reserve(state.log, at, state.blockedUntil, Window.span(rate, margin), cost, maxWaitMs)
+    }
+    if (decision !== undefined && !decision.admitted && rate !== undefined) {
+      if (leases !== undefined && leaseId !== undefined && Leases.release(leases, leaseId)) signal(state)
+      touch(state, limiter)
+      return {
+        _tag: "RateLimited",
+        retryAfterMs: decision.retryAfterMs,
+        limit: capacity(rate) ?? 0,
+        remaining: remainingOf(state, at, limiter)
+      }
+    }
+    if (leases !== undefined && leaseId !== undefined && limiter.concurrency !== undefined) {
+      if (!Leases.canGrant(leases, leaseId, limiter.concurrency.max)) {
+        if (request.queue) Leases.enqueue(leases, leaseId, expiresAt(limiter, at))
+        touch(state, limiter)
+        const soonest = Leases.soonestExpiry(leases)
+        return {
+          _tag: "ConcurrencyFull",
+          expiresInMs: soonest === undefined ? undefined : soonest - at,
+          held: leases.holders.size,
+          limit: limiter.concurrency.max
+        }
+      }
+      Leases.grant(leases, leaseId, expiresAt(limiter, at))
+    }
+    let reservation: { slotMs: number; tatMs: number } | undefined
+    if (decision?.admitted === true) {
+      if ("tatMs" in decision) state.tat = decision.tatMs
+      else Window.append(state.log, decision.slotMs, cost)
+      reservation = { slotMs: decision.slotMs, tatMs: "tatMs" in decision ? decision.tatMs : 0 }
+    }
+    touch(state, limiter)
+    return {
+      _tag: "Admitted",
+      waitMs: decision?.admitted === true ? decision.waitMs : 0,
+      reservation,
+      limit: capacity(rate),
+      remaining: rate === undefined ? undefined : remainingOf(state, at, limiter)
+    }
+  }
+
   return {
     name: options.name ?? "memory",
     engine: "memory",
     timingMarginMs: margin,
 
-    acquire: (request) =>
-      Effect.sync((): AcquireOutcome => {
-        const { cost, leaseId, limiter, maxWaitMs } = request
-        const at = now()
-        const state = stateOf(limiter, request.key, at)
-        const rate = limiter.rate
-        const leases = limiter.concurrency !== undefined && leaseId !== undefined
-          ? (state.leases ??= Leases.empty())
-          : undefined
-
-        // The rate decision comes first: a slot beyond the deadline only moves further away,
-        // so such a request fails at once even while it would also wait for a lease.
-        let decision: Gcra.Decision | Window.Decision | undefined
-        if (rate?._tag === "TokenBucket") decision = Gcra.reserve(state.tat, at, rate, cost, maxWaitMs)
-        else if (rate?._tag === "SlidingWindow") {
-          decision = Window.reserve(state.log, at, state.blockedUntil, Window.span(rate, margin), cost, maxWaitMs)
-        }
-        if (decision !== undefined && !decision.admitted && rate !== undefined) {
-          if (leases !== undefined && leaseId !== undefined && Leases.release(leases, leaseId)) signal(state)
-          touch(state, limiter)
-          return {
-            _tag: "RateLimited",
-            retryAfterMs: decision.retryAfterMs,
-            limit: capacity(rate) ?? 0,
-            remaining: remainingOf(state, at, limiter)
-          }
-        }
-        if (leases !== undefined && leaseId !== undefined && limiter.concurrency !== undefined) {
-          if (!Leases.canGrant(leases, leaseId, limiter.concurrency.max)) {
-            if (request.queue) Leases.enqueue(leases, leaseId, expiresAt(limiter, at))
-            touch(state, limiter)
-            const soonest = Leases.soonestExpiry(leases)
-            return {
-              _tag: "ConcurrencyFull",
-              expiresInMs: soonest === undefined ? undefined : soonest - at,
-              held: leases.holders.size,
-              limit: limiter.concurrency.max
-            }
-          }
-          Leases.grant(leases, leaseId, expiresAt(limiter, at))
-        }
-        let reservation: { slotMs: number; tatMs: number } | undefined
-        if (decision?.admitted === true) {
-          if ("tatMs" in decision) state.tat = decision.tatMs
-          else Window.append(state.log, decision.slotMs, cost)
-          reservation = { slotMs: decision.slotMs, tatMs: "tatMs" in decision ? decision.tatMs : 0 }
-        }
-        touch(state, limiter)
-        return {
-          _tag: "Admitted",
-          waitMs: decision?.admitted === true ? decision.waitMs : 0,
-          reservation,
-          limit: capacity(rate),
-          remaining: rate === undefined ? undefined : remainingOf(state, at, limiter)
-        }
-      }),
+    acquire: (request) => Effect.sync(() => decide(request)),
+    acquireNow: (request) => decide(request),
 
     release: (limiter, key, leaseId) =>
       Effect.sync(() => {

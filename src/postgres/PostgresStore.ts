@@ -428,7 +428,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       holds.hold(id, now + retryAfterMs, now)
     }
 
-    const { submit } = Coalesce.make({
+    const { submit, takeNow } = Coalesce.make({
       scope,
       maxBatch: MAX_BATCH,
       marginMs: margin,
@@ -697,6 +697,11 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           : request.limiter.rate === undefined
           ? Effect.succeed({ _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined })
           : submit(rateId(request.limiter, request.key), request),
+
+      acquireNow: (request, clock) =>
+        request.leaseId === undefined && request.limiter.rate !== undefined
+          ? takeNow(rateId(request.limiter, request.key), request, clock)
+          : undefined,
 
       release,
 

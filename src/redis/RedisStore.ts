@@ -284,6 +284,11 @@ export const make = (name: string, config: RedisStoreConfig) =>
           : coalescer.submit(stateKey(request.limiter.name, request.key), request)
       },
 
+      acquireNow: (request, clock) =>
+        request.leaseId === undefined && request.limiter.rate !== undefined
+          ? coalescer.takeNow(stateKey(request.limiter.name, request.key), request, clock)
+          : undefined,
+
       release: (limiter, key, leaseId) =>
         run(SCRIPTS.release, limiter, key, [leaseId]).pipe(
           // Waiters in this process need not wait for the message to come back.
