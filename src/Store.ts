@@ -76,8 +76,8 @@ export interface Backoffs {
   readonly mark: () => number
   /** The end (local ms) of a backoff on the key learned of after `mark`, while it lasts past `nowMs`. */
   readonly until: (limiter: LimiterSpec, key: string, mark: number, nowMs: number) => number | undefined
-  /** Whether any backoff is known at all: the common answer, no, costs no lookup. */
-  readonly any: () => boolean
+  /** Whether any backoff known lasts past `nowMs`: the common answer, no, costs no lookup. */
+  readonly any: (nowMs: number) => boolean
 }
 
 export interface Store {

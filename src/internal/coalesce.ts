@@ -6,17 +6,18 @@
  *
  * Token-bucket keys in demand also reserve slots ahead, so that a busy key's callers neither wait
  * for a round trip each nor let the store's schedule run dry between them (with a burst of 1 at a
- * high rate, a moment when no process holds a reservation is capacity lost for good). A batch
- * tops this process's pool up to half a margin's worth of the key's demand here (requests per ms,
- * a decaying count), asking only for slots due within the margin; once half the pool is gone, a
- * refill is asked for in the background. Sized by this process's own demand, the pool is used up
- * about as fast as its slots fall due, even when other processes take most of the rate: its slots
- * lie together in the store's schedule but are handed out at this process's pace. A slot is used
- * at most `marginMs` after it was due and dropped otherwise, which bounds how late callers proceed
- * (the bound where they proceed is the store's plus the rate times that lateness). A slot dropped
- * is capacity lost, which happens only when demand falls or a process stalls. A key asked for only
- * now and then has no pool, and at tight rates, where slots lie further apart than the margin, no
- * slot is ever reserved ahead.
+ * high rate, a moment when no process holds a reservation is capacity lost for good). A batch tops
+ * this process's pool up to its target, asking only for slots due within the margin and beyond the
+ * bucket's free burst (a burst is for callers at once, never spent ahead); once half the pool is
+ * gone, a refill is asked for in the background. The target doubles while callers find the pool
+ * empty and shrinks by a quarter when slots went stale unused, so it settles at what this process
+ * takes in time, even while other processes take most of the rate: its slots lie together in the
+ * store's schedule but are handed out at this process's pace. A slot is used at most half the
+ * margin after it was due and dropped otherwise, which bounds how late callers proceed (the bound
+ * where they proceed is the store's plus the rate times that lateness). A slot dropped is capacity
+ * lost, which happens only when demand falls or a process stalls. A key asked for only now and then
+ * (or quiet for QUIET_MS) has no pool, and at tight rates, where slots lie further apart than the
+ * margin, no slot is ever reserved ahead.
  *
  * A backoff learned of (`held`) empties the key's pool: its slots may lie inside the hold.
  */
@@ -64,7 +65,7 @@ export interface Options {
   /** Where the per-key drains run: closing it ends them. */
   readonly scope: Scope.Scope
   readonly maxBatch: number
-  /** The store's timing margin: how far ahead spares are reserved and how late they may be used (0: none). */
+  /** The store's timing margin: how far ahead spares are reserved, and twice how late they may be used (0: none). */
   readonly marginMs: number
   /** Backoffs learned of, by key: a pool reserved before one is dropped. */
   readonly held?: {
@@ -88,7 +89,7 @@ export interface Options {
 /** The most spare slots a key's pool holds. */
 const MAX_SPARES = 512
 
-/** Bounds the keys whose spares and demand are remembered. */
+/** Bounds the keys whose pools are remembered. */
 const MAX_KEYS = 10_000
 
 /** A key not asked for this long (ms) has no pool: its next callers start from none. */
@@ -145,36 +146,6 @@ export const make = (options: Options) => {
     return { ...spare.outcome, waitMs: Math.max(0, spare.dueAt - now) }
   }
 
-  /**
-   * The store's clock against ours: the least (local receipt - store decision) seen, which is the
-   * clocks' offset plus the quickest reply. A reply slower than that arrived late by the
-   * difference, and its callers have already waited that long: their waits are shortened by it,
-   * never below the slot (the offset can only be overestimated). Callers then proceed at their
-   * slot plus the quickest reply, not plus whatever this reply took (a commit's fsync, a busy
-   * server), which would bunch them. The least is taken over the last two 10 s spans, so a drift
-   * of the clocks is followed.
-   */
-  let offsetNow = Infinity
-  let offsetBefore = Infinity
-  let offsetSince = -Infinity
-  const OFFSET_SPAN_MS = 10_000
-  const settle = (outcomes: ReadonlyArray<AcquireOutcome>, at: number): ReadonlyArray<AcquireOutcome> => {
-    if (at - offsetSince > OFFSET_SPAN_MS) {
-      offsetBefore = offsetNow
-      offsetNow = Infinity
-      offsetSince = at
-    }
-    for (const o of outcomes) {
-      if (o._tag === "Admitted" && o.reservation !== undefined) offsetNow = Math.min(offsetNow, at - (o.reservation.slotMs - o.waitMs))
-    }
-    const offset = Math.min(offsetNow, offsetBefore)
-    return outcomes.map((o) =>
-      o._tag === "Admitted" && o.reservation !== undefined && o.waitMs > 0
-        ? { ...o, waitMs: Math.max(0, Math.min(o.waitMs, o.reservation.slotMs + offset - at)) }
-        : o
-    )
-  }
-
   const addSpares = (state: KeyState, outcomes: ReadonlyArray<AcquireOutcome>, at: number, mark: number) => {
     if (state.head > 0) {
       state.spares.splice(0, state.head)
@@ -212,10 +183,6 @@ export const make = (options: Options) => {
       const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
       const mark = held?.mark() ?? 0
       return Effect.exit(options.decide(id, requests, { request: spare, count: ahead })).pipe(
-        Effect.map((exit) => {
-          const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
-          return Exit.map(exit, (outcomes) => settle(outcomes, at))
-        }),
         Effect.tap((exit) =>
           Effect.sync(() => {
             const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6

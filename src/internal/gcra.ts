@@ -16,7 +16,7 @@ export type Decision =
 /** A wait below a nanosecond is float noise from adding and subtracting large times: none at all. */
 export const settle = (waitMs: number): number => (waitMs < 1e-6 ? 0 : waitMs)
 
-export const tolerance = (policy: TokenBucket, _marginMs?: number): number => policy.burst * policy.intervalMs
+export const tolerance = (policy: TokenBucket): number => policy.burst * policy.intervalMs
 
 export const reserve = (tat: number, now: number, policy: TokenBucket, cost: number, maxWaitMs: number): Decision => {
   const next = Math.max(tat, now) + cost * policy.intervalMs
@@ -28,7 +28,7 @@ export const reserve = (tat: number, now: number, policy: TokenBucket, cost: num
 }
 
 /** Whole units that could be admitted now without waiting. */
-export const remaining = (tat: number, now: number, policy: TokenBucket, _marginMs?: number): number => {
+export const remaining = (tat: number, now: number, policy: TokenBucket): number => {
   const debt = Math.max(0, tat - now)
   // The small epsilon absorbs float error so that exactly-earned units count.
   return Math.max(0, Math.floor((tolerance(policy) - debt) / policy.intervalMs + 1e-9))
@@ -36,7 +36,7 @@ export const remaining = (tat: number, now: number, policy: TokenBucket, _margin
 
 export const resetAfter = (tat: number, now: number): number => Math.max(0, tat - now)
 
-export const nextSlotAfter = (tat: number, now: number, policy: TokenBucket, _marginMs?: number): number =>
+export const nextSlotAfter = (tat: number, now: number, policy: TokenBucket): number =>
   Math.max(0, tat + policy.intervalMs - tolerance(policy) - now)
 
 /** The least tat whose next slot is `at` or later. */

@@ -20,8 +20,8 @@ export interface Holds {
   readonly hold: (id: string, untilMs: number, nowMs: number) => void
   /** The end of the holds on `id` learned of after `mark`, when one lasts past `nowMs`. */
   readonly until: (id: string, mark: number, nowMs: number) => number | undefined
-  /** Whether any hold is known at all (the common case is none, checked without a lookup). */
-  readonly any: () => boolean
+  /** Whether any hold lasts past `nowMs` (the common case is none, checked without a lookup). */
+  readonly any: (nowMs: number) => boolean
 }
 
 /** Above this many keys held, ended holds are swept out. */
@@ -30,11 +30,14 @@ const SWEEP_ABOVE = 1_024
 export const make = (): Holds => {
   const holds = new Map<string, Hold>()
   let seq = 0
+  /** The latest end of any hold: once past, every entry has ended and the map is cleared. */
+  let latestEnd = -Infinity
   return {
     mark: () => seq,
     hold: (id, untilMs, nowMs) => {
       const earlier = holds.get(id)
       holds.set(id, { seq: ++seq, untilMs: Math.max(untilMs, earlier?.untilMs ?? -Infinity) })
+      latestEnd = Math.max(latestEnd, untilMs)
       if (holds.size > SWEEP_ABOVE) {
         for (const [key, entry] of holds) if (entry.untilMs <= nowMs) holds.delete(key)
       }
@@ -49,6 +52,9 @@ export const make = (): Holds => {
       }
       return entry.seq > mark ? entry.untilMs : undefined
     },
-    any: () => holds.size > 0
+    any: (nowMs) => {
+      if (holds.size > 0 && nowMs >= latestEnd) holds.clear()
+      return holds.size > 0
+    }
   }
 }

@@ -28,7 +28,7 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
         }
         if (outcome._tag === "Admitted") {
           // The hot path: no wait and no backoff known anywhere.
-          if (outcome.waitMs <= 0 && !b.store.backoffs.any()) return Effect.sync(() => permit(call, outcome, undefined, waited()))
+          if (outcome.waitMs <= 0 && !b.store.backoffs.any(clock.unsafeCurrentTimeMillis())) return Effect.sync(() => permit(call, outcome, undefined, waited()))
           const deadline = mode === "try" ? started : timeoutMs === undefined ? Infinity : started + timeoutMs
           return Effect.matchEffect(waitForSlot(call, outcome, mark, deadline, restore), {
             onFailure: (error) => failed(call, error, waited()),

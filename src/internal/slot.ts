@@ -19,7 +19,9 @@ type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, 
 /**
  * Lets timers and I/O run once. After a timer wakes a waiter, a backoff's message may already sit
  * unread on a socket (the event loop runs timers before it reads): reading it first lets the check
- * below see it.
+ * below see it. A store that is down can also fail a call within the same microtask chain (ioredis
+ * rejects at once while disconnected): a caller that asks again straight away, as a fail-open loop
+ * does, lets the event loop reach the reconnect through it.
  */
 export const turnEventLoop: Effect.Effect<void> = Effect.async<void>((resume) => {
   const handle = setImmediate(() => resume(Effect.void))
@@ -46,30 +48,33 @@ export const waitForSlot = <E>(
 ): Effect.Effect<Waited, StoreError> =>
   Effect.gen(function*() {
     const { b, key } = call
-    // A slot woken up to more than this late (a process stalled: a pause for garbage collection, a
-    // busy machine) is not used: callers who all proceed late at once would bunch up where they
-    // proceed. The store's margin bounds it; the memory engine, with none, never drops one.
-    const lateMs = b.store.timingMarginMs
+    const staleAfter = staleAfterMs(b.store.timingMarginMs)
     let outcome = first
     let since = mark
+    // A slot gone stale is given up once per acquire: a process that stays late (a machine too busy
+    // for its timers) then uses the next one rather than giving slots up for ever.
+    let replaced = false
     for (;;) {
-      const slept = outcome.waitMs > 0
       let stale = false
-      if (slept) {
+      if (outcome.waitMs > 0) {
         const reserved = outcome
         const due = (yield* Clock.currentTimeMillis) + reserved.waitMs
         yield* restore(sleepFor(reserved.waitMs)).pipe(Effect.onInterrupt(() => refund(call, reserved)))
         yield* turnEventLoop
-        stale = lateMs > 0 && (yield* Clock.currentTimeMillis) - due > lateMs
+        const woke = yield* Clock.currentTimeMillis
+        // Past the caller's deadline there is no time for another slot: this one was within it.
+        stale = !replaced && woke - due > staleAfter && woke < deadline
       }
       let now = yield* Clock.currentTimeMillis
-      const until = b.store.backoffs.any() ? b.store.backoffs.until(b.spec, key, since, now) : undefined
+      const until = b.store.backoffs.any(now) ? b.store.backoffs.until(b.spec, key, since, now) : undefined
       if (until === undefined && !stale) return { _tag: "Slot", outcome }
       if (until !== undefined) {
         const held: Refusal = { _tag: "RateLimited", retryAfterMs: until - now, limit: outcome.limit ?? 0, remaining: 0 }
         if (call.mode === "try" || until > deadline) return { _tag: "Refused", outcome: held, overDeadlineMs: Math.max(0, until - deadline) }
         yield* restore(sleepFor(until - now))
         now = yield* Clock.currentTimeMillis
+      } else {
+        replaced = true
       }
       // Placed again: after the hold, or, for a slot gone stale, at the next one free.
       since = b.store.backoffs.mark()
@@ -84,6 +89,18 @@ export const waitForSlot = <E>(
       if (next._tag !== "Admitted") {
         return { _tag: "Refused", outcome: next, overDeadlineMs: next._tag === "RateLimited" ? Math.max(0, next.retryAfterMs - left) : 0 }
       }
+      // The answer came late enough that the slot lies past the deadline: it goes back.
+      if ((yield* Clock.currentTimeMillis) + next.waitMs > deadline && next.waitMs > 0) {
+        yield* refund(call, next)
+        return { _tag: "Late" }
+      }
       outcome = next
     }
   })
+
+/**
+ * How late after its slot a waiter may wake and still use it: the store's margin, but never under
+ * 5 ms (timers and clocks alone are that coarse); with no margin (the memory engine's default),
+ * any lateness.
+ */
+const staleAfterMs = (marginMs: number): number => (marginMs > 0 ? Math.max(5, marginMs) : Infinity)

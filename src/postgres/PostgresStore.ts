@@ -22,7 +22,7 @@
  * Requests of one process on one key are coalesced into one batch, so in-process contention costs
  * no conflicts and, under load, less than one round trip per admission.
  */
-import { randomInt } from "node:crypto"
+import { randomInt, randomUUID } from "node:crypto"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import type { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -249,7 +249,8 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       id: string,
       rate: TokenBucket,
       batch: ReadonlyArray<AcquireRequest>,
-      useCache: boolean
+      useCache: boolean,
+      spares: number
     ): Effect.Effect<Array<AcquireOutcome>, Conflict | SqlError> =>
       Effect.gen(function*() {
         const uncontended = useCache && (contendedUntil.get(id) ?? 0) < performance.now()
@@ -266,14 +267,15 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         const tolerance = Gcra.tolerance(rate)
         const start = Math.max(state.tat, state.now)
         let units = 0
-        const plan = batch.map((request) => {
+        const plan = batch.map((request, i) => {
           const wait = Gcra.settle(start + (units + request.cost) * rate.intervalMs - tolerance - state.now)
-          if (wait > request.maxWaitMs) return { admitted: false as const, wait }
+          // Slots reserved ahead come only from beyond the free burst: a burst is for callers at once.
+          if (wait > request.maxWaitMs || (i >= batch.length - spares && wait <= 0)) return { admitted: false as const, wait }
           units += request.cost
           return { admitted: true as const, through: units }
         })
         const remaining = (tat: number, now: number) => Gcra.remaining(tat, now, rate)
-        if (units === 0 && blind) return yield* bucketAttempt(id, rate, batch, false)
+        if (units === 0 && blind) return yield* bucketAttempt(id, rate, batch, false, spares)
         if (units === 0) {
           return plan.map((step): AcquireOutcome => ({
             _tag: "RateLimited",
@@ -422,6 +424,8 @@ export const make = (name: string, config: PostgresStoreConfig) =>
 
     /** Backoffs of every process, by rate id; heard of through the LISTEN connection once this process waits. */
     const holds = Holds.make()
+    /** Tells this store's own backoff messages from others'. */
+    const origin = randomUUID().slice(0, 8)
     const clock = yield* Effect.clock
     const hold = (id: string, retryAfterMs: number) => {
       const now = clock.unsafeCurrentTimeMillis()
@@ -439,7 +443,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         const rate = limiter.rate!
         let attempts = 0
         const attempt = Effect.suspend(() =>
-          rate._tag === "TokenBucket" ? bucketAttempt(id, rate, batch, attempts++ === 0) : windowAttempt(id, rate, batch)
+          rate._tag === "TokenBucket" ? bucketAttempt(id, rate, batch, attempts++ === 0, ahead.count) : windowAttempt(id, rate, batch)
         )
         return bounded(retrying(limiter, attempt)).pipe(
           // A process that waits for a slot must hear of other processes' backoffs from then on.
@@ -539,7 +543,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         if (rate !== undefined) {
           const id = rateId(limiter, key)
           const [decided] = rate._tag === "TokenBucket"
-            ? yield* bucketAttempt(id, rate, [request], false)
+            ? yield* bucketAttempt(id, rate, [request], false, 0)
             : yield* windowAttempt(id, rate, [request])
           if (decided?._tag === "RateLimited") {
             return yield* Effect.fail<Rollback>({ _tag: "Refused", retryAfterMs: decided.retryAfterMs, remaining: decided.remaining })
@@ -609,10 +613,12 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         channel,
         connectTimeoutMs: config.pool_timeout_ms,
         onNotify: (payload) => {
-          // "b:<ms>:<rate id>" is a backoff; anything else a release's key digest (never with a colon).
-          const colon = payload.startsWith("b:") ? payload.indexOf(":", 2) : -1
-          if (colon < 0) return signal(payload)
-          hold(payload.slice(colon + 1), Number(payload.slice(2, colon)))
+          // "b:<ms>:<origin>:<rate id>" is a backoff (this store's own were recorded when made);
+          // anything else a release's key digest (never with a colon).
+          const first = payload.startsWith("b:") ? payload.indexOf(":", 2) : -1
+          const second = first < 0 ? -1 : payload.indexOf(":", first + 1)
+          if (second < 0) return signal(payload)
+          if (payload.slice(first + 1, second) !== origin) hold(payload.slice(second + 1), Number(payload.slice(2, first)))
         },
         onConnect: wakeups.signalAll
       }).pipe(Scope.extend(scope))
@@ -753,7 +759,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
                 SELECT GREATEST(s.last_acquisition_at, c.t + ${push}), ${NEXT_S}, c.t FROM ${C})
               RETURNING 1
             )
-            SELECT pg_notify(${channel}, ${`b:${retryAfterMs}:${id}`}) FROM b`.pipe(
+            SELECT pg_notify(${channel}, ${`b:${retryAfterMs}:${origin}:${id}`}) FROM b`.pipe(
             Effect.mapError(toError),
             bounded,
             Effect.zipRight(Effect.sync(() => hold(id, retryAfterMs)))

@@ -9,7 +9,7 @@
  * `StoreMisconfigured`, and a command not answered within `command_timeout_ms` is `StoreTimeout`:
  * neither ever admits a call.
  */
-import { createHash } from "node:crypto"
+import { createHash, randomUUID } from "node:crypto"
 import * as Effect from "effect/Effect"
 import { Redis, type RedisOptions } from "ioredis"
 import { StoreUnavailable } from "../Errors.js"
@@ -141,10 +141,15 @@ export const make = (name: string, config: RedisStoreConfig) =>
       const now = clock.unsafeCurrentTimeMillis()
       holds.hold(sid, now + retryAfterMs, now)
     }
+    /** Tells this store's own backoff messages from others': it recorded those when it made them. */
+    const origin = randomUUID().slice(0, 8)
     subscriber.on("message", (from: string, message: string) => {
       if (from === channel) return wakeups.signal(message)
-      const colon = message.indexOf(":")
-      if (from === backoffChannel && colon > 0) held(message.slice(colon + 1), Number(message.slice(0, colon)))
+      // "retry after ms:origin:state id"
+      const first = message.indexOf(":")
+      const second = message.indexOf(":", first + 1)
+      if (from !== backoffChannel || first < 0 || second < 0 || message.slice(first + 1, second) === origin) return
+      held(message.slice(second + 1), Number(message.slice(0, first)))
     })
     const subscribe = () => {
       subscriber.subscribe(channel, backoffChannel).then(
@@ -253,6 +258,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
       scope: yield* Effect.scope,
       maxBatch: MAX_BATCH,
       marginMs: config.timing_margin_ms,
+      held: { mark: holds.mark, since: (id, mark, nowMs) => holds.until(signalId(id), mark, nowMs) !== undefined },
       decide: (_id, batch, ahead) =>
         run(SCRIPTS.acquireRates, ahead.request.limiter, ahead.request.key, [
           String(ahead.count),
@@ -311,7 +317,7 @@ export const make = (name: string, config: RedisStoreConfig) =>
       backoff: (limiter, key, retryAfterMs) =>
         limiter.rate === undefined
           ? Effect.void
-          : run(SCRIPTS.backoff, limiter, key, [String(Math.max(0, retryAfterMs) * 1_000), backoffChannel]).pipe(
+          : run(SCRIPTS.backoff, limiter, key, [String(Math.max(0, retryAfterMs) * 1_000), backoffChannel, origin]).pipe(
             // This process's waiters need not wait for the message to come back.
             Effect.tap(() => Effect.sync(() => held(signalId(stateKey(limiter.name, key)), retryAfterMs))),
             Effect.asVoid

@@ -260,7 +260,10 @@ if ahead > 0 and kind == 'tb' then
   if tat ~= nil and tat > N then from = tat end
   local first = from + interval - tolerance - N
   local count = 0
-  while count < ahead and settle(first + count * interval) <= ahead_wait do count = count + 1 end
+  -- only slots beyond the free burst: a burst is for callers at once, never spent ahead
+  if first > 0 then
+    while count < ahead and settle(first + count * interval) <= ahead_wait do count = count + 1 end
+  end
   if count > 0 then
     local version = write_tat(tat, count)
     local written = tat_rel()
@@ -311,8 +314,8 @@ return 1
 `
 
 /**
- * ARGV 11 retry after (µs), 12 the backoff channel: no slot is granted before now + retry after, and
- * every process hears of it ("retry after ms:state id"), so slots its waiters reserved earlier are
+ * ARGV 11 retry after (µs), 12 the backoff channel, 13 the caller's origin: no slot is granted before
+ * now + retry after, and every process hears of it ("retry after ms:origin:state id"), so slots its waiters reserved earlier are
  * not used inside it. The write counter moves whatever happens, so no refund of an earlier
  * reservation can bring the next slot back inside the hold.
  */
@@ -330,7 +333,7 @@ elseif kind == 'sw' then
   redis.call('HSET', S, 'b', fmt(math.max(blocked(), math.ceil(now + push))))
 end
 expire_all()
-redis.call('PUBLISH', ARGV[12], ms(push) .. ':' .. sid)
+redis.call('PUBLISH', ARGV[12], ms(push) .. ':' .. ARGV[13] .. ':' .. sid)
 return 1
 `
 

@@ -46,11 +46,15 @@ export const complianceSuite = (harness: Harness) => {
    * configuration file; that store is also provided as `StoreUnderTest`, for the operations the
    * public API cannot express (a double release, a holder that died).
    */
-  const limiters = (configs: Record<string, Omit<LimiterConfigInput, "store">>, storeOverrides: { timing_margin_ms?: number } = {}) =>
+  const limiters = (configs: Record<string, Omit<LimiterConfigInput, "store">>, storeOverrides: { timing_margin_ms?: number | "default" } = {}) =>
     Layer.scopedContext(Effect.gen(function*() {
-      const store = typeof harness.store === "function" ? harness.store() : harness.store
+      const harnessStore = typeof harness.store === "function" ? harness.store() : harness.store
+      // "default": the engine's own default margin, whatever the harness sets.
+      const { timing_margin_ms: harnessMargin, ...rest } = harnessStore
+      const margin = storeOverrides.timing_margin_ms ?? harnessMargin
+      const store = margin === "default" || margin === undefined ? rest : { ...rest, timing_margin_ms: margin }
       const settings = yield* decodeSettings({
-        stores: { s: { ...store, ...storeOverrides } },
+        stores: { s: store },
         limiters: Object.fromEntries(Object.entries(configs).map(([name, config]) => [name, { ...config, store: "s" }]))
       })
       const built = yield* (yield* StoreFactory).make("s", settings.stores["s"]!)
@@ -154,9 +158,21 @@ export const complianceSuite = (harness: Harness) => {
             for (let i = 0; i < burst; i++) yield* Effect.scoped(RateLimiter.acquire(apart, { timeout: 0 }))
             const refused = yield* Effect.scoped(RateLimiter.tryAcquire(apart)).pipe(Effect.flip)
             expect(refused._tag).toBe("RateLimitExceeded")
-          }).pipe(Effect.provide(limiters({ [together]: { rate_per_second: 0.5, burst }, [apart]: { rate_per_second: 0.5, burst } })))
+          }).pipe(Effect.provide(limiters({ [together]: { rate_per_second: 0.5, burst }, [apart]: { rate_per_second: 0.5, burst } }, { timing_margin_ms: "default" })))
         }, 30_000)
       }
+
+      test("a burst is never spent ahead: 3 callers together, then 7 more, all get one of burst 10 at once", () => {
+        const name = unique("bahead")
+        const tryAll = (n: number) =>
+          Effect.all(Array.from({ length: n }, () => Effect.either(Effect.scoped(RateLimiter.tryAcquire(name)))), { concurrency: "unbounded" })
+        return Effect.gen(function*() {
+          const first = yield* tryAll(3)
+          yield* elapse(50)
+          const then = yield* tryAll(7)
+          expect([...first, ...then].filter((e) => e._tag === "Right").length).toBe(10)
+        }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 0.5, burst: 10 } }, { timing_margin_ms: "default" })))
+      })
 
       test("costs above 1 count as that many units", () => {
         const name = unique("cost")
@@ -564,30 +580,36 @@ export const complianceSuite = (harness: Harness) => {
           [sw]: { algorithm: "sliding_window", limit: 5, window_seconds: 1 }
         })))
       }, 30_000)
-      test("holds the callers that were already waiting: none is admitted before the backoff ends", () => {
-        const name = unique("bowait")
-        return Effect.gen(function*() {
-          const admittedAt: Array<number> = []
-          const worker = Effect.scoped(RateLimiter.acquire(name)).pipe(
-            Effect.zipRight(Effect.clockWith((clock) => clock.currentTimeMillis)),
-            Effect.map((at) => admittedAt.push(at)),
-            Effect.forever
-          )
-          // 20 callers on 10/s: each has reserved a slot up to 2 s ahead when the upstream says "wait 1 s".
-          const fibers = yield* Effect.forEach(Array.from({ length: 20 }), () => Effect.fork(worker))
-          yield* elapse(250)
-          yield* RateLimiter.backoff(name, { retryAfter: "1 second" })
-          const returned = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
-          const before = admittedAt.length
-          yield* elapse(1_600)
-          yield* Fiber.interruptAll(fibers)
-          expect(before).toBeGreaterThan(0)
-          const inside = admittedAt.filter((at) => at >= returned && at < returned + 1_000)
-          expect(inside).toEqual([])
-          // Then the line goes on at the limiter's rate.
-          expect(admittedAt.filter((at) => at >= returned + 1_000).length).toBeGreaterThanOrEqual(2)
-        }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 10 } })))
-      }, 30_000)
+      // At 10/s each waiter holds its own slot; at 2,000/s with a line shorter than the margin the
+      // stores also hold slots reserved ahead for the process's next callers, which must not be
+      // handed out inside the hold either.
+      for (const { fibers, rate } of [{ rate: 10, fibers: 20 }, { rate: 2_000, fibers: 4 }]) {
+        test(`holds the callers that were already waiting (${rate}/s, ${fibers} callers): none is admitted before the backoff ends`, () => {
+          const name = unique("bowait")
+          return Effect.gen(function*() {
+            const admittedAt: Array<number> = []
+            const worker = Effect.scoped(RateLimiter.acquire(name)).pipe(
+              Effect.zipRight(Effect.clockWith((clock) => clock.currentTimeMillis)),
+              Effect.map((at) => admittedAt.push(at)),
+              Effect.forever
+            )
+            const fibersRunning = yield* Effect.forEach(Array.from({ length: fibers }), () => Effect.fork(worker))
+            yield* elapse(250)
+            yield* RateLimiter.backoff(name, { retryAfter: "1 second" })
+            const returned = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+            const before = admittedAt.length
+            yield* elapse(1_600)
+            yield* Fiber.interruptAll(fibersRunning)
+            expect(before).toBeGreaterThan(0)
+            // Strictly after: a caller recorded in the very millisecond the backoff returned may have
+            // been decided before it (on TestClock, in the same instant).
+            const inside = admittedAt.filter((at) => at > returned && at < returned + 1_000)
+            expect(inside).toEqual([])
+            // Then the line goes on at the limiter's rate.
+            expect(admittedAt.filter((at) => at >= returned + 1_000).length).toBeGreaterThanOrEqual(2)
+          }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: rate } }, { timing_margin_ms: "default" })))
+        }, 30_000)
+      }
 
       test("no refund undoes it: a waiter interrupted after the backoff gives back nothing inside it", () => {
         const name = unique("borefund")

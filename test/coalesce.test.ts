@@ -1,0 +1,92 @@
+/**
+ * The coalescer's pool of slots reserved ahead, against the reference GCRA (`internal/gcra.ts`) on
+ * `TestClock`: it grows only for a key in demand, never spends the free burst, and a backoff
+ * learned of empties it, so no slot reserved before a backoff is handed out inside it.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Scope from "effect/Scope"
+import * as TestClock from "effect/TestClock"
+import * as Coalesce from "../src/internal/coalesce.js"
+import * as Gcra from "../src/internal/gcra.js"
+import * as Holds from "../src/internal/holds.js"
+import { StoreUnavailable } from "../src/Errors.js"
+import type { LimiterSpec, TokenBucket } from "../src/LimiterSpec.js"
+import type { AcquireOutcome, AcquireRequest } from "../src/Store.js"
+
+const rate: TokenBucket = { _tag: "TokenBucket", ratePerSecond: 2_000, burst: 3, intervalMs: 0.5 }
+const limiter: LimiterSpec = {
+  name: "pool",
+  store: "s",
+  rate,
+  concurrency: undefined,
+  timeoutMs: undefined,
+  failClosed: false,
+  retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 10 }
+}
+const request = (maxWaitMs = Infinity): AcquireRequest => ({ limiter, key: "k", cost: 1, leaseId: undefined, maxWaitMs, queue: false })
+
+/** A coalescer over one in-process GCRA bucket, reserving ahead as a store engine does. */
+const setup = Effect.gen(function*() {
+  const scope = yield* Scope.make()
+  const clock = yield* Effect.clock
+  const holds = Holds.make()
+  let tat = -Infinity
+  const reserve = (r: AcquireRequest, spare: boolean): AcquireOutcome => {
+    const now = clock.unsafeCurrentTimeMillis()
+    const decision = Gcra.reserve(tat, now, rate, r.cost, r.maxWaitMs)
+    if (!decision.admitted || (spare && decision.waitMs <= 0)) return { _tag: "RateLimited", retryAfterMs: 0, limit: 3, remaining: 0 }
+    tat = decision.tatMs
+    return { _tag: "Admitted", waitMs: decision.waitMs, reservation: { slotMs: decision.slotMs, tatMs: tat }, limit: 3, remaining: 0 }
+  }
+  const coalescer = Coalesce.make({
+    scope,
+    maxBatch: 64,
+    marginMs: 10,
+    held: { mark: holds.mark, since: (id, mark, nowMs) => holds.until(id, mark, nowMs) !== undefined },
+    // Answered after the other callers had their turn, as a store's reply is.
+    decide: (_id, batch, ahead) =>
+      Effect.zipRight(Effect.yieldNow(), Effect.sync(() => [
+        ...batch.map((r) => reserve(r, false)),
+        ...Array.from({ length: ahead.count }, () => reserve(ahead.request, true)).filter((o) => o._tag === "Admitted")
+      ])),
+    closed: new StoreUnavailable({ store: "s", engine: "test", message: "closed" })
+  })
+  /** Rounds of eight callers asking at once, until the pool holds a slot for the next one. */
+  const busy = Effect.gen(function*() {
+    for (let round = 0; round < 20; round++) {
+      yield* Effect.all(Array.from({ length: 8 }, () => coalescer.submit("k", request())), { concurrency: "unbounded" })
+      if (coalescer.takeNow("k", request(), clock) !== undefined) return true
+      yield* TestClock.adjust("1 millis")
+    }
+    return false
+  })
+  return { clock, coalescer, holds, busy }
+})
+
+describe("slots reserved ahead", () => {
+  it.effect("a busy key gets a pool; a backoff learned of empties it", () =>
+    Effect.gen(function*() {
+      const { busy, clock, coalescer, holds } = yield* setup
+      expect(yield* busy).toBe(true)
+      const now = clock.unsafeCurrentTimeMillis()
+      holds.hold("k", now + 1_000, now)
+      // Whatever was reserved before the backoff is not handed out, at once or through a batch.
+      expect(coalescer.takeNow("k", request(), clock)).toBeUndefined()
+      const next = yield* coalescer.submit("k", request())
+      expect(next._tag).toBe("Admitted")
+      if (next._tag === "Admitted") expect(next.reservation?.slotMs).toBeGreaterThan(now - 1e-9)
+    }))
+
+  it.effect("a pool never spends the free burst, and a lone caller gets none", () =>
+    Effect.gen(function*() {
+      const { clock, coalescer } = yield* setup
+      // One caller now and then: no pool, and each is admitted from the burst at once.
+      for (let i = 0; i < 3; i++) {
+        const outcome = yield* coalescer.submit("k", request(0))
+        expect(outcome._tag).toBe("Admitted")
+        expect(coalescer.takeNow("k", request(0), clock)).toBeUndefined()
+        yield* TestClock.adjust("200 millis")
+      }
+    }))
+})
