@@ -8,12 +8,13 @@
  * for a round trip each nor let the store's schedule run dry between them (with a burst of 1 at a
  * high rate, a moment when no process holds a reservation is capacity lost for good). A batch tops
  * this process's pool up to its target, asking only for slots due within the margin and beyond the
- * bucket's free burst (a burst is for callers at once, never spent ahead); once half the pool is
+ * bucket's free burst (a burst is for callers at once, never spent ahead, unless one interval is
+ * within the margin: such a burst refills before it matters); once half the pool is
  * gone, a refill is asked for in the background. The target doubles while callers find the pool
  * empty and shrinks by a quarter when slots went stale unused, so it settles at what this process
  * takes in time, even while other processes take most of the rate: its slots lie together in the
  * store's schedule but are handed out at this process's pace. A slot is used at most half the
- * margin after it was due and dropped otherwise, which bounds how late callers proceed (the bound
+ * margin (and at most LATE_MS) after it was due and dropped otherwise, which bounds how late callers proceed (the bound
  * where they proceed is the store's plus the rate times that lateness). A slot dropped is capacity
  * lost, which happens only when demand falls or a process stalls. A key asked for only now and then
  * (or quiet for QUIET_MS) has no pool, and at tight rates, where slots lie further apart than the
@@ -65,7 +66,7 @@ export interface Options {
   /** Where the per-key drains run: closing it ends them. */
   readonly scope: Scope.Scope
   readonly maxBatch: number
-  /** The store's timing margin: how far ahead spares are reserved, and twice how late they may be used (0: none). */
+  /** The store's timing margin: how far ahead spares are reserved (0: none). */
   readonly marginMs: number
   /** Backoffs learned of, by key: a pool reserved before one is dropped. */
   readonly held?: {
@@ -92,12 +93,16 @@ const MAX_SPARES = 512
 /** Bounds the keys whose pools are remembered. */
 const MAX_KEYS = 10_000
 
+/** The latest (ms) a slot reserved ahead is used after it was due. */
+const LATE_MS = 5
+
 /** A key not asked for this long (ms) has no pool: its next callers start from none. */
 const QUIET_MS = 100
 
 export const make = (options: Options) => {
   const keys = new Map<string, KeyState>()
-  const lateMs = options.marginMs / 2
+  // However far ahead the margin lets the pool reach, its slots are used at most 5 ms late.
+  const lateMs = Math.min(options.marginMs / 2, LATE_MS)
   const held = options.held
 
   const stateOf = (id: string): KeyState => {

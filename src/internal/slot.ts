@@ -11,6 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import type { StoreError } from "../Errors.js"
+import type { LimiterSpec } from "../LimiterSpec.js"
 import { type Admitted, type Call, type Refusal, refund, sleepFor } from "./call.js"
 import { detached } from "./detach.js"
 
@@ -48,7 +49,7 @@ export const waitForSlot = <E>(
 ): Effect.Effect<Waited, StoreError> =>
   Effect.gen(function*() {
     const { b, key } = call
-    const staleAfter = staleAfterMs(b.store.timingMarginMs)
+    const staleAfter = staleAfterMs(b.spec)
     let outcome = first
     let since = mark
     // A slot gone stale is given up once per acquire: a process that stays late (a machine too busy
@@ -98,9 +99,16 @@ export const waitForSlot = <E>(
     }
   })
 
+/** How late, at most, callers proceed after their slot: a hundredth of a second of the rate. */
+const STALE_MS = 10
+
 /**
- * How late after its slot a waiter may wake and still use it: the store's margin, but never under
- * 5 ms (timers and clocks alone are that coarse); with no margin (the memory engine's default),
- * any lateness.
+ * How late after its slot a waiter may wake and still use it: STALE_MS, or one interval of the rate
+ * when that is longer (a caller late by less than an interval cannot add an admission to any
+ * window, and at slow rates a slot given up is a long time lost).
  */
-const staleAfterMs = (marginMs: number): number => (marginMs > 0 ? Math.max(5, marginMs) : Infinity)
+const staleAfterMs = (spec: LimiterSpec): number => {
+  const rate = spec.rate
+  const interval = rate === undefined ? 0 : rate._tag === "TokenBucket" ? rate.intervalMs : rate.windowMs / rate.limit
+  return Math.max(STALE_MS, interval)
+}

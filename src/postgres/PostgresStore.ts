@@ -269,8 +269,9 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         let units = 0
         const plan = batch.map((request, i) => {
           const wait = Gcra.settle(start + (units + request.cost) * rate.intervalMs - tolerance - state.now)
-          // Slots reserved ahead come only from beyond the free burst: a burst is for callers at once.
-          if (wait > request.maxWaitMs || (i >= batch.length - spares && wait <= 0)) return { admitted: false as const, wait }
+          // The free burst is for callers at once, never spent ahead, unless it refills within the margin.
+          const spendsBurst = i >= batch.length - spares && wait <= 0 && rate.intervalMs > margin
+          if (wait > request.maxWaitMs || spendsBurst) return { admitted: false as const, wait }
           units += request.cost
           return { admitted: true as const, through: units }
         })

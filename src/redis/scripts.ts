@@ -260,8 +260,8 @@ if ahead > 0 and kind == 'tb' then
   if tat ~= nil and tat > N then from = tat end
   local first = from + interval - tolerance - N
   local count = 0
-  -- only slots beyond the free burst: a burst is for callers at once, never spent ahead
-  if first > 0 then
+  -- the free burst is for callers at once, never spent ahead, unless it refills within the margin
+  if first > 0 or interval <= ahead_wait then
     while count < ahead and settle(first + count * interval) <= ahead_wait do count = count + 1 end
   end
   if count > 0 then
