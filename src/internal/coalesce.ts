@@ -8,8 +8,8 @@
  * for a round trip each nor let the store's schedule run dry between them (with a burst of 1 at a
  * high rate, a moment when no process holds a reservation is capacity lost for good). A batch tops
  * this process's pool up to its target, asking only for slots due within the margin and beyond the
- * bucket's free burst (a burst is for callers at once, never spent ahead, unless one interval is
- * within the margin: such a burst refills before it matters); once half the pool is
+ * bucket's free burst (a burst is for callers at once: spent ahead only where one interval is
+ * within the margin and at least half of it stays free); once half the pool is
  * gone, a refill is asked for in the background. The target doubles while callers find the pool
  * empty and shrinks by a quarter when slots went stale unused, so it settles at what this process
  * takes in time, even while other processes take most of the rate: its slots lie together in the

@@ -268,9 +268,11 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         const start = Math.max(state.tat, state.now)
         let units = 0
         const plan = batch.map((request, i) => {
-          const wait = Gcra.settle(start + (units + request.cost) * rate.intervalMs - tolerance - state.now)
-          // The free burst is for callers at once, never spent ahead, unless it refills within the margin.
-          const spendsBurst = i >= batch.length - spares && wait <= 0 && rate.intervalMs > margin
+          const ahead = start + (units + request.cost) * rate.intervalMs - tolerance - state.now
+          const wait = Gcra.settle(ahead)
+          // The free burst is for callers at once: spent ahead only where a rate it refills within the
+          // margin leaves at least half of it free after the slot.
+          const spendsBurst = i >= batch.length - spares && wait <= 0 && (rate.intervalMs > margin || ahead > -tolerance / 2)
           if (wait > request.maxWaitMs || spendsBurst) return { admitted: false as const, wait }
           units += request.cost
           return { admitted: true as const, through: units }

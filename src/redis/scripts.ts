@@ -260,8 +260,9 @@ if ahead > 0 and kind == 'tb' then
   if tat ~= nil and tat > N then from = tat end
   local first = from + interval - tolerance - N
   local count = 0
-  -- the free burst is for callers at once, never spent ahead, unless it refills within the margin
-  if first > 0 or interval <= ahead_wait then
+  -- the free burst is for callers at once: spent ahead only where a rate it refills within the
+  -- margin leaves at least half of it free after them
+  if first > 0 or (interval <= ahead_wait and first + (ahead - 1) * interval <= -tolerance / 2) then
     while count < ahead and settle(first + count * interval) <= ahead_wait do count = count + 1 end
   end
   if count > 0 then
