@@ -7,8 +7,8 @@
  * - tuned: the store has `timing_margin_ms = 50`, burst still the default, so both sections are held
  *   to the same bound.
  *
- * Every store (memory in 1 process; PostgreSQL and Redis in 4 processes x 16 fibers) at 1, 200, 2,000
- * and 20,000/s (PostgreSQL: 1, 200 and 2,000/s). Options:
+ * Every store (memory in 1 process; PostgreSQL and Redis in 4 processes x 16 fibers) at 1, 200 and
+ * 2,000/s, and Redis also at 20,000/s. Options:
  *
  *   --store memory|postgres|redis   one store            --rate R          one rate
  *   --burst B, --margin M           a custom configuration instead of the tuned one (reported as "custom")
