@@ -583,7 +583,8 @@ export const complianceSuite = (harness: Harness) => {
       // At 10/s each waiter holds its own slot; at 2,000/s with a line shorter than the margin the
       // stores also hold slots reserved ahead for the process's next callers, which must not be
       // handed out inside the hold either.
-      for (const { fibers, rate } of [{ rate: 10, fibers: 20 }, { rate: 2_000, fibers: 4 }]) {
+      // (The memory engine reserves nothing ahead: the second case would only repeat the first, slowly on TestClock.)
+      for (const { fibers, rate } of live ? [{ rate: 10, fibers: 20 }, { rate: 2_000, fibers: 4 }] : [{ rate: 10, fibers: 20 }]) {
         test(`holds the callers that were already waiting (${rate}/s, ${fibers} callers): none is admitted before the backoff ends`, () => {
           const name = unique("bowait")
           return Effect.gen(function*() {
