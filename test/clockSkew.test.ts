@@ -34,7 +34,8 @@ describe("processes whose clocks differ by ten minutes share one limit", () => {
           [`leases_${id}`]: { store: "s", max_concurrent: MAX_CONCURRENT, lease_ttl_seconds: 2 }
         }
       }
-      const startAt = machineClock() + 4_000
+      // Counted from 8 s on: four load processes compiling at once on 2 cores can take most of that to start.
+      const startAt = machineClock() + 8_000
       const endAt = startAt + 4_000
       const run = (limiter: string, holdMs?: number) =>
         Promise.all(SKEWS.map((skewMs) => runLoader({ settings, limiter, fibers: 4, startAt, endAt, skewMs, ...(holdMs === undefined ? {} : { holdMs }) })))

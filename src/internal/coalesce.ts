@@ -14,7 +14,7 @@
  * empty and shrinks by a quarter when slots went stale unused, so it settles at what this process
  * takes in time, even while other processes take most of the rate: its slots lie together in the
  * store's schedule but are handed out at this process's pace. A slot is used at most half the
- * margin (and at most LATE_MS) after it was due and dropped otherwise, which bounds how late callers proceed (the bound
+ * margin (and at most LATE_MS, or one interval when that is longer) after it was due and dropped otherwise, which bounds how late callers proceed (the bound
  * where they proceed is the store's plus the rate times that lateness). A slot dropped is capacity
  * lost, which happens only when demand falls or a process stalls. A key asked for only now and then
  * (or quiet for QUIET_MS) has no pool, and at tight rates, where slots lie further apart than the
@@ -101,8 +101,14 @@ const QUIET_MS = 100
 
 export const make = (options: Options) => {
   const keys = new Map<string, KeyState>()
-  // However far ahead the margin lets the pool reach, its slots are used at most 5 ms late.
-  const lateMs = Math.min(options.marginMs / 2, LATE_MS)
+  /**
+   * How late a slot reserved ahead may still be used: LATE_MS, or one interval of the rate when that
+   * is longer (lateness under an interval adds no admission to any window), never over half the margin.
+   */
+  const lateFor = (request: AcquireRequest): number => {
+    const rate = request.limiter.rate
+    return Math.min(options.marginMs / 2, Math.max(LATE_MS, rate?._tag === "TokenBucket" ? rate.intervalMs : 0))
+  }
   const held = options.held
 
   const stateOf = (id: string): KeyState => {
@@ -136,6 +142,7 @@ export const make = (options: Options) => {
   /** A spare slot for `request` at local time `now`, taken from the pool; stale ones are dropped. */
   const takeSpare = (id: string, state: KeyState, request: AcquireRequest, now: number, wallMs: number): Admitted | undefined => {
     const spares = state.spares
+    const lateMs = lateFor(request)
     while (state.head < spares.length && spares[state.head]!.dueAt + lateMs < now) {
       state.head++
       state.dropped++
