@@ -16,7 +16,7 @@
  * A last test kills a busy in-process limiter's backends in a tight loop, so that statements,
  * COMMITs and ROLLBACKs of its lease transactions fail, and checks every failed acquire is typed.
  */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as Cause from "effect/Cause"
@@ -35,7 +35,7 @@ import * as RateSync from "../src/RateSync.js"
 import type { SettingsInput, StoreConfigInput } from "../src/Settings.js"
 import * as Stores from "../src/Stores.js"
 import { peakHeld } from "./compliance/bounds.js"
-import { defectTag, type LoadPlan, type LoadReport, machineClock, runLoader, sleepUntil } from "./support/loader.js"
+import { defectTag, type LoadPlan, type LoadReport, machineClock, runLoader, sleepUntil, untilReady } from "./support/loader.js"
 
 const databaseUrl = inject("databaseUrl")
 const redisUrl = inject("redisUrl")
@@ -131,10 +131,7 @@ const underKills = async (storeName: string, store: StoreConfigInput, kill: () =
   let crashed = false
   reports.catch(() => (crashed = true))
   try {
-    while (!crashed && !(existsSync(readyFile(true)) && existsSync(readyFile(false)))) {
-      if (machineClock() - spawnedAt > READY_WITHIN_MS) throw new Error(`the load processes were not served within ${READY_WITHIN_MS} ms`)
-      await sleepUntil(machineClock() + 50)
-    }
+    await untilReady([readyFile(true), readyFile(false)], spawnedAt, READY_WITHIN_MS, () => crashed)
     const measuredFrom = machineClock() + WARM_MS
     const kills: Array<Kill> = []
     for (let i = 0; i < KILLS && !crashed; i++) {

@@ -4,7 +4,7 @@
  * 2 s ahead), then this process says "wait 1 s" as an upstream's 429 would. From the moment
  * `backoff` returned until the hold ends, neither process admits anyone; then both go on.
  */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as Effect from "effect/Effect"
@@ -14,7 +14,7 @@ import { RateLimiter } from "../../src/RateLimiter.js"
 import * as RateSync from "../../src/RateSync.js"
 import type { SettingsInput, StoreConfigInput } from "../../src/Settings.js"
 import * as Stores from "../../src/Stores.js"
-import { type LoadPlan, machineClock, runLoader, sleepUntil } from "../support/loader.js"
+import { type LoadPlan, machineClock, runLoader, sleepUntil, untilReady } from "../support/loader.js"
 
 const databaseUrl = inject("databaseUrl")
 const redisUrl = inject("redisUrl")
@@ -49,10 +49,7 @@ const holdsEveryProcess = async (store: StoreConfigInput) => {
   let crashed = false
   reports.catch(() => (crashed = true))
   try {
-    while (!crashed && !(existsSync(join(dir, "a")) && existsSync(join(dir, "b")))) {
-      if (machineClock() - spawnedAt > READY_WITHIN_MS) throw new Error(`the load processes were not served within ${READY_WITHIN_MS} ms`)
-      await sleepUntil(machineClock() + 50)
-    }
+    await untilReady([join(dir, "a"), join(dir, "b")], spawnedAt, READY_WITHIN_MS, () => crashed)
     // Both lines fill up: 20 callers at 10/s reserve up to 2 s ahead.
     await sleepUntil(machineClock() + 2_500)
     const called = machineClock()

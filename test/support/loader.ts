@@ -74,6 +74,17 @@ export const runLoader = (plan: LoadPlan): Promise<LoadReport> =>
 
 export const sleepUntil = (at: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, at - machineClock())))
 
+/**
+ * Waits until every ready file exists (each load process has had its first permit), polling; fails
+ * once `withinMs` have passed since `since`, and stops waiting as soon as `crashed()`.
+ */
+export const untilReady = async (files: ReadonlyArray<string>, since: number, withinMs: number, crashed: () => boolean) => {
+  while (!crashed() && !files.every((file) => existsSync(file))) {
+    if (machineClock() - since > withinMs) throw new Error(`the load processes were not served within ${withinMs} ms`)
+    await sleepUntil(machineClock() + 50)
+  }
+}
+
 /** Admissions observed on the machine clock land after their slot by the caller's wake-up lateness (tens of ms on 2 loaded cores): a tenth of a second of rate is allowed for it. */
 export const lateness = (rate: number) => Math.ceil(rate / 10)
 
