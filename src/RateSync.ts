@@ -14,14 +14,14 @@ import type * as Scope from "effect/Scope"
 import { settingsConfig } from "./EnvConfig.js"
 import { type BuildError, ConfigIssue, ConfigurationError } from "./Errors.js"
 import * as RateLimiter from "./RateLimiter.js"
-import { decodeSettings, type Settings, type SettingsInput, toLimiterSpec } from "./Settings.js"
+import { decodeSettings, type DeferredStoreConfig, type Settings, type SettingsInput, toLimiterSpec } from "./Settings.js"
 import { type Store, StoreFactory } from "./Store.js"
 import * as Toml from "./Toml.js"
 
 
 /** Builds every store through the `StoreFactory`, then the limiters bound to them. */
 export const make = (
-  settings: Settings
+  settings: Settings<DeferredStoreConfig>
 ): Effect.Effect<RateLimiter.RateLimiter["Type"], BuildError, StoreFactory | Scope.Scope> =>
   Effect.gen(function*() {
     const factory = yield* StoreFactory
@@ -35,16 +35,20 @@ export const make = (
     })
   })
 
-const fromSettings = <E, R>(settings: Effect.Effect<Settings, E, R>) =>
+const fromSettings = <E, R>(settings: Effect.Effect<Settings<DeferredStoreConfig>, E, R>) =>
   Layer.scoped(RateLimiter.RateLimiter, Effect.flatMap(settings, make))
 
 /** From a plain object with the TOML file's shape. */
 export const layer = (input: SettingsInput): Layer.Layer<RateLimiter.RateLimiter, BuildError, StoreFactory> =>
   fromSettings(decodeSettings(input))
 
-/** From `rate-sync.toml`: the given path, else `$RATE_SYNC_CONFIG`, `./rate-sync.toml`, `./config/rate-sync.toml`. */
+/**
+ * From `rate-sync.toml`: the given path, else `$RATE_SYNC_CONFIG`, `./rate-sync.toml`, `./config/rate-sync.toml`.
+ * A server store's `url = "${VAR}"` is read when the store connects, so the same file serves
+ * `MemoryStore.layer` in tests with no VAR set, while `Stores.layer` fails without it.
+ */
 export const layerToml = (path?: string): Layer.Layer<RateLimiter.RateLimiter, BuildError, StoreFactory> =>
-  fromSettings(Toml.load(path))
+  fromSettings(Toml.loadDeferred(path))
 
 /** From Effect `Config` (by default the `RATE_SYNC_*` environment variables). */
 export const layerConfig = (

@@ -63,9 +63,32 @@ export const RedisStoreConfig = Schema.Struct({
 
 export type Engine = "memory" | "postgres" | "redis"
 export type MemoryStoreConfig = typeof MemoryStoreConfig.Type
+/** What the PostgreSQL engine is built from: every key decoded, the url read. */
 export type PostgresStoreConfig = typeof PostgresStoreConfig.Type
+/** What the Redis engine is built from: every key decoded, the url read. */
 export type RedisStoreConfig = typeof RedisStoreConfig.Type
+/** A store whose every key, url included, is known: what `decodeSettings` and `Toml.load` give. */
 export type StoreConfig = MemoryStoreConfig | PostgresStoreConfig | RedisStoreConfig
+
+/**
+ * A server store's url, or how to read it when the store connects. `RateSync.layerToml` defers a url
+ * holding `${VAR}` this way, so a store served by `MemoryStore.layer` never reads its variables (a test
+ * needs no DATABASE_URL); reading fails as loading would have, naming the variable and the key.
+ */
+export type StoreUrl = string | Effect.Effect<string, ConfigurationError>
+
+/** A server store's keys with its url possibly still to read. */
+export type WithDeferredUrl<C extends { readonly url: string }> = Omit<C, "url"> & { readonly url: StoreUrl }
+
+/**
+ * What a `StoreFactory` is given: every key decoded, and a server store's url possibly still to read.
+ * A factory that connects reads it (`resolveUrl`, `resolveStore`); one that does not (`MemoryStore.layer`)
+ * never does. A `StoreConfig` is one.
+ */
+export type DeferredStoreConfig =
+  | MemoryStoreConfig
+  | WithDeferredUrl<PostgresStoreConfig>
+  | WithDeferredUrl<RedisStoreConfig>
 export type StoreConfigInput =
   | typeof MemoryStoreConfig.Encoded
   | typeof PostgresStoreConfig.Encoded
@@ -98,8 +121,12 @@ export const storeKeys: Record<Engine, ReadonlyArray<string>> = {
 export const limiterKeys: ReadonlyArray<string> = Object.keys(LimiterConfig.fields)
 export const engines: ReadonlyArray<Engine> = ["memory", "postgres", "redis"]
 
-export interface Settings {
-  readonly stores: Readonly<Record<string, StoreConfig>>
+/**
+ * A validated configuration. By default every store is resolved; `Settings<DeferredStoreConfig>` (what
+ * `RateSync` builds from) may hold server urls still to read.
+ */
+export interface Settings<S extends DeferredStoreConfig = StoreConfig> {
+  readonly stores: Readonly<Record<string, S>>
   readonly limiters: Readonly<Record<string, LimiterConfig>>
 }
 
@@ -256,6 +283,29 @@ export const decodeSettings = (input: unknown): Effect.Effect<Settings, Configur
       ? Effect.fail(new ConfigurationError({ issues }))
       : Effect.succeed({ stores, limiters })
   })
+
+/**
+ * The url a server store connects to, read now if it was deferred, and checked as loading checks it
+ * (`stores.NAME.url: Expected a non-empty string` for `${VAR:-}` left empty).
+ */
+export const resolveUrl = (store: string, url: StoreUrl): Effect.Effect<string, ConfigurationError> =>
+  typeof url === "string" ? Effect.succeed(url) : Effect.flatMap(url, (read) =>
+    Either.match(decodeEntry(PostgresStoreConfig.fields.url, `stores.${store}.url`, read), {
+      onLeft: (issues) => Effect.fail(new ConfigurationError({ issues })),
+      onRight: Effect.succeed
+    }))
+
+/** A store as its engine takes it: a deferred url read (see `StoreUrl`). */
+export const resolveStore = (name: string, config: DeferredStoreConfig): Effect.Effect<StoreConfig, ConfigurationError> => {
+  switch (config.engine) {
+    case "memory":
+      return Effect.succeed(config)
+    case "postgres":
+      return Effect.map(resolveUrl(name, config.url), (url): PostgresStoreConfig => ({ ...config, url }))
+    case "redis":
+      return Effect.map(resolveUrl(name, config.url), (url): RedisStoreConfig => ({ ...config, url }))
+  }
+}
 
 /** The engines' view of a validated limiter, in milliseconds. */
 export const toLimiterSpec = (name: string, config: LimiterConfig): LimiterSpec => {

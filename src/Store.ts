@@ -9,7 +9,7 @@ import type * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type { BuildError, StoreError } from "./Errors.js"
 import type { LimiterSpec } from "./LimiterSpec.js"
-import type { StoreConfig } from "./Settings.js"
+import type { DeferredStoreConfig } from "./Settings.js"
 
 export interface AcquireRequest {
   readonly limiter: LimiterSpec
@@ -126,6 +126,7 @@ export interface Store {
 export class StoreFactory extends Context.Tag("rate-sync/StoreFactory")<StoreFactory, {
   readonly make: (
     name: string,
-    config: StoreConfig
+    /** A server store's url may still be to read: `Settings.resolveUrl` reads it (see `Settings.StoreUrl`). */
+    config: DeferredStoreConfig
   ) => Effect.Effect<Store, BuildError, Scope.Scope>
 }>() {}

@@ -1,12 +1,13 @@
 /**
  * The production `StoreFactory`: each configured store is built by the engine its `engine` key
  * names. Server engines are loaded when first configured, so a memory-only program needs none of
- * their drivers installed.
+ * their drivers installed, and a server store's url is read only here (see `Settings.StoreUrl`).
  */
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
 import * as MemoryStore from "./memory/MemoryStore.js"
+import { resolveUrl } from "./Settings.js"
 import { StoreFactory } from "./Store.js"
 
 const load = <A>(name: string, engine: string, packages: string, module: () => Promise<A>) =>
@@ -28,14 +29,18 @@ export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
     switch (config.engine) {
       case "memory":
         return MemoryStore.make({ name, timingMarginMs: config.timing_margin_ms })
+      // The url is read here, by the engine that connects: a deferred `${VAR}` that is unset fails
+      // the layer now, with the message loading would have given.
       case "postgres":
-        return load(name, "postgres", "@effect/sql-pg and pg", () => import("./postgres/PostgresStore.js")).pipe(
-          Effect.flatMap((PostgresStore) => PostgresStore.make(name, config))
-        )
+        return Effect.all([
+          resolveUrl(name, config.url),
+          load(name, "postgres", "@effect/sql-pg and pg", () => import("./postgres/PostgresStore.js"))
+        ]).pipe(Effect.flatMap(([url, PostgresStore]) => PostgresStore.make(name, { ...config, url })))
       case "redis":
-        return load(name, "redis", "ioredis", () => import("./redis/RedisStore.js")).pipe(
-          Effect.flatMap((RedisStore) => RedisStore.make(name, config))
-        )
+        return Effect.all([
+          resolveUrl(name, config.url),
+          load(name, "redis", "ioredis", () => import("./redis/RedisStore.js"))
+        ]).pipe(Effect.flatMap(([url, RedisStore]) => RedisStore.make(name, { ...config, url })))
     }
   }
 })

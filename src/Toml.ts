@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { parse, TomlError } from "smol-toml"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
-import { decodeSettings, type Settings } from "./Settings.js"
+import { decodeSettings, type DeferredStoreConfig, type Settings } from "./Settings.js"
 
 /** Where the file is looked for when no path is given, after `$RATE_SYNC_CONFIG`. */
 export const searchPaths: ReadonlyArray<string> = ["rate-sync.toml", "config/rate-sync.toml"]
@@ -75,35 +75,84 @@ const substituteString = (text: string, keyPath: string): Effect.Effect<string, 
     return out + text.slice(last)
   })
 
-/** Replaces `${VAR}` in every string value. Only strings change, and they stay strings. */
-export const substitute = (value: unknown, keyPath = ""): Effect.Effect<unknown, ConfigurationError> => {
-  if (typeof value === "string") return substituteString(value, keyPath)
+/** Whether a string holds a `${VAR}` to replace. */
+const hasVariable = (text: string) => text.match(VARIABLE) !== null
+
+/** The value at `stores.NAME.url`: the one key whose variables may wait until a store connects. */
+const isStoreUrl = (path: ReadonlyArray<string>) => path.length === 3 && path[0] === "stores" && path[2] === "url"
+
+/** Replaces `${VAR}` in every string value but those `keep` selects. Only strings change, and they stay strings. */
+const substituteExcept = (
+  value: unknown,
+  path: ReadonlyArray<string>,
+  keyPath: string,
+  keep: (path: ReadonlyArray<string>) => boolean
+): Effect.Effect<unknown, ConfigurationError> => {
+  if (typeof value === "string") return keep(path) ? Effect.succeed(value) : substituteString(value, keyPath)
   if (Array.isArray(value)) {
-    return Effect.forEach(value, (item, i) => substitute(item, `${keyPath}[${i}]`))
+    return Effect.forEach(value, (item, i) => substituteExcept(item, [...path, String(i)], `${keyPath}[${i}]`, keep))
   }
   if (typeof value === "object" && value !== null && !(value instanceof Date)) {
     return Effect.map(
       Effect.forEach(Object.entries(value), ([key, item]) =>
-        Effect.map(substitute(item, keyPath === "" ? key : `${keyPath}.${key}`), (v) => [key, v] as const)),
+        Effect.map(
+          substituteExcept(item, [...path, key], keyPath === "" ? key : `${keyPath}.${key}`, keep),
+          (v) => [key, v] as const
+        )),
+      // Own data properties, whatever the name (`__proto__` included).
       (entries) => Object.fromEntries(entries)
     )
   }
   return Effect.succeed(value)
 }
 
-/** Parses TOML text into a validated configuration. */
-export const parseText = (text: string, source = "rate-sync.toml"): Effect.Effect<Settings, ConfigurationError> =>
+/** Replaces `${VAR}` in every string value. Only strings change, and they stay strings. */
+export const substitute = (value: unknown, keyPath = ""): Effect.Effect<unknown, ConfigurationError> =>
+  substituteExcept(value, [], keyPath, () => false)
+
+const parseToml = (text: string, source: string): Effect.Effect<unknown, ConfigurationError> =>
   Effect.try({
     try: () => parse(text),
     catch: (error) =>
       error instanceof TomlError
         ? fail(source, `invalid TOML at line ${error.line}, column ${error.column}: ${error.message.split("\n")[0]}`)
         : fail(source, `invalid TOML: ${String(error)}`)
-  }).pipe(
+  })
+
+/** Parses TOML text into a validated configuration, every `${VAR}` read now. */
+export const parseText = (text: string, source = "rate-sync.toml"): Effect.Effect<Settings, ConfigurationError> =>
+  parseToml(text, source).pipe(
     Effect.flatMap((table) => substitute(table)),
     Effect.flatMap(decodeSettings)
   )
 
-/** Finds, reads and validates `rate-sync.toml`. */
+/**
+ * As `parseText`, but a server store's `url` holding `${VAR}` is read only when a `StoreFactory` that
+ * connects builds the store (`Stores.layer`), with the same message when the variable is unset: the
+ * memory double of a production file (`MemoryStore.layer`) needs none of its urls' variables. Every
+ * other key is read and checked now.
+ */
+export const parseTextDeferred = (
+  text: string,
+  source = "rate-sync.toml"
+): Effect.Effect<Settings<DeferredStoreConfig>, ConfigurationError> =>
+  Effect.gen(function*() {
+    const table = yield* parseToml(text, source)
+    // The url templates stay as written through decoding (a template is a non-empty string, so the
+    // schema checks everything else) and are read later.
+    const settings = yield* decodeSettings(yield* substituteExcept(table, [], "", isStoreUrl))
+    const stores = Object.entries(settings.stores).map(([name, store]): readonly [string, DeferredStoreConfig] =>
+      store.engine === "memory" || !hasVariable(store.url)
+        ? [name, store]
+        : [name, { ...store, url: Effect.suspend(() => substituteString(store.url, `stores.${name}.url`)) }]
+    )
+    return { stores: Object.fromEntries(stores), limiters: settings.limiters }
+  })
+
+/** Finds, reads and validates `rate-sync.toml`, every `${VAR}` read now (for tools that connect themselves). */
 export const load = (path?: string, directory?: string): Effect.Effect<Settings, ConfigurationError> =>
   Effect.flatMap(discover(path, directory), (file) => parseText(file.text, file.path))
+
+/** Finds, reads and validates `rate-sync.toml`, server urls read when their store connects (`parseTextDeferred`). */
+export const loadDeferred = (path?: string, directory?: string): Effect.Effect<Settings<DeferredStoreConfig>, ConfigurationError> =>
+  Effect.flatMap(discover(path, directory), (file) => parseTextDeferred(file.text, file.path))

@@ -10,7 +10,9 @@ import type { ConfigurationError } from "../src/Errors.js"
 import * as MemoryStore from "../src/memory/MemoryStore.js"
 import { RateLimiter } from "../src/RateLimiter.js"
 import * as RateSync from "../src/RateSync.js"
+import * as Settings from "../src/Settings.js"
 import { decodeSettings, toLimiterSpec } from "../src/Settings.js"
+import * as Stores from "../src/Stores.js"
 import * as Toml from "../src/Toml.js"
 
 const withVars = (vars: Record<string, string>) =>
@@ -332,5 +334,102 @@ describe("errors are raised when the layer is built, never on first use", () => 
       ).pipe(Effect.scoped, Effect.flip)
       expect(error._tag).toBe("ConfigurationError")
       expect(error.message).toBe("limiters.api.rate_per_second: Expected a rate from 0.000001 to 1000000 per second, found 0")
+    }))
+})
+
+describe("the test swap: a production rate-sync.toml served from memory needs none of its urls' variables", () => {
+  // The README's configuration, a Redis store with a password from the environment added.
+  const production = `
+    [stores.db]
+    engine = "postgres"
+    url = "\${DATABASE_URL}"
+    pool_max_size = 20
+
+    [stores.cache]
+    engine = "redis"
+    url = "redis://:\${REDIS_PASSWORD}@cache.internal:6379"
+
+    [limiters.api]
+    store = "db"
+    rate_per_second = 100.0
+    burst = 10
+    max_concurrent = 50
+    timeout = 30.0
+
+    [limiters.search]
+    store = "cache"
+    rate_per_second = 5
+  `
+  const configFile = (text: string) => {
+    const path = join(tempDir(), "rate-sync.toml")
+    writeFileSync(path, text)
+    return path
+  }
+  // The variables the swap runs with: RATE_SYNC_CONFIG only (no DATABASE_URL, no REDIS_PASSWORD).
+  const onlyConfig = (path: string) => withVars({ RATE_SYNC_CONFIG: path })
+
+  it.effect("RateSync.layerToml() with MemoryStore.layer builds and admits with DATABASE_URL unset", () =>
+    Effect.gen(function*() {
+      const limiter = yield* RateLimiter
+      expect([...limiter.limiters].sort()).toEqual(["api", "search"])
+      yield* Effect.scoped(RateLimiter.acquire("api"))
+      yield* RateLimiter.consume("search")
+      const state = yield* RateLimiter.state("api")
+      expect(state.limit).toBe(10)
+    }).pipe(
+      Effect.provide(RateSync.layerToml().pipe(Layer.provide(MemoryStore.layer))),
+      onlyConfig(configFile(production))
+    ))
+
+  it.effect("the same file with Stores.layer fails at build, naming the variable and the key", () =>
+    Effect.gen(function*() {
+      const error = yield* Layer.build(RateSync.layerToml().pipe(Layer.provide(Stores.layer))).pipe(
+        Effect.scoped,
+        Effect.flip,
+        onlyConfig(configFile(production))
+      )
+      expect(error._tag).toBe("ConfigurationError")
+      expect(error.message).toBe(
+        "stores.db.url: environment variable DATABASE_URL is not set (write ${DATABASE_URL:-default} to give a default)"
+      )
+    }))
+
+  it.effect("a url left empty (${VAR:-}) fails the production layer as loading would, and never the memory one", () =>
+    Effect.gen(function*() {
+      const path = configFile(production.replace("${DATABASE_URL}", "${DATABASE_URL:-}"))
+      const error = yield* Layer.build(RateSync.layerToml().pipe(Layer.provide(Stores.layer))).pipe(
+        Effect.scoped,
+        Effect.flip,
+        onlyConfig(path)
+      )
+      expect(error.message).toBe("stores.db.url: Expected a non-empty string")
+      yield* Layer.build(RateSync.layerToml().pipe(Layer.provide(MemoryStore.layer))).pipe(Effect.scoped, onlyConfig(path))
+    }))
+
+  it.effect("a deferred url is read when the store connects, from the variables then in effect", () =>
+    Effect.gen(function*() {
+      const settings = yield* Toml.parseTextDeferred(production).pipe(withVars({}))
+      const db = yield* Settings.resolveStore("db", settings.stores["db"]!).pipe(withVars({ DATABASE_URL: "postgres://app@db/prod" }))
+      expect(db).toMatchObject({ engine: "postgres", url: "postgres://app@db/prod", pool_max_size: 20 })
+      const cache = yield* Settings.resolveStore("cache", settings.stores["cache"]!).pipe(withVars({ REDIS_PASSWORD: "123456" }))
+      expect(cache).toMatchObject({ engine: "redis", url: "redis://:123456@cache.internal:6379" })
+      const unset = yield* Settings.resolveStore("cache", settings.stores["cache"]!).pipe(withVars({}), Effect.flip)
+      expect(unset.message).toBe(
+        "stores.cache.url: environment variable REDIS_PASSWORD is not set (write ${REDIS_PASSWORD:-default} to give a default)"
+      )
+    }))
+
+  it.effect("every other key is still read and checked when the file is loaded", () =>
+    Effect.gen(function*() {
+      const error = yield* Toml.parseTextDeferred(production.replace("pool_max_size = 20", "pool_max_size = \"${POOL}\"")).pipe(
+        withVars({}),
+        Effect.flip
+      )
+      expect(issuesOf(error)).toEqual([
+        "stores.db.pool_max_size: environment variable POOL is not set (write ${POOL:-default} to give a default)"
+      ])
+      // Tools that connect themselves (Toml.load) still read every variable at once.
+      const eager = yield* Toml.parseText(production).pipe(withVars({}), Effect.flip)
+      expect(issuesOf(eager)[0]).toMatch(/^stores\.db\.url: environment variable DATABASE_URL is not set/)
     }))
 })
