@@ -1,176 +1,303 @@
 /**
  * rate-sync for code that does not use Effect.
  *
- * ```ts
- * import { acquire, loadConfig } from "rate-sync/promise"
- * await loadConfig()
- * {
- *   await using permit = await acquire("api")
- *   await callUpstream()
- * } // the concurrency slot is released here
+ * ```js
+ * import { close, configureLimiter, configureStore, withPermit } from "rate-sync/promise"
+ *
+ * await configureStore("main", { engine: "memory" })   // or loadConfig() for rate-sync.toml
+ * await configureLimiter("api", { store: "main", rate_per_second: 10, max_concurrent: 4 })
+ * const body = await withPermit("api", () => callUpstream(), { key: userId, timeout: 2_000 })
+ * await close()                                        // before exit: closes the stores' connections
  * ```
  *
- * Failures reject with the same error classes as the Effect API (`AcquireTimeout`,
- * `RateLimitExceeded`, `ConfigurationError`...), each an `Error` with a `_tag`.
+ * With TypeScript 5.2+ (or Node 24, where `await using` is plain JavaScript) a permit can be held for
+ * a block: `await using permit = await acquire("api")` releases it at the end of the block.
+ *
+ * - Every duration returned is a number of milliseconds: errors' `retryAfter` and `timeout`,
+ *   `state()`'s `resetAfter` and `nextSlotAfter`, a permit's `waited`. Durations given may be numbers
+ *   of milliseconds or strings such as `"2 seconds"`.
+ * - Failures reject with typed `Error` classes, each with a `_tag`: `RateLimitExceeded`,
+ *   `AcquireTimeout`, `AbortError`, `InvalidOption`, `InvalidCost`, `LimiterNotFound`,
+ *   `ConfigurationError`... Options JavaScript can pass but the types forbid reject with
+ *   `InvalidOption` (or `InvalidCost`), never a `TypeError`.
+ * - A limiter without `max_concurrent` grants permits that hold nothing: releasing one does nothing,
+ *   and not releasing it leaks nothing. Permits of a limiter with `max_concurrent` are leases: release
+ *   them (`withPermit` does).
  */
-import * as Cause from "effect/Cause"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
-import * as Layer from "effect/Layer"
-import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Scope from "effect/Scope"
-import type { BuildError } from "./Errors.js"
-import { type LimiterState, type Permit, RateLimiter } from "./RateLimiter.js"
-import * as RateSync from "./RateSync.js"
-import {
-  decodeSettings,
-  type LimiterConfigInput,
-  type Settings,
-  type SettingsInput,
-  type StoreConfigInput
-} from "./Settings.js"
-import * as Stores from "./Stores.js"
+import { InvalidOption, LeaseNeedsScope } from "./Errors.js"
+import * as Options from "./internal/options.js"
+import { aborted, fromCause } from "./internal/promiseErrors.js"
+import * as Check from "./internal/promiseOptions.js"
+import * as Runtime from "./internal/promiseRuntime.js"
+import { type LimiterState as EffectLimiterState, type Permit as EffectPermit, RateLimiter } from "./RateLimiter.js"
+import { decodeSettings, type LimiterConfigInput, type Settings, type SettingsInput, type StoreConfigInput } from "./Settings.js"
 import * as Toml from "./Toml.js"
 
-export * from "./Errors.js"
-export type { LimiterState, Permit } from "./RateLimiter.js"
+// The Effect API's errors that carry no duration are the same classes here: `instanceof` works across both.
+export {
+  type BuildError,
+  ConfigIssue,
+  ConfigurationError,
+  ConflictRetriesExhausted,
+  CostExceedsCapacity,
+  InvalidCost,
+  InvalidOption,
+  LeaseNeedsScope,
+  LimiterNotFound,
+  type StoreError,
+  StoreMisconfigured,
+  StoreTimeout,
+  StoreUnavailable
+} from "./Errors.js"
+export {
+  AbortError,
+  type AcquireError,
+  AcquireTimeout,
+  type ConsumeError,
+  RateLimitExceeded,
+  type TryAcquireError,
+  type TryConsumeError
+} from "./internal/promiseErrors.js"
 
-/** A held permit: release it with `await using`, `release()`, or `withPermit`. */
+export interface Permit {
+  readonly limiter: string
+  readonly key: string
+  readonly cost: number
+  /** The admission slot in the store's own time base, in milliseconds, when a rate was reserved. */
+  readonly slotMs: number | undefined
+  /** How long the caller waited for the permit, in milliseconds. */
+  readonly waited: number
+  /** Units still free right after this admission, when the limiter has a rate. */
+  readonly remaining: number | undefined
+  /** Set when the permit is a lease (the limiter has `max_concurrent`). */
+  readonly leaseId: string | undefined
+  /** Granted without the store, which was unavailable (`fail_closed = false`). */
+  readonly degraded: boolean
+}
+
+/**
+ * A permit from `acquire` or `tryAcquire`. A lease (limiter with `max_concurrent`) is held until
+ * released: `withPermit`, `await using`, or `release()`. Without `max_concurrent` nothing is held and
+ * `release()` does nothing. `release()` may be called any number of times.
+ */
 export interface HeldPermit extends Permit, AsyncDisposable {
   readonly release: () => Promise<void>
 }
 
-export interface AcquireOptions {
-  readonly key?: string
-  readonly cost?: number
-  /** A number is milliseconds; `"2 seconds"` and other Effect durations work too. */
-  readonly timeout?: Duration.DurationInput
-  /** Stops waiting, giving back whatever had been reserved. */
-  readonly signal?: AbortSignal
+export interface LimiterState {
+  readonly limiter: string
+  readonly key: string
+  /** The most units the key can take at once (`burst`, or `limit` per window), when the limiter has a rate. */
+  readonly limit: number | undefined
+  readonly remaining: number | undefined
+  /** Milliseconds until the key's rate is back to full. */
+  readonly resetAfter: number
+  /** Milliseconds until the next unit is free; 0 when one is free now. */
+  readonly nextSlotAfter: number
+  readonly leasesHeld: number
+  readonly maxConcurrent: number | undefined
+  readonly waiting: number
 }
 
-interface Generation {
-  readonly runtime: ManagedRuntime.ManagedRuntime<RateLimiter, BuildError>
-  active: number
-  retired: boolean
+export interface TryOptions {
+  /** Applies the limiter's settings to this key's own state (per user, per tenant...). */
+  readonly key?: string | undefined
+  /** Units of rate to take at once: a whole number of 1 or more. Default 1. */
+  readonly cost?: number | undefined
+}
+
+export interface AcquireOptions extends TryOptions {
+  /** The longest wait: a number of milliseconds, or a string such as `"2 seconds"`. Overrides the limiter's `timeout`. */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** Stops waiting with an `AbortError`, giving back whatever had been reserved. */
+  readonly signal?: AbortSignal | undefined
+}
+
+export interface BackoffOptions {
+  readonly key?: string | undefined
+  /** How long no caller gets a slot: a number of milliseconds, or a string such as `"30 seconds"`. */
+  readonly retryAfter: Duration.DurationInput
 }
 
 let settings: Settings = { stores: {}, limiters: {} }
-let current: Generation | undefined
 
-const run = async <A, E>(effect: Effect.Effect<A, E>): Promise<A> => {
-  const exit = await Effect.runPromiseExit(effect)
-  if (Exit.isSuccess(exit)) return exit.value
-  throw Cause.squash(exit.cause)
-}
+const toPermit = (permit: EffectPermit): Permit => ({ ...permit, waited: Duration.toMillis(permit.waited) })
 
-const runIn = async <A, E>(generation: Generation, effect: Effect.Effect<A, E, RateLimiter>, signal?: AbortSignal) => {
-  const exit = await generation.runtime.runPromiseExit(effect, signal === undefined ? undefined : { signal })
-  if (Exit.isSuccess(exit)) return exit.value
-  throw Cause.squash(exit.cause)
-}
+const toState = (state: EffectLimiterState): LimiterState => ({
+  ...state,
+  resetAfter: Duration.toMillis(state.resetAfter),
+  nextSlotAfter: Duration.toMillis(state.nextSlotAfter)
+})
 
-/** Validates a change to the configuration at once, so a mistake throws where it was made. */
-const update = async (next: SettingsInput) => {
-  settings = await run(decodeSettings(next))
-  // Permits held from the previous configuration are released through the runtime that granted them.
-  if (current !== undefined) retire(current)
-  current = undefined
-}
+const nothingToRelease = (): Promise<void> => Promise.resolve()
 
-const retire = (generation: Generation) => {
-  generation.retired = true
-  if (generation.active === 0) void generation.runtime.dispose()
-}
+/** A rate slot holds nothing: its permit is not counted anywhere, so not releasing it leaks nothing. */
+const unheld = (permit: EffectPermit): HeldPermit => ({
+  ...toPermit(permit),
+  release: nothingToRelease,
+  [Symbol.asyncDispose]: nothingToRelease
+})
 
-const generation = (): Generation => {
-  current ??= {
-    runtime: ManagedRuntime.make(RateSync.layer(settings).pipe(Layer.provide(Stores.layer))),
-    active: 0,
-    retired: false
-  }
-  return current
-}
-
-/** Replaces the configuration with a TOML file (`path`, `$RATE_SYNC_CONFIG`, `./rate-sync.toml`, `./config/rate-sync.toml`). */
-export const loadConfig = async (path?: string): Promise<void> => update(await run(Toml.load(path)))
-
-/** Adds or replaces a store, with the keys of a `[stores.NAME]` table. */
-export const configureStore = (name: string, config: StoreConfigInput): Promise<void> =>
-  update({ stores: { ...settings.stores, [name]: config }, limiters: settings.limiters })
-
-/** Adds or replaces a limiter, with the keys of a `[limiters.NAME]` table; its store must exist. */
-export const configureLimiter = (name: string, config: LimiterConfigInput): Promise<void> =>
-  update({ stores: settings.stores, limiters: { ...settings.limiters, [name]: config } })
-
-const hold = async (
-  take: Effect.Effect<Permit, unknown, RateLimiter | Scope.Scope>,
+const runIn = async <A, E>(
+  owner: Runtime.Generation,
+  effect: Effect.Effect<A, E, RateLimiter>,
   signal?: AbortSignal
+): Promise<A> => {
+  const exit = await owner.runtime.runPromiseExit(effect, signal === undefined ? undefined : { signal })
+  if (Exit.isSuccess(exit)) return exit.value
+  throw fromCause(exit.cause, signal)
+}
+
+/**
+ * One call: its name and options checked first (a typed rejection, never a TypeError from deep
+ * inside), an aborted signal refused before anything is taken, and its generation kept alive while
+ * it runs, whatever configuration change comes meanwhile.
+ */
+const call = async <A>(
+  checked: Either.Either<Check.Checked, InvalidOption>,
+  use: (owner: Runtime.Generation, signal: AbortSignal | undefined) => Promise<A>
+): Promise<A> => {
+  if (Either.isLeft(checked)) throw checked.left
+  const { signal } = checked.right
+  if (signal?.aborted === true) throw aborted(signal)
+  const owner = Runtime.currentFor(settings)
+  Runtime.enter(owner)
+  try {
+    return await use(owner, signal)
+  } finally {
+    Runtime.leave(owner)
+  }
+}
+
+/** A lease, held in a scope of its own until released; its generation is kept alive until then. */
+const lease = async (
+  owner: Runtime.Generation,
+  take: Effect.Effect<EffectPermit, unknown, RateLimiter | Scope.Scope>,
+  signal: AbortSignal | undefined
 ): Promise<HeldPermit> => {
-  const owner = generation()
-  owner.active++
   const scope = Effect.runSync(Scope.make())
+  Runtime.enter(owner)
   let released = false
   const release = async () => {
     if (released) return
     released = true
-    await Effect.runPromise(Scope.close(scope, Exit.void))
-    owner.active--
-    if (owner.retired) retire(owner)
+    try {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+    } finally {
+      Runtime.leave(owner)
+    }
   }
   try {
-    const permit = await runIn(owner, Scope.extend(take, scope), signal)
+    const permit = toPermit(await runIn(owner, Scope.extend(take, scope), signal))
     return { ...permit, release, [Symbol.asyncDispose]: release }
   } catch (error) {
+    // Aborted or refused: whatever the scope holds (a lease, a place in the queue) goes back.
     await release()
     throw error
   }
 }
 
-/** Waits for a permit; its concurrency slot is held until it is released. */
+const take = (owner: Runtime.Generation, limiter: string, options: AcquireOptions, signal: AbortSignal | undefined) =>
+  Runtime.leases(owner, limiter)
+    ? lease(owner, RateLimiter.acquire(limiter, options), signal)
+    // The same rate slot as acquire's, taken without a scope since nothing is held.
+    : runIn(owner, RateLimiter.consume(limiter, options), signal).then(unheld)
+
+/** Validates a change to the configuration at once, so a mistake throws where it was made. */
+const update = async (next: Effect.Effect<SettingsInput, unknown>): Promise<void> => {
+  const exit = await Effect.runPromiseExit(Effect.flatMap(next, decodeSettings))
+  if (Exit.isFailure(exit)) throw fromCause(exit.cause, undefined)
+  settings = exit.value
+  // Permits held from the previous configuration are released through the runtime that granted them.
+  Runtime.retire()
+}
+
+/** Replaces the configuration with a TOML file (`path`, `$RATE_SYNC_CONFIG`, `./rate-sync.toml`, `./config/rate-sync.toml`). */
+export const loadConfig = (path?: string): Promise<void> => update(Effect.flatMap(Check.path(path), Toml.load))
+
+/** Adds or replaces a store, with the keys of a `[stores.NAME]` table. */
+export const configureStore = (name: string, config: StoreConfigInput): Promise<void> =>
+  update(Effect.map(Check.name("stores", name), (name) => ({ stores: { ...settings.stores, [name]: config }, limiters: settings.limiters })))
+
+/** Adds or replaces a limiter, with the keys of a `[limiters.NAME]` table; its store must exist. */
+export const configureLimiter = (name: string, config: LimiterConfigInput): Promise<void> =>
+  update(Effect.map(Check.name("limiters", name), (name) => ({ stores: settings.stores, limiters: { ...settings.limiters, [name]: config } })))
+
+/**
+ * Runs `fn` holding a permit, releasing it however `fn` ends; resolves with what `fn` resolves with.
+ * Waits as `acquire` does.
+ */
+export const withPermit = <A>(
+  limiter: string,
+  fn: (permit: Permit) => A,
+  options: AcquireOptions = {}
+): Promise<Awaited<A>> =>
+  call(
+    Either.flatMap(Check.call(limiter, options, { signal: true }), (checked) => Check.callback(checked, fn)),
+    async (owner, signal): Promise<Awaited<A>> => {
+      const permit = await take(owner, limiter, options, signal)
+      try {
+        return await fn(permit)
+      } finally {
+        await permit.release()
+      }
+    }
+  )
+
+/**
+ * Waits for a permit (a rate slot, and a concurrency lease where the limiter has `max_concurrent`).
+ * Rejects with `AcquireTimeout` past the timeout, `AbortError` when `signal` aborts.
+ */
 export const acquire = (limiter: string, options: AcquireOptions = {}): Promise<HeldPermit> =>
-  hold(RateLimiter.acquire(limiter, options), options.signal)
+  call(Check.call(limiter, options, { signal: true }), (owner, signal) => take(owner, limiter, options, signal))
 
 /**
  * Waits for a rate slot and takes it; nothing is held, so there is nothing to release. For limiters
  * without `max_concurrent` (others reject with `LeaseNeedsScope`).
  */
-export const consume = (limiter: string, options: AcquireOptions = {}): Promise<Permit> => {
-  const owner = generation()
-  owner.active++
-  return runIn(owner, RateLimiter.consume(limiter, options), options.signal).finally(() => {
-    owner.active--
-    if (owner.retired) retire(owner)
+export const consume = (limiter: string, options: AcquireOptions = {}): Promise<Permit> =>
+  call(Check.call(limiter, options, { signal: true }), (owner, signal) =>
+    runIn(owner, RateLimiter.consume(limiter, options), signal).then(toPermit))
+
+/** Never waits: rejects with `RateLimitExceeded` (`retryAfter` in ms) when no permit is free now. */
+export const tryAcquire = (limiter: string, options: TryOptions = {}): Promise<HeldPermit> =>
+  call(Check.call(limiter, options, { signal: false }), (owner) =>
+    Runtime.leases(owner, limiter)
+      ? lease(owner, RateLimiter.tryAcquire(limiter, options), undefined)
+      : runIn(owner, Effect.scoped(RateLimiter.tryAcquire(limiter, options))).then(unheld))
+
+/**
+ * Never waits: takes a rate slot now, with nothing to release, or rejects with `RateLimitExceeded`
+ * (`retryAfter` in ms). For limiters without `max_concurrent` (others reject with `LeaseNeedsScope`).
+ */
+export const tryConsume = (limiter: string, options: TryOptions = {}): Promise<Permit> =>
+  call(Check.call(limiter, options, { signal: false }), (owner) => {
+    if (!Runtime.leases(owner, limiter)) {
+      // A rate-only tryAcquire adds nothing to its scope: closing it at once gives nothing back.
+      return runIn(owner, Effect.scoped(RateLimiter.tryAcquire(limiter, options))).then(toPermit)
+    }
+    // As consume refuses: an invalid key is reported first.
+    const key = Options.key(options.key)
+    return Promise.reject(
+      Either.isLeft(key) ? new InvalidOption({ limiter, ...key.left }) : new LeaseNeedsScope({ limiter })
+    )
   })
-}
 
-/** Never waits: rejects with `RateLimitExceeded` (with `retryAfter`) when no permit is free. */
-export const tryAcquire = (limiter: string, options: Omit<AcquireOptions, "timeout" | "signal"> = {}): Promise<HeldPermit> =>
-  hold(RateLimiter.tryAcquire(limiter, options))
-
-/** Runs `fn` holding a permit, releasing it however `fn` ends. */
-export const withPermit = async <A>(limiter: string, fn: () => Promise<A>, options: AcquireOptions = {}): Promise<A> => {
-  const permit = await acquire(limiter, options)
-  try {
-    return await fn()
-  } finally {
-    await permit.release()
-  }
-}
-
-export const state = (limiter: string, options: { readonly key?: string } = {}): Promise<LimiterState> =>
-  runIn(generation(), RateLimiter.state(limiter, options))
+/** A read-only view of a key's state; its durations are numbers of milliseconds. */
+export const state = (limiter: string, options: { readonly key?: string | undefined } = {}): Promise<LimiterState> =>
+  call(Check.call(limiter, options, { signal: false }), (owner) => runIn(owner, RateLimiter.state(limiter, options)).then(toState))
 
 /** Pushes the next free slot out for every process, as after an upstream 429 with `Retry-After`. */
-export const backoff = (
-  limiter: string,
-  options: { readonly key?: string; readonly retryAfter: Duration.DurationInput }
-): Promise<void> => runIn(generation(), RateLimiter.backoff(limiter, options))
+export const backoff = (limiter: string, options: BackoffOptions): Promise<void> =>
+  call(Check.call(limiter, options, { signal: false }), (owner) => runIn(owner, RateLimiter.backoff(limiter, options)))
 
-/** Releases the stores' connections. Configuration is kept; the next call reconnects. */
-export const close = async (): Promise<void> => {
-  const closing = current
-  current = undefined
-  if (closing !== undefined) await closing.runtime.dispose()
-}
+/**
+ * Closes the stores' connections; call it before exit (an open PostgreSQL pool or Redis connection
+ * keeps Node running). Configuration is kept; the next call reconnects.
+ */
+export const close = (): Promise<void> => Runtime.close()
