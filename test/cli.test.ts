@@ -48,12 +48,17 @@ const cli = (args: ReadonlyArray<string>): Promise<Run> =>
 const watch = (args: ReadonlyArray<string>, pattern: RegExp, times: number) =>
   new Promise<{ readonly code: number | null; readonly stdout: string }>((done) => {
     const child = spawn(process.execPath, command(args), { cwd: root })
+    // Output that never matches fails the test (before its 60 s timeout), and leaves no process behind.
+    const limit = setTimeout(() => child.kill("SIGKILL"), 50_000)
     let stdout = ""
     child.stdout.on("data", (chunk: Buffer) => {
       stdout += chunk.toString()
       if ([...stdout.matchAll(pattern)].length >= times) child.kill("SIGINT")
     })
-    child.on("exit", (code) => done({ code, stdout }))
+    child.on("exit", (code) => {
+      clearTimeout(limit)
+      done({ code, stdout })
+    })
   })
 
 /** A fresh schema, dropped after the file. */
