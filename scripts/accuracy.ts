@@ -18,6 +18,7 @@
  *   --processes P (4), --fibers F (16), --max-concurrent N
  *   --defaults-only                 skip the tuned (or custom) section
  *   --strict-tuned                  tuned/custom failures also make the exit status non-zero
+ *   --cpu-prof DIR                  each worker process writes a V8 CPU profile into DIR
  *
  * Checks per run: the most admitted in any 1 s where callers proceed, at most (burst + rate) x 1.01;
  * the achieved rate once warm, at least 97% of the configured one; no failed acquire other than the
@@ -61,6 +62,7 @@ const { values } = parseArgs({
     "max-concurrent": { type: "string" },
     "defaults-only": { type: "boolean", default: false },
     "strict-tuned": { type: "boolean", default: false },
+    "cpu-prof": { type: "string" },
     child: { type: "string" }
   }
 })
@@ -70,6 +72,8 @@ const { values } = parseArgs({
 // machine (performance.timeOrigin differs between processes by a fraction of a millisecond). The
 // parent picks the warm-up start (ns on that clock) and, later, the measurement start; children
 // record milliseconds after the warm-up start.
+
+const profileFlags = values["cpu-prof"] === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${values["cpu-prof"]}`]
 
 const hrNow = () => process.hrtime.bigint()
 
@@ -268,7 +272,7 @@ interface Worker {
 }
 
 const spawnWorker = (plan: ChildPlan, onWarm: (second: number, admitted: number) => void): Worker => {
-  const child = spawn(process.execPath, ["--import", "tsx", new URL(import.meta.url).pathname, "--child", JSON.stringify(plan)], {
+  const child = spawn(process.execPath, [...profileFlags, "--import", "tsx", new URL(import.meta.url).pathname, "--child", JSON.stringify(plan)], {
     stdio: ["pipe", "pipe", "inherit"]
   })
   let isReady = false

@@ -4,6 +4,7 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
 import { CostExceedsCapacity, InvalidCost, type StoreError, type StoreUnavailable } from "../Errors.js"
 import { capacity, type LimiterSpec } from "../LimiterSpec.js"
@@ -92,11 +93,14 @@ export const instrument = <E, R>(call: Call<unknown>, decide: Effect.Effect<Perm
     ? decide
     : Effect.fail(invalid)
   return decided.pipe(
-    Effect.tap((granted) =>
-      Effect.zipRight(
-        Metric.increment(b.metrics.acquisitions),
-        Metric.update(b.metrics.waitTime, Duration.toMillis(granted.waited))
-      )
+    // Both metrics in one step, with the labels the caller's fiber adds (`Effect.tagMetrics`).
+    Effect.flatMap((granted) =>
+      Effect.withFiberRuntime<Permit>((fiber) => {
+        const labels = fiber.getFiberRef(FiberRef.currentMetricLabels)
+        b.metrics.acquisitions.unsafeUpdate(1, labels)
+        b.metrics.waitTime.unsafeUpdate(Duration.toMillis(granted.waited), labels)
+        return Effect.succeed(granted)
+      })
     ),
     (traced) =>
       Effect.tracerWith((tracer) =>
@@ -134,12 +138,3 @@ export const failed = <E>(call: Call<E>, error: StoreError, waitedMs: number): E
 export const pastDeadline = (call: Call<unknown>, outcome: Admitted, waitedMs: number): boolean =>
   call.mode === "wait" && call.timeoutMs !== undefined && call.timeoutMs > 0 && outcome.waitMs > 0 &&
   waitedMs + outcome.waitMs > call.timeoutMs
-
-/** The longest a JavaScript timer can wait; Effect treats a longer sleep as one that never ends. */
-const MAX_TIMER_MS = 2 ** 31 - 1
-
-/** Sleeps until a slot however far ahead it lies (a long window, a backoff of months), in timer-sized steps. */
-export const sleepFor = (ms: number): Effect.Effect<void> =>
-  ms <= MAX_TIMER_MS
-    ? Effect.sleep(Duration.millis(ms))
-    : Effect.zipRight(Effect.sleep(Duration.millis(MAX_TIMER_MS)), Effect.suspend(() => sleepFor(ms - MAX_TIMER_MS)))

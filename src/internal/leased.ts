@@ -78,7 +78,7 @@ const admitted = <E>(
   Effect.gen(function*() {
     const lease = yield* holdLease(call, leaseId, scope)
     const closeLease = call.b.background(Scope.close(lease, Exit.void))
-    const waited = yield* Effect.either(waitForSlot(call, outcome, mark, deadline, restore).pipe(Effect.onInterrupt(() => closeLease)))
+    const waited = yield* Effect.either(waitForSlot(call, outcome, mark, deadline, restore, yield* Effect.clock).pipe(Effect.onInterrupt(() => closeLease)))
     // A store call that placed the slot again failed: the lease goes back and the failure policy decides.
     if (Either.isLeft(waited)) return yield* Effect.zipRight(closeLease, failed(call, waited.left, (yield* Clock.currentTimeMillis) - started))
     const slot = waited.right

@@ -27,7 +27,7 @@ import { leased } from "./leased.js"
 import * as Options from "./options.js"
 import * as Orphans from "./orphans.js"
 import { rateOnly } from "./rateOnly.js"
-import { turnEventLoop } from "./slot.js"
+import { turnEventLoop } from "./timer.js"
 
 /** Counts store failures and logs an outage once, when it starts and when it ends. */
 const observer = () => {
@@ -102,11 +102,6 @@ export const make = (options: {
     }
     const names = [...bound.keys()]
 
-    const lookup = (limiter: string): Effect.Effect<Bound, LimiterNotFound> => {
-      const found = bound.get(limiter)
-      return found === undefined ? Effect.fail(new LimiterNotFound({ limiter, known: names })) : Effect.succeed(found)
-    }
-
     const invalid = (b: Bound) => (problem: Options.Problem) => new InvalidOption({ limiter: b.spec.name, ...problem })
 
     const admitDegraded = (b: Bound, key: string, cost: number, error: StoreUnavailable, waitedMs: number) =>
@@ -168,10 +163,13 @@ export const make = (options: {
       check: (b: Bound) => Either.Either<C, InvalidOption>,
       use: (call: C, b: Bound) => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | LimiterNotFound | InvalidOption, R> =>
-      Effect.flatMap(lookup(limiter), (b): Effect.Effect<A, E | InvalidOption, R> => {
-        const checked = check(b)
-        return Either.isLeft(checked) ? Effect.fail(checked.left) : use(checked.right, b)
-      })
+    {
+      // Decided as the effect is built (the limiters are fixed), so a call costs no steps for it.
+      const b = bound.get(limiter)
+      if (b === undefined) return Effect.fail(new LimiterNotFound({ limiter, known: names }))
+      const checked = check(b)
+      return Either.isLeft(checked) ? Effect.fail(checked.left) : use(checked.right, b)
+    }
 
     const consume = (limiter: string, options?: AcquireOptions) =>
       withCall(limiter, (b) => waiting(b, options), (call, b): Effect.Effect<Permit, ConsumeError> =>

@@ -20,7 +20,6 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
       const waited = () => clock.unsafeCurrentTimeMillis() - started
       const mark = b.store.backoffs.mark()
       const request = { limiter: b.spec, key, cost, leaseId: undefined, maxWaitMs: mode === "try" ? 0 : timeoutMs ?? Infinity, queue: false }
-      const ask = b.observe(b.store.acquire(request))
       const decided = (outcome: AcquireOutcome): Effect.Effect<Permit, E | StoreError> => {
         // The store's answer came late enough that the slot lies past the deadline: it goes back.
         if (outcome._tag === "Admitted" && pastDeadline(call, outcome, waited())) {
@@ -30,7 +29,7 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
           // The hot path: no wait and no backoff known anywhere.
           if (outcome.waitMs <= 0 && !b.store.backoffs.any(clock.unsafeCurrentTimeMillis())) return Effect.sync(() => permit(call, outcome, undefined, waited()))
           const deadline = mode === "try" ? started : timeoutMs === undefined ? Infinity : started + timeoutMs
-          return Effect.matchEffect(waitForSlot(call, outcome, mark, deadline, restore), {
+          return Effect.matchEffect(waitForSlot(call, outcome, mark, deadline, restore, clock), {
             onFailure: (error) => failed(call, error, waited()),
             onSuccess: (slot) =>
               slot._tag === "Slot"
@@ -49,6 +48,7 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
       // Answered at once (a slot reserved ahead, the memory engine): no store call to bound.
       const now = b.store.acquireNow?.(request, clock)
       if (now !== undefined) return decided(now)
+      const ask = b.observe(b.store.acquire(request))
       // Without a wait to bound (tryAcquire, a timeout of 0, none at all) the round trip is bounded by the
       // store's own timeout; the caller can still be interrupted, and a slot decided for it then is not
       // given back (stricter, never looser).

@@ -42,6 +42,7 @@ import {
   StoreUnavailable
 } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
+import { interruptAfter } from "../internal/detach.js"
 import * as Holds from "../internal/holds.js"
 import { digest, wtf8 } from "../internal/keys.js"
 import * as Gcra from "../internal/gcra.js"
@@ -156,17 +157,12 @@ export const make = (name: string, config: PostgresStoreConfig) =>
      * transaction rolls back): the caller does not wait for that.
      */
     const bounded = <A, E>(operation: Effect.Effect<A, E>): Effect.Effect<A, E | StoreTimeout> =>
-      Effect.interruptible(Effect.disconnect(operation)).pipe(
-        Effect.timeoutFail({
-          duration: Duration.millis(config.operation_timeout_ms),
-          onTimeout: () =>
-            new StoreTimeout({
-              store: name,
-              engine: "postgres",
-              message: `PostgreSQL did not answer within operation_timeout_ms = ${config.operation_timeout_ms} (a row lock held elsewhere, or an overloaded server)`
-            })
-        })
-      )
+      interruptAfter(operation, config.operation_timeout_ms, () =>
+        new StoreTimeout({
+          store: name,
+          engine: "postgres",
+          message: `PostgreSQL did not answer within operation_timeout_ms = ${config.operation_timeout_ms} (a row lock held elsewhere, or an overloaded server)`
+        }))
 
     const pool = new pg.Pool({
       connectionString: config.url,
@@ -207,20 +203,31 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     const tag = (limiter: LimiterSpec) => <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
       metric.pipe(Metric.tagged("limiter", limiter.name), Metric.tagged("store", name))
 
-    /** Retries conflicts under the limiter's schedule, counting each; other failures pass through. */
+    /**
+     * Retries conflicts under the limiter's schedule, counting each; other failures pass through. The
+     * first attempt runs bare (a retry's schedule costs as much as the rest of a store call, and most
+     * calls have no conflict); after a conflict, the retry replays it first, so the schedule's
+     * attempts and delays are exactly those of a retry from the start.
+     */
     const retrying = <A, E>(limiter: LimiterSpec, attempt: Effect.Effect<A, E | Conflict | SqlError>) => {
       let conflicts = 0
-      return attempt.pipe(
+      const counted = attempt.pipe(
         Effect.tapError((error) =>
           error instanceof Conflict
             ? Effect.zipRight(Effect.sync(() => conflicts++), Metric.increment(tag(limiter)(Metrics.conflicts)))
             : Effect.void
-        ),
-        Effect.retry({ schedule: Retry.schedule(limiter.retry), while: (error) => error instanceof Conflict }),
-        Effect.catchIf(
-          (error): error is Conflict => error instanceof Conflict,
-          () => Effect.fail(new ConflictRetriesExhausted({ store: name, limiter: limiter.name, attempts: conflicts }))
-        ),
+        )
+      )
+      const isConflict = (error: unknown): error is Conflict => error instanceof Conflict
+      return counted.pipe(
+        Effect.catchIf(isConflict, (first) => {
+          let replayed = false
+          const again = Effect.suspend(() => replayed ? counted : ((replayed = true), Effect.fail(first)))
+          return Effect.retry(again, { schedule: Retry.schedule(limiter.retry), while: isConflict }).pipe(
+            Effect.catchIf(isConflict, () =>
+              Effect.fail(new ConflictRetriesExhausted({ store: name, limiter: limiter.name, attempts: conflicts })))
+          )
+        }),
         Effect.catchIf(isSqlError, (error) => Effect.fail(toError(error)))
       )
     }
