@@ -83,7 +83,7 @@ export class LeaseNeedsScope extends Schema.TaggedError<LeaseNeedsScope>()("Leas
   limiter: Schema.String
 }) {
   override get message(): string {
-    return `Limiter "${this.limiter}" has max_concurrent: its permits are leases held for a scope; use acquire inside Effect.scoped, or withPermit`
+    return `Limiter "${this.limiter}" has max_concurrent: its permits are leases, held until released: use acquire (released when its scope closes, or by release() in rate-sync/promise) or withPermit`
   }
 }
 

@@ -124,7 +124,7 @@ export const make = (options: {
           return {
             b,
             key,
-            cost: options?.cost ?? 1,
+            cost: options?.cost === undefined ? 1 : options.cost,
             timeoutMs,
             mode: "wait",
             degrade: admitDegraded,
@@ -138,7 +138,7 @@ export const make = (options: {
       Either.map(Either.mapLeft(Options.key(options?.key), invalid(b)), (key): Call<RateLimitExceeded> => ({
         b,
         key,
-        cost: options?.cost ?? 1,
+        cost: options?.cost === undefined ? 1 : options.cost,
         timeoutMs: 0,
         mode: "try",
         degrade: admitDegraded,
