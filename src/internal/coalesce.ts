@@ -23,19 +23,18 @@
  * A backoff learned of (`held`) empties the key's pool: its slots may lie inside the hold.
  */
 import * as Clock from "effect/Clock"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
 import type * as Scope from "effect/Scope"
 import type { StoreError } from "../Errors.js"
 import type { AcquireOutcome, AcquireRequest } from "../Store.js"
+import * as Handoff from "./handoff.js"
 
 type Admitted = Extract<AcquireOutcome, { _tag: "Admitted" }>
 
 interface Pending {
   readonly request: AcquireRequest
-  readonly done: Deferred.Deferred<AcquireOutcome, StoreError>
+  readonly done: Handoff.Handoff<AcquireOutcome, StoreError>
 }
 
 interface Spare {
@@ -203,7 +202,7 @@ export const make = (options: Options) => {
             for (let i = 0; i < queue.length; i++) {
               const outcome = reservesAhead(queue[i]!.request) ? takeSpare(id, state, queue[i]!.request, at, wall) : undefined
               if (outcome !== undefined) {
-                Deferred.unsafeDone(queue[i]!.done, Exit.succeed(outcome))
+                queue[i]!.done.done(Exit.succeed(outcome))
                 queue.splice(i--, 1)
               }
             }
@@ -224,7 +223,7 @@ export const make = (options: Options) => {
         yield* Effect.yieldNow()
         batch = queue.splice(0, options.maxBatch)
         const exit = yield* decideBatch(id, state, batch.map((p) => p.request), template, queue, clock)
-        batch.forEach((pending, i) => Deferred.unsafeDone(pending.done, Exit.map(exit, (outcomes) => outcomes[i]!)))
+        batch.forEach((pending, i) => pending.done.done(Exit.map(exit, (outcomes) => outcomes[i]!)))
         batch = []
       } while (queue.length > 0)
       state.queue = undefined
@@ -233,7 +232,7 @@ export const make = (options: Options) => {
       Effect.onInterrupt(() =>
         Effect.sync(() => {
           state.queue = undefined
-          for (const pending of [...batch, ...queue.splice(0)]) Deferred.unsafeDone(pending.done, Exit.fail(options.closed))
+          for (const pending of [...batch, ...queue.splice(0)]) pending.done.done(Exit.fail(options.closed))
         })
       )
     )
@@ -259,9 +258,9 @@ export const make = (options: Options) => {
         }
       }
       if (state.queue !== undefined) {
-        const done = Deferred.unsafeMake<AcquireOutcome, StoreError>(FiberId.none)
+        const done = Handoff.make<AcquireOutcome, StoreError>()
         state.queue.push({ request, done })
-        return restore(Deferred.await(done))
+        return restore(done.await)
       }
       // Nobody is deciding this key: the caller decides it in its own fiber (no fork, no hand-off).
       // Whoever asks meanwhile queues, and a drain forked afterwards decides them together: however the

@@ -1,14 +1,14 @@
 /**
  * Store calls a caller waits for at most a while. The call runs in a fiber of its own and the caller
- * waits for it or for a timer, whichever comes first (one timer and one deferred: an Effect race or
+ * waits for it or for a timer, whichever comes first (one timer and one hand-off: an Effect race or
  * timeout costs several fibers and tens of steps, on every store call of a busy limiter).
  */
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
+import * as Handoff from "./handoff.js"
 import { startTimer } from "./timer.js"
 
 /**
@@ -24,10 +24,10 @@ const awaitAtMost = <A, E>(
   Effect.clockWith((clock) =>
     Effect.uninterruptibleMask((restore) =>
       Effect.flatMap(Effect.forkDaemon(call), (fiber) => {
-        const first = Deferred.unsafeMake<Option.Option<A>, E>(FiberId.none)
-        fiber.addObserver((exit) => Deferred.unsafeDone(first, Exit.map(exit, Option.some)))
-        return Effect.flatMap(startTimer(clock, waitMs, () => Deferred.unsafeDone(first, Exit.succeed(Option.none()))), (cancel) =>
-          restore(Deferred.await(first)).pipe(
+        const first = Handoff.make<Option.Option<A>, E>()
+        fiber.addObserver((exit) => first.done(Exit.map(exit, Option.some)))
+        return Effect.flatMap(startTimer(clock, waitMs, () => first.done(Exit.succeed(Option.none()))), (cancel) =>
+          restore(first.await).pipe(
             Effect.onExit((exit) => {
               cancel()
               return Exit.isSuccess(exit) && Option.isSome(exit.value) ? Effect.void : left(fiber)
