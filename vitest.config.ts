@@ -1,11 +1,12 @@
 import { defineConfig } from "vitest/config"
 
-/** Multi-process suites in real time (restarts, clock skew, killed connections, backoff across processes): `npm run test:slow`. */
+/** Multi-process suites in real time (restarts, clock skew, killed connections, backoff across processes, the demos): `npm run test:slow`. */
 export const slowSuites = [
   "test/restarts.test.ts",
   "test/clockSkew.test.ts",
   "test/connectionKill.test.ts",
-  "test/compliance/backoffProcesses.test.ts"
+  "test/compliance/backoffProcesses.test.ts",
+  "test/demo.test.ts"
 ]
 
 /** What both runs share. */
