@@ -1,12 +1,14 @@
 import { defineConfig } from "vitest/config"
 
-/** Multi-process suites in real time (restarts, clock skew, killed connections, backoff across processes, the demos): `npm run test:slow`. */
+/** Multi-process suites in real time (restarts, clock skew, killed connections, backoff across processes, the demos, the command line): `npm run test:slow`. */
 export const slowSuites = [
   "test/restarts.test.ts",
   "test/clockSkew.test.ts",
   "test/connectionKill.test.ts",
   "test/compliance/backoffProcesses.test.ts",
-  "test/demo.test.ts"
+  "test/demo.test.ts",
+  // Each command runs as a process of its own (seconds of start-up each); CI also runs the installed bin.
+  "test/cli.test.ts"
 ]
 
 /** What both runs share. */

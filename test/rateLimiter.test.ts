@@ -99,7 +99,7 @@ describe("RateLimiter service", () => {
       expect(timedOut._tag).toBe("AcquireTimeout")
       const leased = yield* Limiter.consume("c").pipe(Effect.flip)
       expect(leased._tag).toBe("LeaseNeedsScope")
-      expect(leased.message).toContain("use acquire inside Effect.scoped")
+      expect(leased.message).toContain("use acquire (released when its scope closes")
       // withPermit on a rate-only limiter takes its slot too, with no scope of its own.
       yield* TestClock.adjust("1 second")
       expect(yield* Effect.succeed("ran").pipe(Limiter.withPermit("r"))).toBe("ran")
