@@ -3,6 +3,7 @@
  * waits for it or for a timer, whichever comes first (one timer and one hand-off: an Effect race or
  * timeout costs several fibers and tens of steps, on every store call of a busy limiter).
  */
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -30,7 +31,9 @@ const awaitAtMost = <A, E>(
           restore(first.await).pipe(
             Effect.onExit((exit) => {
               cancel()
-              return Exit.isSuccess(exit) && Option.isSome(exit.value) ? Effect.void : left(fiber)
+              // Left: the time ran out, or the caller was interrupted (a failure of the call itself reached it).
+              const gone = Exit.isSuccess(exit) ? Option.isNone(exit.value) : Cause.isInterruptedOnly(exit.cause)
+              return gone ? left(fiber) : Effect.void
             })
           ))
       })

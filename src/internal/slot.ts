@@ -47,7 +47,9 @@ export const waitForSlot = <E>(
   const sleepUntil = (outcome: Admitted, since: number, replaced: boolean): Effect.Effect<Waited, StoreError> => {
     if (outcome.waitMs <= 0) return check(outcome, since, replaced, false)
     const due = clock.unsafeCurrentTimeMillis() + outcome.waitMs
-    return Effect.flatMap(restore(sleepThenTurn(clock, outcome.waitMs, refund(call, outcome))), () => {
+    // The refund sits outside `restore`, so that an interruption already pending when the sleep starts gives the slot back too.
+    const slept = restore(sleepThenTurn(clock, outcome.waitMs)).pipe(Effect.onInterrupt(() => refund(call, outcome)))
+    return Effect.flatMap(slept, () => {
       const woke = clock.unsafeCurrentTimeMillis()
       // Past the caller's deadline there is no time for another slot: this one was within it.
       return check(outcome, since, replaced, !replaced && woke - due > staleAfter && woke < deadline)

@@ -33,19 +33,18 @@ export const turnEventLoop: Effect.Effect<void> = Effect.async<void>((resume) =>
   return Effect.sync(() => clearImmediate(handle))
 })
 
-/** Sleeps `ms` of `clock`, then turns the event loop once; `interrupted` runs if the caller is interrupted meanwhile. */
-export const sleepThenTurn = (clock: Clock.Clock, ms: number, interrupted: Effect.Effect<void>): Effect.Effect<void> =>
+/** Sleeps `ms` of `clock`, then turns the event loop once. */
+export const sleepThenTurn = (clock: Clock.Clock, ms: number): Effect.Effect<void> =>
   clock !== liveClock || ms > MAX_TIMER_MS
-    ? Effect.zipRight(sleepFor(ms).pipe(Effect.onInterrupt(() => interrupted)), turnEventLoop)
+    ? Effect.zipRight(sleepFor(ms), turnEventLoop)
     : Effect.async<void>((resume) => {
       let turn: NodeJS.Immediate | undefined
       const timer = setTimeout(() => {
         turn = setImmediate(() => resume(Effect.void))
       }, ms)
-      return Effect.suspend(() => {
+      return Effect.sync(() => {
         clearTimeout(timer)
         if (turn !== undefined) clearImmediate(turn)
-        return interrupted
       })
     })
 
@@ -59,7 +58,8 @@ export const startTimer = (clock: Clock.Clock, ms: number, fire: () => void): Ef
     })
   }
   return Effect.map(
-    Effect.forkDaemon(Effect.zipRight(sleepFor(Math.max(0, ms)), Effect.sync(fire))),
+    // Interruptible whatever region it is started from (a fork inherits it), so that cancelling works.
+    Effect.forkDaemon(Effect.interruptible(Effect.zipRight(sleepFor(Math.max(0, ms)), Effect.sync(fire)))),
     (fiber) => () => fiber.unsafeInterruptAsFork(FiberId.none)
   )
 }
