@@ -18,7 +18,10 @@
  *       `auto_create = true`) and whose limiter `api` is 100/s, burst 10, at most 50 at once, timeout 30 s,
  *       as in the README's configuration. PostgreSQL is `DATABASE_URL`, else the machine's server at
  *       127.0.0.1:5432; with neither, the postgres runs are skipped with a warning. A memory run has no
- *       DATABASE_URL. A run must end by itself (within 60 s) with exit code 0.
+ *       DATABASE_URL. A run must end by itself (within 60 s) with exit code 0. `node20` among the
+ *       targets: the block with its preamble must also be plain JavaScript that Node parses as an ES
+ *       module (`node --check`; CI runs Node 20, the oldest the package supports, where `await using` is
+ *       a SyntaxError), for blocks shown to JavaScript users.
  * - Names the README uses for the reader's own code need no preamble when a block only compiles:
  *   `callUpstream` (an Effect, or a function returning a Promise: both are used) and `userId`. A block
  *   that declares its own shadows them. A block that runs
@@ -48,6 +51,8 @@ interface Block {
   readonly code: string
   readonly preamble: string
   readonly runs: ReadonlyArray<Target>
+  /** Marked `node20`: as written (with its preamble) it must also be a JavaScript module Node 20 parses. */
+  readonly node20: boolean
 }
 
 // ---- finding the blocks -----------------------------------------------------------------------
@@ -82,9 +87,9 @@ const parseBlocks = (text: string): Array<Block> => {
       const run = comments.find((c) => c === "run" || c.startsWith("run:"))
       const named = run === undefined ? [] : run === "run" ? ["memory"] : run.slice("run:".length).trim().split(/\s+/)
       const runs = named.filter(isTarget)
-      const unknown = named.filter((target) => !isTarget(target))
-      if (unknown.length > 0) throw new Error(`${readmeName}:${start + 1}: unknown run target ${unknown.join(", ")} (memory, postgres)`)
-      blocks.push({ line: start + 1, code: body.join("\n"), preamble: preamble.join("\n"), runs })
+      const unknown = named.filter((target) => !isTarget(target) && target !== "node20")
+      if (unknown.length > 0) throw new Error(`${readmeName}:${start + 1}: unknown run target ${unknown.join(", ")} (memory, postgres, node20)`)
+      blocks.push({ line: start + 1, code: body.join("\n"), preamble: preamble.join("\n"), runs, node20: named.includes("node20") })
     }
     comments = []
   }
@@ -234,6 +239,28 @@ const runOnce = (block: Block, target: Target, database: string | undefined): Pr
   })
 }
 
+/**
+ * A block shown to plain JavaScript users must parse as such on the Node the package supports
+ * (`await using` is a SyntaxError on Node 20): `node --check` on it as an ES module, with this Node.
+ */
+const parsesAsJavaScript = (block: Block): Promise<string | undefined> => {
+  const dir = join(work, `node20-${block.line}`)
+  mkdirSync(dir, { recursive: true })
+  const file = join(dir, "main.mjs")
+  writeFileSync(file, sourceOf(block))
+  return new Promise((resolveCheck) => {
+    const child = spawn(process.execPath, ["--check", file], { stdio: ["ignore", "pipe", "pipe"] })
+    let output = ""
+    child.stderr.on("data", (chunk: Buffer) => output += chunk.toString())
+    child.on("exit", (code) =>
+      resolveCheck(
+        code === 0
+          ? undefined
+          : `${readmeName}:${block.line}: not JavaScript Node ${process.versions.node} parses\n    ${output.trim().split("\n").slice(0, 6).join("\n    ")}`
+      ))
+  })
+}
+
 // ---- main -------------------------------------------------------------------------------------
 
 const main = async () => {
@@ -243,6 +270,12 @@ const main = async () => {
   console.log(`${blocks.length} TypeScript blocks in ${readmeName}`)
   const failures = compile(blocks)
   console.log(failures.length === 0 ? "all compile" : `${failures.length} compile errors`)
+
+  for (const block of blocks.filter((b) => b.node20)) {
+    const failure = await parsesAsJavaScript(block)
+    console.log(`${readmeName}:${block.line}: parses as JavaScript on Node ${process.versions.node}: ${failure === undefined ? "ok" : "FAILED"}`)
+    if (failure !== undefined) failures.push(failure)
+  }
 
   const runnable = blocks.filter((block) => block.runs.length > 0)
   const database = runnable.some((block) => block.runs.includes("postgres")) ? await findDatabase() : undefined
