@@ -32,6 +32,11 @@ const keys = {
     description: "Optimistic-lock conflicts retried by a store",
     incremental: true
   }),
+  slotsGivenUp: MetricKey.counter("rate_sync_slots_given_up_total", {
+    description:
+      "Rate slots reserved for this process and never used: a caller woke too long after its slot, or a slot reserved ahead went unclaimed. Capacity lost; it rises when processes are starved of CPU",
+    incremental: true
+  }),
   leasesLost: MetricKey.counter("rate_sync_leases_lost_total", {
     description: "Held leases found expired at renewal (the holder stalled past lease_ttl_seconds)",
     incremental: true
@@ -48,13 +53,29 @@ const labelled = (labels: ReadonlyArray<MetricLabel.MetricLabel>) => ({
   storeErrors: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.storeErrors, labels)),
   failOpen: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.failOpen, labels)),
   conflicts: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.conflicts, labels)),
-  leasesLost: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.leasesLost, labels))
+  leasesLost: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.leasesLost, labels)),
+  slotsGivenUp: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.slotsGivenUp, labels))
 })
 
-export const { acquisitions, conflicts, failOpen, leasesLost, rejections, storeErrors, timeouts, waitTime } = labelled([])
+export const { acquisitions, conflicts, failOpen, leasesLost, rejections, slotsGivenUp, storeErrors, timeouts, waitTime } = labelled([])
 
 /** One limiter's metrics, labelled by limiter and store. */
 export const forLimiter = (limiter: string, store: string) =>
   labelled([MetricLabel.make("limiter", limiter), MetricLabel.make("store", store)])
 
 export type LimiterMetrics = ReturnType<typeof forLimiter>
+
+const givenUpByLimiter = new Map<string, Metric.Metric.Counter<number>>()
+
+/** `slotsGivenUp` of one limiter, for code that counts outside the caller's fiber (a store's pool of slots). */
+export const slotsGivenUpOf = (limiter: string, store: string): Metric.Metric.Counter<number> => {
+  const id = `${store}\u0000${limiter}`
+  let metric = givenUpByLimiter.get(id)
+  if (metric === undefined) {
+    metric = Metric.fromMetricKey(
+      MetricKey.taggedWithLabels(keys.slotsGivenUp, [MetricLabel.make("limiter", limiter), MetricLabel.make("store", store)])
+    )
+    givenUpByLimiter.set(id, metric)
+  }
+  return metric
+}

@@ -5,12 +5,14 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
 import * as Coalesce from "../src/internal/coalesce.js"
 import * as Gcra from "../src/internal/gcra.js"
 import * as Holds from "../src/internal/holds.js"
 import { StoreUnavailable } from "../src/Errors.js"
+import * as Metrics from "../src/Metrics.js"
 import type { LimiterSpec, TokenBucket } from "../src/LimiterSpec.js"
 import type { AcquireOutcome, AcquireRequest } from "../src/Store.js"
 
@@ -88,5 +90,17 @@ describe("slots reserved ahead", () => {
         expect(coalescer.takeNow("k", request(0), clock)).toBeUndefined()
         yield* TestClock.adjust("200 millis")
       }
+    }))
+
+  it.effect("slots reserved ahead that nobody took in time are dropped, never handed out late, and counted as given up", () =>
+    Effect.gen(function*() {
+      const { busy, clock, coalescer } = yield* setup
+      const givenUp = Metrics.slotsGivenUp.pipe(Metric.tagged("limiter", "pool"), Metric.tagged("store", "s"))
+      const before = (yield* Metric.value(givenUp)).count
+      expect(yield* busy).toBe(true)
+      // Nobody asks for 100 ms: every slot of the pool (due within the 10 ms margin) is past its lateness.
+      yield* TestClock.adjust("100 millis")
+      expect(coalescer.takeNow("k", request(), clock)).toBeUndefined()
+      expect((yield* Metric.value(givenUp)).count).toBeGreaterThan(before)
     }))
 })

@@ -45,7 +45,7 @@ describe("RateLimiter service", () => {
       const permit = yield* Effect.scoped(Limiter.acquire("api"))
       expect(permit.limiter).toBe("api")
       expect(permit.degraded).toBe(false)
-      // The store keeps PostgreSQL's 10 ms timing margin, taken from the burst of 2: the second waits 10 ms.
+      // Burst 2: the second is admitted at once (the clock moves on anyway).
       const second = yield* Effect.fork(callUpstream(21))
       yield* TestClock.adjust("10 millis")
       expect(yield* Fiber.join(second)).toBe(42)
@@ -188,6 +188,45 @@ describe("RateLimiter service", () => {
       expect(rateExcess(admitted, 1000, 4)).toBeLessThanOrEqual(1e-6)
       expect(admitted.length).toBeGreaterThanOrEqual(200)
     }).pipe(Effect.provide(margined(10, { fast: { rate_per_second: 1000, burst: 4 } }))))
+
+  it.effect("a waiter woken long after its slot gives it up for the next free one, and the slot given up is counted", () =>
+    Effect.gen(function*() {
+      // A clock that reads `offset` ms ahead of the test clock, which it sleeps on: a process starved of
+      // CPU, whose sleeper wakes long after its timer was due.
+      const test = yield* Effect.clock
+      let offset = 0
+      const starved: Clock.Clock = {
+        [Clock.ClockTypeId]: Clock.ClockTypeId,
+        unsafeCurrentTimeMillis: () => test.unsafeCurrentTimeMillis() + offset,
+        currentTimeMillis: Effect.sync(() => test.unsafeCurrentTimeMillis() + offset),
+        unsafeCurrentTimeNanos: () => test.unsafeCurrentTimeNanos() + BigInt(offset) * 1_000_000n,
+        currentTimeNanos: Effect.sync(() => test.unsafeCurrentTimeNanos() + BigInt(offset) * 1_000_000n),
+        sleep: (duration) => test.sleep(duration)
+      }
+      const givenUp = Metrics.slotsGivenUp.pipe(Metric.tagged("limiter", "late"), Metric.tagged("store", "m"))
+      // The second consume's slot is 100 ms ahead; it wakes 400 ms after that.
+      const run = yield* Effect.gen(function*() {
+        yield* Limiter.consume("late")
+        const permit = yield* Limiter.consume("late")
+        return { permit, state: yield* Limiter.state("late") }
+      }).pipe(
+        Effect.provide(
+          RateSync.layer({ stores: { m: { engine: "memory" } }, limiters: { late: { store: "m", rate_per_second: 10 } } }).pipe(
+            Layer.provide(Stores.layer)
+          )
+        ),
+        Effect.withClock(starved),
+        Effect.fork
+      )
+      yield* TestClock.adjust("1 millis")
+      offset = 400
+      yield* TestClock.adjust("99 millis")
+      const { permit, state } = yield* Fiber.join(run)
+      expect(Duration.toMillis(permit.waited)).toBe(500)
+      expect((yield* Metric.value(givenUp)).count).toBe(1)
+      // The slot at 100 ms was not used late: the waiter took the one free at 500 ms, so the next is at 600 ms.
+      expect(Duration.toMillis(state.nextSlotAfter)).toBe(100)
+    }))
 })
 
 describe("store failure", () => {

@@ -27,6 +27,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import type { StoreError } from "../Errors.js"
+import * as Metrics from "../Metrics.js"
 import type { AcquireOutcome, AcquireRequest } from "../Store.js"
 import * as Handoff from "./handoff.js"
 
@@ -142,9 +143,11 @@ export const make = (options: Options) => {
   const takeSpare = (id: string, state: KeyState, request: AcquireRequest, now: number, wallMs: number): Admitted | undefined => {
     const spares = state.spares
     const lateMs = lateFor(request)
-    while (state.head < spares.length && spares[state.head]!.dueAt + lateMs < now) {
-      state.head++
-      state.dropped++
+    const before = state.head
+    while (state.head < spares.length && spares[state.head]!.dueAt + lateMs < now) state.head++
+    if (state.head > before) {
+      state.dropped += state.head - before
+      Metrics.slotsGivenUpOf(request.limiter.name, request.limiter.store).unsafeUpdate(state.head - before, [])
     }
     const spare = spares[state.head]
     if (spare === undefined || spare.dueAt - now > request.maxWaitMs) return undefined

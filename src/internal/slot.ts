@@ -9,6 +9,7 @@
 import type * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import type { StoreError } from "../Errors.js"
 import type { LimiterSpec } from "../LimiterSpec.js"
@@ -59,7 +60,7 @@ export const waitForSlot = <E>(
     const now = clock.unsafeCurrentTimeMillis()
     const until = b.store.backoffs.any(now) ? b.store.backoffs.until(b.spec, key, since, now) : undefined
     if (until === undefined && !stale) return Effect.succeed({ _tag: "Slot", outcome })
-    if (until === undefined) return placeAgain(true)
+    if (until === undefined) return Effect.zipRight(Metric.increment(b.metrics.slotsGivenUp), placeAgain(true))
     const held: Refusal = { _tag: "RateLimited", retryAfterMs: until - now, limit: outcome.limit ?? 0, remaining: 0 }
     if (call.mode === "try" || until > deadline) {
       return Effect.succeed({ _tag: "Refused", outcome: held, overDeadlineMs: Math.max(0, until - deadline) })
