@@ -61,6 +61,13 @@ const TIMEOUT = new Set(["57014", "55P03"])
  */
 const OUTAGE_CLASSES = ["08", "53", "57", "58"]
 
+/**
+ * What a pooler (PgBouncer) answers with 08P01, a class that is otherwise an outage, when it is set up
+ * otherwise than the url expects: retrying cannot mend them, so they are mistakes, never outages.
+ */
+const STARTUP_PARAMETER = /unsupported startup parameter/i
+const POOLER_DATABASE = /^no such database/i
+
 /** Messages pg gives without a code when the connection went away under a query. */
 const DROPPED = /connection terminated|connection error|not queryable|terminating connection|socket|ECONNRESET/i
 
@@ -80,6 +87,12 @@ export const describe = (context: Context, cause: unknown): string => {
   const detail = messageOf(cause)
   if (code === "42P01") {
     return `table ${context.table} does not exist: create it with the "Manual Table Setup" SQL or set auto_create = true`
+  }
+  if (STARTUP_PARAMETER.test(detail)) {
+    return `the connection was refused (${code ?? "no code"}: ${detail}): a pooler such as PgBouncer takes no session settings when a connection starts. Remove them from the url (options=...) and from PGOPTIONS; synchronous_commit = false is a store key that needs none. (PgBouncer's ignore_startup_parameters would drop them silently.)`
+  }
+  if (POOLER_DATABASE.test(detail)) {
+    return `the pooler knows no such database (${code ?? "no code"}: ${detail}): check the database name in the url against the pooler's [databases] section`
   }
   if (code === "42501") {
     return `permission denied on ${context.table} (${detail}): GRANT SELECT, INSERT, UPDATE ON ${context.table} TO the user of the url`
@@ -101,6 +114,8 @@ export const fromCause = (context: Context) => (cause: unknown): PostgresError =
   const fields = { store: context.store, engine: "postgres", message: describe(context, cause), cause }
   const code = codeOf(cause)
   const detail = messageOf(cause)
+  if (STARTUP_PARAMETER.test(detail)) return new StoreMisconfigured({ ...fields, reason: "statement" })
+  if (POOLER_DATABASE.test(detail)) return new StoreMisconfigured({ ...fields, reason: "database" })
   if (/timeout exceeded when trying to connect|query read timeout/i.test(detail) || (code !== undefined && TIMEOUT.has(code))) {
     return new StoreTimeout(fields)
   }
