@@ -35,6 +35,11 @@ export const MemoryStoreConfig = Schema.Struct({
 export const PostgresStoreConfig = Schema.Struct({
   engine: Schema.Literal("postgres"),
   url: NonEmptyString,
+  /**
+   * A direct connection (or a session-mode pool) for the one LISTEN connection, when `url` goes
+   * through a pooler in transaction mode, where LISTEN cannot hold. Unset: LISTEN goes through `url`.
+   */
+  listen_url: optional(NonEmptyString),
   table_name: withDefault(Identifier, "rate_limiter_state"),
   schema_name: withDefault(Identifier, "public"),
   auto_create: withDefault(BooleanLike, false),
@@ -77,8 +82,14 @@ export type StoreConfig = MemoryStoreConfig | PostgresStoreConfig | RedisStoreCo
  */
 export type StoreUrl = string | Effect.Effect<string, ConfigurationError>
 
-/** A server store's keys with its url possibly still to read. */
-export type WithDeferredUrl<C extends { readonly url: string }> = Omit<C, "url"> & { readonly url: StoreUrl }
+/** The keys that hold where a server store connects: their `${VAR}` may wait until it connects. */
+export const urlKeys = ["url", "listen_url"] as const
+
+/** A server store's keys with its urls (`url`, and `listen_url` where there is one) possibly still to read. */
+export type WithDeferredUrl<C extends { readonly url: string }> =
+  & Omit<C, "url" | "listen_url">
+  & { readonly url: StoreUrl }
+  & ("listen_url" extends keyof C ? { readonly listen_url?: StoreUrl } : unknown)
 
 /**
  * What a `StoreFactory` is given: every key decoded, and a server store's url possibly still to read.
@@ -288,20 +299,41 @@ export const decodeSettings = (input: unknown): Effect.Effect<Settings, Configur
  * The url a server store connects to, read now if it was deferred, and checked as loading checks it
  * (`stores.NAME.url: Expected a non-empty string` for `${VAR:-}` left empty).
  */
-export const resolveUrl = (store: string, url: StoreUrl): Effect.Effect<string, ConfigurationError> =>
+export const resolveUrl = (
+  store: string,
+  url: StoreUrl,
+  key: (typeof urlKeys)[number] = "url"
+): Effect.Effect<string, ConfigurationError> =>
   typeof url === "string" ? Effect.succeed(url) : Effect.flatMap(url, (read) =>
-    Either.match(decodeEntry(PostgresStoreConfig.fields.url, `stores.${store}.url`, read), {
+    Either.match(decodeEntry(PostgresStoreConfig.fields.url, `stores.${store}.${key}`, read), {
       onLeft: (issues) => Effect.fail(new ConfigurationError({ issues })),
       onRight: Effect.succeed
     }))
 
-/** A store as its engine takes it: a deferred url read (see `StoreUrl`). */
+/** A PostgreSQL store's `listen_url`, read now if it was deferred (as `resolveUrl`); undefined when unset. */
+export const resolveListenUrl = (store: string, url: StoreUrl | undefined): Effect.Effect<string | undefined, ConfigurationError> =>
+  url === undefined ? Effect.succeed(undefined) : resolveUrl(store, url, "listen_url")
+
+/** A PostgreSQL store with its urls (`url`, `listen_url`) read, each as `resolveUrl` reads it. */
+export const resolvePostgres = (
+  name: string,
+  config: WithDeferredUrl<PostgresStoreConfig>
+): Effect.Effect<PostgresStoreConfig, ConfigurationError> =>
+  Effect.map(
+    Effect.all([resolveUrl(name, config.url), resolveListenUrl(name, config.listen_url)]),
+    ([url, listen_url]): PostgresStoreConfig => {
+      const { listen_url: _deferred, ...rest } = config
+      return listen_url === undefined ? { ...rest, url } : { ...rest, url, listen_url }
+    }
+  )
+
+/** A store as its engine takes it: its deferred urls read (see `StoreUrl`). */
 export const resolveStore = (name: string, config: DeferredStoreConfig): Effect.Effect<StoreConfig, ConfigurationError> => {
   switch (config.engine) {
     case "memory":
       return Effect.succeed(config)
     case "postgres":
-      return Effect.map(resolveUrl(name, config.url), (url): PostgresStoreConfig => ({ ...config, url }))
+      return resolvePostgres(name, config)
     case "redis":
       return Effect.map(resolveUrl(name, config.url), (url): RedisStoreConfig => ({ ...config, url }))
   }

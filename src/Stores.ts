@@ -1,13 +1,13 @@
 /**
  * The production `StoreFactory`: each configured store is built by the engine its `engine` key
  * names. Server engines are loaded when first configured, so a memory-only program needs none of
- * their drivers installed, and a server store's url is read only here (see `Settings.StoreUrl`).
+ * their drivers installed, and a server store's urls are read only here (see `Settings.StoreUrl`).
  */
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
 import * as MemoryStore from "./memory/MemoryStore.js"
-import { resolveUrl } from "./Settings.js"
+import { resolvePostgres, resolveUrl } from "./Settings.js"
 import { StoreFactory } from "./Store.js"
 
 const load = <A>(name: string, engine: string, packages: string, module: () => Promise<A>) =>
@@ -29,13 +29,13 @@ export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
     switch (config.engine) {
       case "memory":
         return MemoryStore.make({ name, timingMarginMs: config.timing_margin_ms })
-      // The url is read here, by the engine that connects: a deferred `${VAR}` that is unset fails
+      // The urls are read here, by the engine that connects: a deferred `${VAR}` that is unset fails
       // the layer now, with the message loading would have given.
       case "postgres":
         return Effect.all([
-          resolveUrl(name, config.url),
+          resolvePostgres(name, config),
           load(name, "postgres", "@effect/sql-pg and pg", () => import("./postgres/PostgresStore.js"))
-        ]).pipe(Effect.flatMap(([url, PostgresStore]) => PostgresStore.make(name, { ...config, url })))
+        ]).pipe(Effect.flatMap(([resolved, PostgresStore]) => PostgresStore.make(name, resolved)))
       case "redis":
         return Effect.all([
           resolveUrl(name, config.url),
