@@ -30,6 +30,7 @@ import { PgClient } from "@effect/sql-pg"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
+import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import pg from "pg"
 import {
@@ -86,6 +87,12 @@ const ceilMicros = (ms: number) => Math.ceil(ms * 1000 - 1e-6)
 const keyPart = (limiter: string, key: string) =>
   `${limiter}:${PLAIN.test(key) && limiter.length + 1 + key.length <= MAX_PLAIN_PART ? key : `#${digest(wtf8(key))}`}`
 
+/**
+ * How long a probe NOTIFY, once committed, may take to reach the LISTEN connection before it is said
+ * to hear nothing: milliseconds when it works, so seconds only on a machine far overloaded.
+ */
+const PROBE_TIMEOUT_MS = 3_000
+
 /** The most requests one write carries; a key with more waiters takes several writes. */
 const MAX_BATCH = 256
 
@@ -102,6 +109,19 @@ const nextVersion = (version: number) => (version >= 2147483646 ? 1 : version + 
  * it is evaluated there, after the row's lock, once for all the columns it sets.
  */
 const INSTANT = "(SELECT clock_timestamp() AS t) AS c"
+
+/**
+ * `synchronous_commit = false`, as a setting of the one transaction that runs it: a pooler in
+ * transaction mode (PgBouncer) refuses settings at connection start and hands the server session to
+ * other clients between transactions, so neither a startup `options` nor a session `SET` can carry it.
+ * `set_config(..., true)` is `SET LOCAL` as a function: called inside a statement it costs no round
+ * trip, holds until that statement's (or transaction's) commit, which is when it is read, and is gone
+ * after it. As a FROM item it runs whenever the statement produces a row, and so before any write.
+ */
+const ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"
+
+/** INSTANT, also setting ASYNC_COMMIT: every decision's write reads its instant this way. */
+const INSTANT_ASYNC = `(SELECT clock_timestamp() AS t FROM ${ASYNC_COMMIT} AS setting) AS c`
 
 class Conflict {
   readonly _tag = "Conflict"
@@ -131,6 +151,8 @@ export interface PostgresStore extends Store {
   readonly sql: SqlClient
   /** How many keys have waiters subscribed to their releases, and how many are in this process's lines (for tests and tools). */
   readonly waiters: () => { readonly subscribed: number; readonly queued: number }
+  /** Whether the LISTEN connection is open and hears this store's NOTIFY (for tests and tools; see `Listener.Status`). */
+  readonly listening: () => Listener.Status
   /**
    * Deletes the rows no limiter has touched for `olderThan` (at least a minute) and whose state lies
    * that far in the past: the documented cleanup, as an operation. It is the only statement of the
@@ -164,13 +186,14 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           message: `PostgreSQL did not answer within operation_timeout_ms = ${config.operation_timeout_ms} (a row lock held elsewhere, or an overloaded server)`
         }))
 
+    // No session settings at connection start (`options`): a pooler such as PgBouncer refuses them;
+    // synchronous_commit = false is set by each writing statement instead (ASYNC_COMMIT).
     const pool = new pg.Pool({
       connectionString: config.url,
       max: config.pool_max_size,
       min: config.pool_min_size,
       connectionTimeoutMillis: config.pool_timeout_ms,
-      application_name: "rate-sync",
-      ...(config.synchronous_commit ? {} : { options: "-c synchronous_commit=off" })
+      application_name: "rate-sync"
     })
     // An idle connection that dies is dropped from the pool; the next query opens a new one.
     pool.on("error", () => {})
@@ -178,7 +201,9 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       acquire: Effect.acquireRelease(Effect.succeed(pool), (p) => Effect.promise(() => p.end()))
     }).pipe(Effect.provide(Reactivity.layer), Effect.mapError(toError))
     const T = sql.literal(table)
-    const C = sql.literal(INSTANT)
+    const C = sql.literal(config.synchronous_commit ? INSTANT : INSTANT_ASYNC)
+    /** For the writes that read no instant before they write: a FROM item that sets ASYNC_COMMIT, when asked for. */
+    const FROM_SETTING = sql.literal(config.synchronous_commit ? "" : `FROM ${ASYNC_COMMIT} AS setting`)
     /** The new version of the row `s` in a sub-select, where an unqualified `version` would be ambiguous. */
     const NEXT_S = sql.literal(NEXT_VERSION.replaceAll("version", "s.version"))
     const scope = yield* Effect.scope
@@ -473,7 +498,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     const lines = new Map<string, Array<string>>()
     const wakeups = Wakeups.make()
     const signal = wakeups.signal
-    let listening = false
+    let listener: Listener.Listener | undefined
 
     const slotIds = (limiter: LimiterSpec, key: string) =>
       Array.from({ length: limiter.concurrency?.max ?? 0 }, (_, i) => `c:${keyPart(limiter.name, key)}#${i}`)
@@ -511,7 +536,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     const extend = (limiter: LimiterSpec, slot: string, token: number) =>
       sql<{ version: number }>`
         INSERT INTO ${T} AS s (group_id, last_acquisition_at, version)
-        SELECT ${slot}, '-infinity', 0 WHERE EXISTS (SELECT 1 FROM ${T} WHERE group_id = ${slot})
+        SELECT ${slot}, '-infinity', 0 ${FROM_SETTING} WHERE EXISTS (SELECT 1 FROM ${T} WHERE group_id = ${slot})
         ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, updated_at) = (SELECT c.t + ${ttlOf(limiter)}, c.t FROM ${C})
         WHERE s.version = ${token} AND s.last_acquisition_at > clock_timestamp()
         RETURNING version`.pipe(Effect.map((rows) => rows.some((row) => row.version === token)))
@@ -527,6 +552,8 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         (rows) => rows[0]!
       )
 
+    // It commits only after a write that read the instant C (the claim's, or the rate's and the ttl's),
+    // so with synchronous_commit = false ASYNC_COMMIT holds at its COMMIT; every other end rolls back.
     const leaseAttempt = (request: AcquireRequest, leaseId: string) =>
       sql.withTransaction(Effect.gen(function*() {
         const { key, limiter } = request
@@ -614,14 +641,24 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       )
     }
 
+    /** Where LISTEN connects: listen_url (a direct connection past a transaction pooler), else the url. */
+    const listenUrl = Redacted.make(config.listen_url ?? config.url)
+    const listenKey = config.listen_url === undefined ? "url" : "listen_url"
     /** Started when a lease or a rate slot is first waited for: a program that never waits opens no LISTEN connection. */
     const listen = Effect.suspend(() => {
-      if (listening) return Effect.void
-      listening = true
+      if (listener !== undefined) return Effect.void
+      listener = { status: () => "connecting" }
       return Listener.start({
-        connectionString: config.url,
+        connectionString: listenUrl,
         channel,
         connectTimeoutMs: config.pool_timeout_ms,
+        // Checked after every (re)connect: a LISTEN through a pooler in transaction mode succeeds and hears nothing.
+        probe: {
+          publish: (payload) => sql`SELECT pg_notify(${channel}, ${payload})`.pipe(Effect.mapError(toError), bounded),
+          timeoutMs: PROBE_TIMEOUT_MS,
+          warning:
+            `rate-sync: store "${name}": the LISTEN connection (${listenKey}) heard nothing of a NOTIFY sent through the url within ${PROBE_TIMEOUT_MS} ms, so lease waiters in this process wake only at their re-check (up to a second late). Through a pooler in transaction mode (PgBouncer pool_mode = transaction) LISTEN cannot hold: set listen_url to a direct connection to the same database as the url (or one through a session-mode pool).`
+        },
         onNotify: (payload) => {
           // "b:<ms>:<origin>:<rate id>" is a backoff (this store's own were recorded when made);
           // anything else a release's key digest (never with a colon).
@@ -631,7 +668,12 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           if (payload.slice(first + 1, second) !== origin) hold(payload.slice(second + 1), Number(payload.slice(2, first)))
         },
         onConnect: wakeups.signalAll
-      }).pipe(Scope.extend(scope))
+      }).pipe(
+        Scope.extend(scope),
+        Effect.map((started) => {
+          listener = started
+        })
+      )
     })
 
     const release = (limiter: LimiterSpec, key: string, leaseId: string) =>
@@ -648,7 +690,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
         return sql`
           WITH r AS (
             INSERT INTO ${T} AS s (group_id, last_acquisition_at, version)
-            SELECT ${lease.slot}, '-infinity', 0 WHERE EXISTS (SELECT 1 FROM ${T} WHERE group_id = ${lease.slot})
+            SELECT ${lease.slot}, '-infinity', 0 ${FROM_SETTING} WHERE EXISTS (SELECT 1 FROM ${T} WHERE group_id = ${lease.slot})
             ON CONFLICT (group_id) DO UPDATE SET last_acquisition_at = '-infinity', updated_at = clock_timestamp()
             WHERE s.version = ${lease.token} AND s.last_acquisition_at > clock_timestamp()
             RETURNING version
@@ -671,6 +713,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       timingMarginMs: margin,
       sql,
       waiters: () => ({ subscribed: wakeups.size(), queued: lines.size }),
+      listening: () => listener?.status() ?? "off",
 
       cleanup: (olderThan) =>
         Effect.suspend((): Effect.Effect<number, Errors.PostgresError | ConfigurationError> => {
@@ -745,7 +788,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           return sql`
             UPDATE ${T} SET last_acquisition_at = last_acquisition_at - ${micros}::float8 * interval '1 microsecond',
               version = ${sql.literal(NEXT_VERSION)}, updated_at = statement_timestamp()
-            WHERE group_id = ${id} AND version = ${reservation.version}`.pipe(Effect.asVoid, Effect.mapError(toError), bounded)
+            ${FROM_SETTING} WHERE group_id = ${id} AND version = ${reservation.version}`.pipe(Effect.asVoid, Effect.mapError(toError), bounded)
         }),
 
       backoff: (limiter, key, retryAfterMs) =>
