@@ -1,6 +1,6 @@
 import { defineConfig } from "vitest/config"
 
-/** Multi-process suites in real time (restarts, clock skew, killed connections, backoff across processes, the demos, the command line): `npm run test:slow`. */
+/** Multi-process suites in real time (restarts, clock skew, killed connections, backoff across processes, the demos, the command line, PgBouncer): `npm run test:slow`. */
 export const slowSuites = [
   "test/restarts.test.ts",
   "test/clockSkew.test.ts",
@@ -8,7 +8,9 @@ export const slowSuites = [
   "test/compliance/backoffProcesses.test.ts",
   "test/demo.test.ts",
   // Each command runs as a process of its own (seconds of start-up each); CI also runs the installed bin.
-  "test/cli.test.ts"
+  "test/cli.test.ts",
+  // Starts a PgBouncer of its own; waits on lease re-checks and a 3 s probe.
+  "test/pgbouncer.test.ts"
 ]
 
 /** What both runs share. */
