@@ -274,7 +274,17 @@ const buildProblem = (label: string, exit: Exit.Failure<unknown, unknown>) => {
 
 // ---- one store per engine for the limiter keys, built once ---------------------------------------
 
-const sharedConfigs = Object.fromEntries(enginesUnderTest.map((engine) => [engine, storeBase(engine)]))
+/**
+ * The stores every random limiter is served on. What is checked is that an input is served, not how
+ * fast: the largest ones (10,000 leases on a 10,000-character key) take tens of milliseconds, and a
+ * loaded machine can stretch that past the default 2 s bound, so the bound here is 30 s.
+ */
+const sharedConfigs = Object.fromEntries(
+  enginesUnderTest.map((engine) => [
+    engine,
+    storeBase(engine, engine === "postgres" ? { operation_timeout_ms: 30_000 } : engine === "redis" ? { command_timeout_ms: 30_000 } : {})
+  ])
+)
 let sharedScope: Scope.CloseableScope | undefined
 const sharedStores = new Map<string, Store>()
 
