@@ -64,7 +64,7 @@ const capturingWarnings = () => {
   return { lines, layer: Logger.replace(Logger.defaultLogger, logger) }
 }
 
-describe.skipIf(!installed)(`through PgBouncer, pool_mode = transaction (${Bouncer.version() ?? "not installed"})`, () => {
+describe.skipIf(!installed)(`through ${Bouncer.version() ?? "PgBouncer (not installed)"}, pool_mode = transaction unless a test says otherwise`, () => {
   let bouncer: Bouncer.PgBouncer | undefined
   const viaBouncer = () => bouncer!.url
 
@@ -203,6 +203,20 @@ describe.skipIf(!installed)(`through PgBouncer, pool_mode = transaction (${Bounc
       expect(said.length).toBeLessThanOrEqual(2)
       for (const line of said) expect(line).toMatch(/set listen_url to a direct connection to the same database as the url/)
     }), 60_000)
+
+  it.live("in session pooling, LISTEN through the url holds: fast hand-offs without listen_url", () =>
+    Effect.gen(function*() {
+      const session = yield* Effect.acquireRelease(
+        Effect.promise(() => Bouncer.start({ databaseUrl, poolMode: "session", poolSize: 8 })),
+        (started) => Effect.promise(() => started.stop())
+      )
+      const { times, status } = yield* handOffs({ url: session.url }, 5).pipe(
+        Effect.flatMap(({ times, waiter }) => Effect.map(settled(waiter), (status) => ({ times, status })))
+      )
+      console.log(`hand-offs through session pooling (ms): ${times.map((t) => t.toFixed(1)).join(", ")}; median ${median(times).toFixed(1)}`)
+      expect(status).toBe("hears")
+      expect(median(times)).toBeLessThan(300)
+    }).pipe(Effect.scoped), 60_000)
 
   it.live("synchronous_commit = false holds in every writing transaction's commit, and never beyond it", () =>
     Effect.gen(function*() {
