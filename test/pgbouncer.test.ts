@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -323,6 +324,34 @@ describe.skipIf(!installed)(`through ${Bouncer.version() ?? "PgBouncer (not inst
       expect(database._tag === "StoreMisconfigured" && database.reason).toBe("database")
       expect(database.message).toMatch(/^the pooler knows no such database \(08P01: no such database: nosuchdb\)/)
     }), 30_000)
+})
+
+describe.skipIf(!installed)("through PgBouncer, pool_mode = statement", () => {
+  it.live("rate limits pass; a lease, one transaction, fails as StoreMisconfigured with the fix, never admitted", () =>
+    Effect.gen(function*() {
+      const statement = yield* Effect.acquireRelease(
+        Effect.promise(() => Bouncer.start({ databaseUrl, poolMode: "statement", poolSize: 4 })),
+        (started) => Effect.promise(() => started.stop())
+      )
+      const built = yield* Layer.build(
+        RateSync.layer({
+          stores: { db: { engine: "postgres", url: statement.url, auto_create: true, table_name: fresh("pgb_stmt") } },
+          limiters: {
+            rate: { store: "db", rate_per_second: 100, fail_closed: false },
+            lease: { store: "db", max_concurrent: 2, fail_closed: false }
+          }
+        }).pipe(Layer.provide(Stores.layer))
+      )
+      const limiter = Context.get(built, RateLimiterModule.RateLimiter)
+      const permit = yield* limiter.consume("rate")
+      expect(permit.degraded).toBe(false)
+      // fail_closed = false: an outage would be admitted (degraded); this is no outage.
+      const error = yield* Effect.scoped(limiter.acquire("lease")).pipe(Effect.flip)
+      expect(error._tag).toBe("StoreMisconfigured")
+      expect(error.message).toMatch(
+        /^the pooler refused a transaction \(08P01: transaction blocks not allowed in statement pooling mode\): leases take one transaction each, which PgBouncer's pool_mode = statement forbids; use pool_mode = transaction \(or session\)/
+      )
+    }).pipe(Effect.scoped), 30_000)
 })
 
 describe("listen_url as a store key", () => {

@@ -171,7 +171,19 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       poolTimeoutMs: config.pool_timeout_ms,
       operationTimeoutMs: config.operation_timeout_ms
     }
-    const toError = Errors.fromSql(context)
+    /**
+     * The last refusal a pooler sent as it closed one of the pool's connections: PgBouncer's statement
+     * pooling lets a lease's BEGIN through and then closes the connection, so the statement under way
+     * sees only a dropped connection, which must not pass for an outage (fail_closed = false would admit).
+     */
+    let refused: { readonly cause: unknown; readonly at: number } | undefined
+    const classify = Errors.fromSql(context)
+    const toError = (error: SqlError): Errors.PostgresError => {
+      const classified = classify(error)
+      return classified._tag === "StoreUnavailable" && refused !== undefined && performance.now() - refused.at < 1_000
+        ? Errors.fromCause(context)(refused.cause)
+        : classified
+    }
     const margin = config.timing_margin_ms
     /**
      * Every operation ends within operation_timeout_ms, lock waits and conflict retries included.
@@ -197,6 +209,14 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     })
     // An idle connection that dies is dropped from the pool; the next query opens a new one.
     pool.on("error", () => {})
+    // Every error the server (or a pooler) sends, as it arrives: the transaction that a refusal ends
+    // reports only the failed ROLLBACK on the closed connection.
+    pool.on("connect", (client) => {
+      if (!(client instanceof pg.Client)) return
+      client.connection.on("errorMessage", (cause: unknown) => {
+        if (Errors.isPoolerRefusal(cause)) refused = { cause, at: performance.now() }
+      })
+    })
     const sql = yield* PgClient.fromPool({
       acquire: Effect.acquireRelease(Effect.succeed(pool), (p) => Effect.promise(() => p.end()))
     }).pipe(Effect.provide(Reactivity.layer), Effect.mapError(toError))

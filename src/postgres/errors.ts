@@ -63,10 +63,12 @@ const OUTAGE_CLASSES = ["08", "53", "57", "58"]
 
 /**
  * What a pooler (PgBouncer) answers with 08P01, a class that is otherwise an outage, when it is set up
- * otherwise than the url expects: retrying cannot mend them, so they are mistakes, never outages.
+ * otherwise than the library needs: retrying cannot mend them, so they are mistakes, never outages.
  */
 const STARTUP_PARAMETER = /unsupported startup parameter/i
 const POOLER_DATABASE = /^no such database/i
+/** A lease is one transaction: statement pooling refuses it (and would otherwise admit it as an outage). */
+const STATEMENT_POOLING = /not allowed in statement pooling mode/i
 
 /** Messages pg gives without a code when the connection went away under a query. */
 const DROPPED = /connection terminated|connection error|not queryable|terminating connection|socket|ECONNRESET/i
@@ -91,6 +93,9 @@ export const describe = (context: Context, cause: unknown): string => {
   if (STARTUP_PARAMETER.test(detail)) {
     return `the connection was refused (${code ?? "no code"}: ${detail}): a pooler such as PgBouncer takes no session settings when a connection starts. Remove them from the url (options=...) and from PGOPTIONS; synchronous_commit = false is a store key that needs none. (PgBouncer's ignore_startup_parameters would drop them silently.)`
   }
+  if (STATEMENT_POOLING.test(detail)) {
+    return `the pooler refused a transaction (${code ?? "no code"}: ${detail}): leases take one transaction each, which PgBouncer's pool_mode = statement forbids; use pool_mode = transaction (or session) for the url's database and user`
+  }
   if (POOLER_DATABASE.test(detail)) {
     return `the pooler knows no such database (${code ?? "no code"}: ${detail}): check the database name in the url against the pooler's [databases] section`
   }
@@ -109,6 +114,12 @@ export const describe = (context: Context, cause: unknown): string => {
 
 export type PostgresError = StoreUnavailable | StoreTimeout | StoreMisconfigured
 
+/** Whether a pooler refused something of its setup (not an outage), as it closes the connection. */
+export const isPoolerRefusal = (cause: unknown): boolean => {
+  const detail = messageOf(cause)
+  return STARTUP_PARAMETER.test(detail) || STATEMENT_POOLING.test(detail) || POOLER_DATABASE.test(detail)
+}
+
 /** Classifies a failure of the driver (or of pg itself, `cause`) by what retrying can mend. */
 export const fromCause = (context: Context) => (cause: unknown): PostgresError => {
   const fields = { store: context.store, engine: "postgres", message: describe(context, cause), cause }
@@ -116,6 +127,7 @@ export const fromCause = (context: Context) => (cause: unknown): PostgresError =
   const detail = messageOf(cause)
   if (STARTUP_PARAMETER.test(detail)) return new StoreMisconfigured({ ...fields, reason: "statement" })
   if (POOLER_DATABASE.test(detail)) return new StoreMisconfigured({ ...fields, reason: "database" })
+  if (STATEMENT_POOLING.test(detail)) return new StoreMisconfigured({ ...fields, reason: "statement" })
   if (/timeout exceeded when trying to connect|query read timeout/i.test(detail) || (code !== undefined && TIMEOUT.has(code))) {
     return new StoreTimeout(fields)
   }

@@ -52,7 +52,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 export interface Options {
   /** The direct url of the database to pool (its host, port, user and database are used). */
   readonly databaseUrl: string
-  readonly poolMode?: "transaction" | "session"
+  readonly poolMode?: "transaction" | "session" | "statement"
   /** Server connections per user and database. */
   readonly poolSize?: number
 }
