@@ -2,7 +2,8 @@
  * The PostgreSQL engine through a real PgBouncer in transaction pooling mode (started here on a free
  * loopback port, in front of the test database): the rate bound across two stores, lease hand-offs
  * to a waiter in another store with and without `listen_url`, `synchronous_commit = false` set in
- * each writing transaction, and a startup parameter PgBouncer refuses failing typed, never admitted.
+ * each writing transaction, a startup parameter PgBouncer refuses failing typed, never admitted, and
+ * in session pooling LISTEN through the url, in statement pooling a lease refused as a mistake.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
