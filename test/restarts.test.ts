@@ -7,15 +7,20 @@
  * admitted by the store again, and the limit held all along.
  */
 import { spawnSync } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 import type { SettingsInput, StoreConfigInput } from "../src/Settings.js"
 import { windowPeak } from "./compliance/bounds.js"
 import { freePort, type Restartable, startEmbeddedPostgres } from "./support/embeddedPostgres.js"
-import { lateness, type LoadPlan, machineClock, runLoader, sleepUntil } from "./support/loader.js"
+import { lateness, type LoadPlan, type LoadReport, machineClock, runLoader, sleepUntil, untilReady } from "./support/loader.js"
 import { startRedisServer } from "./support/redisServer.js"
 
 const RATE = 50
 const BURST = 5
+/** How long the load processes may take to start (tsx on two busy cores) and get their first permit. */
+const READY_WITHIN_MS = 40_000
 
 const outage = async (store: StoreConfigInput, server: Restartable) => {
   const limiter = `restart_${process.pid}_${Date.now().toString(36)}`
@@ -23,18 +28,50 @@ const outage = async (store: StoreConfigInput, server: Restartable) => {
     stores: { s: { ...store, timing_margin_ms: 50 } },
     limiters: { [limiter]: { store: "s", rate_per_second: RATE, burst: BURST, fail_closed: failClosed } }
   })
-  // Processes start, warm up, and are recorded for 10 s: 3 s before the outage, 3 s of outage, 4 s after.
-  const startAt = machineClock() + 4_000
-  const endAt = startAt + 10_000
-  const plan = (failClosed: boolean): LoadPlan => ({ settings: settings(failClosed), limiter, fibers: 4, startAt, endAt, skewMs: 0 })
+  // Processes start and warm up (a fixed delay measured nothing on a slow day: two tsx processes can
+  // take many seconds to start on 2 busy cores); once both have a permit they are recorded for 10 s:
+  // 3 s before the outage, 3 s of outage, 4 s after.
+  const dir = mkdtempSync(join(tmpdir(), "rate-sync-restart-"))
+  const stopFile = join(dir, "stop")
+  const spawnedAt = machineClock()
+  const plan = (failClosed: boolean): LoadPlan => ({
+    settings: settings(failClosed),
+    limiter,
+    fibers: 4,
+    startAt: spawnedAt,
+    endAt: spawnedAt + 120_000,
+    skewMs: 0,
+    readyFile: join(dir, failClosed ? "closed" : "open"),
+    stopFile
+  })
   const reports = Promise.all([runLoader(plan(true)), runLoader(plan(false))])
-  await sleepUntil(startAt + 3_000)
-  await server.halt()
-  const downAt = machineClock()
-  await sleepUntil(startAt + 6_000)
-  const upAt = machineClock()
-  await server.resume()
-  const [closed, open] = await reports
+  let crashed = false
+  reports.catch(() => (crashed = true))
+  let startAt = 0
+  let endAt = 0
+  let downAt = 0
+  let upAt = 0
+  let closed: LoadReport
+  let open: LoadReport
+  try {
+    await untilReady([join(dir, "closed"), join(dir, "open")], spawnedAt, READY_WITHIN_MS, () => crashed)
+    startAt = machineClock() + 1_000
+    endAt = startAt + 10_000
+    await sleepUntil(startAt + 3_000)
+    await server.halt()
+    downAt = machineClock()
+    await sleepUntil(startAt + 6_000)
+    upAt = machineClock()
+    await server.resume()
+    await sleepUntil(endAt)
+  } finally {
+    writeFileSync(stopFile, "")
+    ;[closed, open] = await reports
+    rmSync(dir, { recursive: true, force: true })
+  }
+  const inRun = (t: number) => t >= startAt && t < endAt
+  closed = { ...closed, admitted: closed.admitted.filter(inRun), failed: closed.failed.filter(([t]) => inRun(t)) }
+  open = { ...open, admitted: open.admitted.filter(inRun), degraded: open.degraded.filter(inRun) }
 
   // Nothing crashed (runLoader rejects otherwise). Before the outage both were served by the store.
   const admitted = [...closed.admitted, ...open.admitted].sort((a, b) => a - b)
@@ -66,7 +103,7 @@ describe("a store restarted under load", () => {
     } finally {
       await server.stop()
     }
-  }, 90_000)
+  }, 120_000)
 
   const installed = spawnSync("redis-server", ["--version"]).status === 0
   it.skipIf(!installed)("redis: no crash, fail_closed honoured during the outage, the limit holds and service resumes", async () => {
@@ -86,5 +123,5 @@ describe("a store restarted under load", () => {
     } finally {
       await server.stop()
     }
-  }, 90_000)
+  }, 120_000)
 })
