@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { parse, TomlError } from "smol-toml"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
-import { decodeSettings, type DeferredStoreConfig, type Settings } from "./Settings.js"
+import { decodeSettings, type DeferredStoreConfig, type Settings, urlKeys } from "./Settings.js"
 
 /** Where the file is looked for when no path is given, after `$RATE_SYNC_CONFIG`. */
 export const searchPaths: ReadonlyArray<string> = ["rate-sync.toml", "config/rate-sync.toml"]
@@ -79,7 +79,8 @@ const substituteString = (text: string, keyPath: string): Effect.Effect<string, 
 const hasVariable = (text: string) => text.match(VARIABLE) !== null
 
 /** The value at `stores.NAME.url`: the one key whose variables may wait until a store connects. */
-const isStoreUrl = (path: ReadonlyArray<string>) => path.length === 3 && path[0] === "stores" && path[2] === "url"
+const isStoreUrl = (path: ReadonlyArray<string>) =>
+  path.length === 3 && path[0] === "stores" && (urlKeys as ReadonlyArray<string>).includes(path[2]!)
 
 /** Replaces `${VAR}` in every string value but those `keep` selects. Only strings change, and they stay strings. */
 const substituteExcept = (
@@ -127,7 +128,7 @@ export const parseText = (text: string, source = "rate-sync.toml"): Effect.Effec
   )
 
 /**
- * As `parseText`, but a server store's `url` holding `${VAR}` is read only when a `StoreFactory` that
+ * As `parseText`, but a server store's `url` (and `listen_url`) holding `${VAR}` is read only when a `StoreFactory` that
  * connects builds the store (`Stores.layer`), with the same message when the variable is unset: the
  * memory double of a production file (`MemoryStore.layer`) needs none of its urls' variables. Every
  * other key is read and checked now.
@@ -141,10 +142,14 @@ export const parseTextDeferred = (
     // The url templates stay as written through decoding (a template is a non-empty string, so the
     // schema checks everything else) and are read later.
     const settings = yield* decodeSettings(yield* substituteExcept(table, [], "", isStoreUrl))
+    const later = (name: string, key: string, text: string) =>
+      hasVariable(text) ? Effect.suspend(() => substituteString(text, `stores.${name}.${key}`)) : text
     const stores = Object.entries(settings.stores).map(([name, store]): readonly [string, DeferredStoreConfig] =>
-      store.engine === "memory" || !hasVariable(store.url)
+      store.engine === "memory"
         ? [name, store]
-        : [name, { ...store, url: Effect.suspend(() => substituteString(store.url, `stores.${name}.url`)) }]
+        : store.engine === "postgres" && store.listen_url !== undefined
+        ? [name, { ...store, url: later(name, "url", store.url), listen_url: later(name, "listen_url", store.listen_url) }]
+        : [name, { ...store, url: later(name, "url", store.url) }]
     )
     return { stores: Object.fromEntries(stores), limiters: settings.limiters }
   })

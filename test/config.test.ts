@@ -343,6 +343,7 @@ describe("the test swap: a production rate-sync.toml served from memory needs no
     [stores.db]
     engine = "postgres"
     url = "\${DATABASE_URL}"
+    listen_url = "\${DATABASE_DIRECT_URL}"
     pool_max_size = 20
 
     [stores.cache]
@@ -365,7 +366,7 @@ describe("the test swap: a production rate-sync.toml served from memory needs no
     writeFileSync(path, text)
     return path
   }
-  // The variables the swap runs with: RATE_SYNC_CONFIG only (no DATABASE_URL, no REDIS_PASSWORD).
+  // The variables the swap runs with: RATE_SYNC_CONFIG only (no DATABASE_URL, DATABASE_DIRECT_URL or REDIS_PASSWORD).
   const onlyConfig = (path: string) => withVars({ RATE_SYNC_CONFIG: path })
 
   it.effect("RateSync.layerToml() with MemoryStore.layer builds and admits with DATABASE_URL unset", () =>
@@ -409,8 +410,10 @@ describe("the test swap: a production rate-sync.toml served from memory needs no
   it.effect("a deferred url is read when the store connects, from the variables then in effect", () =>
     Effect.gen(function*() {
       const settings = yield* Toml.parseTextDeferred(production).pipe(withVars({}))
-      const db = yield* Settings.resolveStore("db", settings.stores["db"]!).pipe(withVars({ DATABASE_URL: "postgres://app@db/prod" }))
-      expect(db).toMatchObject({ engine: "postgres", url: "postgres://app@db/prod", pool_max_size: 20 })
+      const db = yield* Settings.resolveStore("db", settings.stores["db"]!).pipe(
+        withVars({ DATABASE_URL: "postgres://app@db/prod", DATABASE_DIRECT_URL: "postgres://app@db-direct/prod" })
+      )
+      expect(db).toMatchObject({ engine: "postgres", url: "postgres://app@db/prod", listen_url: "postgres://app@db-direct/prod", pool_max_size: 20 })
       const cache = yield* Settings.resolveStore("cache", settings.stores["cache"]!).pipe(withVars({ REDIS_PASSWORD: "123456" }))
       expect(cache).toMatchObject({ engine: "redis", url: "redis://:123456@cache.internal:6379" })
       const unset = yield* Settings.resolveStore("cache", settings.stores["cache"]!).pipe(withVars({}), Effect.flip)
