@@ -758,13 +758,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             Effect.tap(() => Effect.sync(() => cache.clear())),
             Effect.mapError((error) =>
               codeOf(error) === "42501"
-                ? new StoreMisconfigured({
-                  store: name,
-                  engine: "postgres",
-                  reason: "permission",
-                  message: `permission denied for cleanup on ${table}: it deletes idle rows, so it needs GRANT DELETE ON ${table} TO the user of the url (nothing else needs DELETE)`,
-                  cause: error.cause
-                })
+                ? Errors.cleanupDenied(name, table, error.cause)
                 : toError(error)
             )
           )

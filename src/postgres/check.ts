@@ -11,7 +11,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import { StoreMisconfigured } from "../Errors.js"
 import type { PostgresStoreConfig } from "../Settings.js"
 import * as Errors from "./errors.js"
 import { createTableSql } from "./PostgresStore.js"
@@ -196,13 +195,7 @@ export const deleteIdle = (sql: SqlClient, name: string, config: PostgresStoreCo
     Effect.map((rows) => Number(rows[0]?.deleted ?? 0)),
     Effect.mapError((error) =>
       codeOf(error.cause) === "42501"
-        ? new StoreMisconfigured({
-          store: name,
-          engine: "postgres",
-          reason: "permission",
-          message: `permission denied for cleanup on ${table}: it deletes idle rows, so it needs GRANT DELETE ON ${table} TO the user of the url (nothing else needs DELETE)`,
-          cause: error.cause
-        })
+        ? Errors.cleanupDenied(name, table, error.cause)
         : classify(name, config)(error)
     )
   )

@@ -139,3 +139,13 @@ export const fromCause = (context: Context) => (cause: unknown): PostgresError =
 }
 
 export const fromSql = (context: Context) => (error: SqlError): PostgresError => fromCause(context)(error.cause)
+
+/** Cleanup is the one statement that needs DELETE: its refusal says so (the library and the command line both clean up). */
+export const cleanupDenied = (store: string, table: string, cause: unknown): StoreMisconfigured =>
+  new StoreMisconfigured({
+    store,
+    engine: "postgres",
+    reason: "permission",
+    message: `permission denied for cleanup on ${table}: it deletes idle rows, so it needs GRANT DELETE ON ${table} TO the user of the url (nothing else needs DELETE)`,
+    cause
+  })
