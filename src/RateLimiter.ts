@@ -18,10 +18,10 @@ import type {
   CostExceedsCapacity,
   InvalidCost,
   InvalidOption,
-  LimiterNotFound,
   RateLimitExceeded,
   StoreError
 } from "./Errors.js"
+import { LimiterNotFound } from "./Errors.js"
 import * as internal from "./internal/limiter.js"
 import type { LimiterSpec } from "./LimiterSpec.js"
 import type { Store } from "./Store.js"
@@ -74,6 +74,9 @@ export interface BackoffOptions {
 
 type LookupError = LimiterNotFound | InvalidOption
 
+/** Each service `make` built, with the settings of its limiters (for `RateLimiter.spec`). */
+const specsOf = new WeakMap<object, ReadonlyMap<string, LimiterSpec>>()
+
 export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimiter, {
   /** Waits for a rate slot and a concurrency lease; the lease is released when the scope closes. */
   readonly acquire: (
@@ -125,10 +128,23 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
 
   static readonly backoff = (limiter: string, options: BackoffOptions) =>
     Effect.flatMap(RateLimiter, (service) => service.backoff(limiter, options))
+
+  /**
+   * A limiter's validated settings (its rate or window, its concurrency bound), as configured: what
+   * an HTTP layer needs to advertise the policy. Fails with `LimiterNotFound` for a name the service
+   * does not know (and for every name of a service that `make` did not build).
+   */
+  static readonly spec = (limiter: string): Effect.Effect<LimiterSpec, LimiterNotFound, RateLimiter> =>
+    Effect.flatMap(RateLimiter, (service) => {
+      const spec = specsOf.get(service)?.get(limiter)
+      return spec === undefined ? Effect.fail(new LimiterNotFound({ limiter, known: service.limiters })) : Effect.succeed(spec)
+    })
 }
 
 /** Binds each limiter to its store; the service's implementation lives in `internal/limiter.ts`. */
 export const make: (options: {
   readonly limiters: ReadonlyArray<LimiterSpec>
   readonly stores: ReadonlyMap<string, Store>
-}) => Effect.Effect<Context.Tag.Service<RateLimiter>, never, Scope.Scope> = internal.make
+}) => Effect.Effect<Context.Tag.Service<RateLimiter>, never, Scope.Scope> = (options) =>
+  Effect.tap(internal.make(options), (service) =>
+    Effect.sync(() => specsOf.set(service, new Map(options.limiters.map((spec) => [spec.name, spec])))))
