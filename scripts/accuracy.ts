@@ -41,7 +41,7 @@ import { writeFileSync } from "node:fs"
 import { cpus } from "node:os"
 import type { Readable, Writable } from "node:stream"
 import { parseArgs } from "node:util"
-import { Deferred, Duration, Effect, Layer, Schema } from "effect"
+import { Deferred, Duration, Effect, Layer, Metric, Schema } from "effect"
 import { RateLimiter, RateSync, Settings, Stores } from "../src/index.js"
 import type { LimiterConfigInput, StoreConfigInput } from "../src/Settings.js"
 import { seriesChart } from "../bench/svg.js"
@@ -112,6 +112,8 @@ interface ChildReport {
   readonly failureKinds: Record<string, number>
   /** Acquires that ended with AcquireTimeout: during the warm-up, during the measurement, after it. */
   readonly timeouts: readonly [number, number, number]
+  /** Slots reserved and given up unused (stale or dropped from the pool) while the measurement ran. */
+  readonly givenUp: number
 }
 
 /** The lines of a stream, one at a time. */
@@ -146,6 +148,15 @@ const lineReader = (input: Readable) => {
 
 const WARM_REPORT_DELAY_MS = 20
 
+/** Slots this process reserved and gave up unused so far (every limiter). */
+const slotsGivenUp = Effect.map(Metric.snapshot, (pairs) =>
+  pairs.reduce((n, pair) => {
+    const state: unknown = pair.metricState
+    return pair.metricKey.name === "rate_sync_slots_given_up_total" && typeof state === "object" && state !== null && "count" in state && typeof state.count === "number"
+      ? n + state.count
+      : n
+  }, 0))
+
 const runChild = (plan: ChildPlan) =>
   Effect.gen(function*() {
     const nextLine = lineReader(process.stdin)
@@ -166,6 +177,8 @@ const runChild = (plan: ChildPlan) =>
     const failureTimes: Array<number> = []
     const failureKinds: Record<string, number> = {}
     const timeoutTimes: Array<number> = []
+    let givenUpAtStart = 0
+    let givenUpAtEnd = 0
     yield* Effect.sleep(Duration.millis(Math.max(0, -at())))
     // Every fiber asks again as soon as it is admitted, from the warm-up start to the end. The warm-up
     // compiles hot code, opens connections and lets each process learn the key's demand, on the limiter
@@ -221,6 +234,10 @@ const runChild = (plan: ChildPlan) =>
       start = Number(yield* Effect.promise(nextLine))
       end = Math.min(start + plan.measureMs + TAIL_MS, latestEnd)
       yield* Deferred.succeed(endKnown, undefined)
+      yield* Effect.sleep(Duration.millis(Math.max(0, start - at())))
+      givenUpAtStart = yield* slotsGivenUp
+      yield* Effect.sleep(Duration.millis(Math.max(0, start + plan.measureMs - at())))
+      givenUpAtEnd = yield* slotsGivenUp
       yield* Effect.sleep(Duration.millis(Math.max(0, end - at()) + 50))
     })
     yield* Effect.all([Effect.all(Array.from({ length: plan.fibers }, () => worker), { concurrency: "unbounded" }), reporter], {
@@ -246,7 +263,8 @@ const runChild = (plan: ChildPlan) =>
         timeoutTimes.filter((t) => t < from).length,
         timeoutTimes.filter(inRun).length,
         timeoutTimes.filter((t) => t >= to).length
-      ]
+      ],
+      givenUp: givenUpAtEnd - givenUpAtStart
     } satisfies ChildReport
   }).pipe(
     Effect.provide(
@@ -602,6 +620,11 @@ const measure = async (
   info.push(
     `acquires ended by AcquireTimeout, whose timeout is the end of the run (${TAIL_MS} ms after the measurement): ` +
       `${warmupTimeouts} during the warm-up, ${measuredTimeouts} during the measurement, ${lateTimeouts} after it`
+  )
+  const givenUp = reports.reduce((n, r) => n + r.givenUp, 0)
+  info.push(
+    `slots reserved and given up unused during the measurement (late wake-ups, slow answers, a pool's spares nobody took in time; rate_sync_slots_given_up_total): ` +
+      `${fmt(givenUp)} (${((100 * givenUp) / (rate * seconds)).toFixed(1)}% of the rate)`
   )
   const lastWarm = warmupSeries[warmupSeries.length - 1]
   if (lastWarm !== undefined && warmupMs >= options.warmup.maxSeconds * 1000) {

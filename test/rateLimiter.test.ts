@@ -14,7 +14,7 @@ import * as MemoryStore from "../src/memory/MemoryStore.js"
 import * as Metrics from "../src/Metrics.js"
 import * as RateLimiter from "../src/RateLimiter.js"
 import * as RateSync from "../src/RateSync.js"
-import type { Store } from "../src/Store.js"
+import { type Store, StoreFactory } from "../src/Store.js"
 import * as Stores from "../src/Stores.js"
 import { rateExcess } from "./compliance/bounds.js"
 
@@ -226,6 +226,45 @@ describe("RateLimiter service", () => {
       expect((yield* Metric.value(givenUp)).count).toBe(1)
       // The slot at 100 ms was not used late: the waiter took the one free at 500 ms, so the next is at 600 ms.
       expect(Duration.toMillis(state.nextSlotAfter)).toBe(100)
+    }))
+
+  it.effect("a slot whose answer came back long after it (a wait below 0) is given up like one woken up late; tryAcquire keeps it", () =>
+    Effect.gen(function*() {
+      // The memory engine, with its answers read as a server store's that came back 150 ms after
+      // their slot: the engines' coalescer reports such a slot with a wait of -50 ms.
+      const late = Layer.effect(
+        StoreFactory,
+        Effect.map(StoreFactory, (base) => ({
+          make: (name, config) =>
+            Effect.map(base.make(name, config), (store): Store => ({
+              ...store,
+              acquireNow: undefined,
+              acquire: (request) =>
+                Effect.map(store.acquire(request), (o) => (o._tag === "Admitted" && o.waitMs <= 0 ? { ...o, waitMs: o.waitMs - 150 } : o))
+            }))
+        }))
+      ).pipe(Layer.provide(Stores.layer))
+      const givenUp = Metrics.slotsGivenUp.pipe(Metric.tagged("limiter", "answered"), Metric.tagged("store", "m"))
+      const run = yield* Effect.gen(function*() {
+        const permit = yield* Limiter.consume("answered")
+        const kept = yield* Effect.scoped(Limiter.tryAcquire("other"))
+        return { permit, kept }
+      }).pipe(
+        Effect.provide(
+          RateSync.layer({
+            stores: { m: { engine: "memory" } },
+            limiters: { answered: { store: "m", rate_per_second: 10 }, other: { store: "m", rate_per_second: 10 } }
+          }).pipe(Layer.provide(late))
+        ),
+        Effect.fork
+      )
+      yield* TestClock.adjust("100 millis")
+      const { permit } = yield* Fiber.join(run)
+      // The slot at 0 was given up; the next free one, at 100 ms, was used.
+      expect(Duration.toMillis(permit.waited)).toBe(100)
+      expect((yield* Metric.value(givenUp)).count).toBe(1)
+      const other = Metrics.slotsGivenUp.pipe(Metric.tagged("limiter", "other"), Metric.tagged("store", "m"))
+      expect((yield* Metric.value(other)).count).toBe(0)
     }))
 })
 

@@ -30,6 +30,7 @@ import type { StoreError } from "../Errors.js"
 import * as Metrics from "../Metrics.js"
 import type { AcquireOutcome, AcquireRequest } from "../Store.js"
 import * as Handoff from "./handoff.js"
+import * as StoreClock from "./storeClock.js"
 
 type Admitted = Extract<AcquireOutcome, { _tag: "Admitted" }>
 
@@ -110,6 +111,7 @@ export const make = (options: Options) => {
     return Math.min(options.marginMs / 2, Math.max(LATE_MS, rate?._tag === "TokenBucket" ? rate.intervalMs : 0))
   }
   const held = options.held
+  const storeClock = StoreClock.make()
 
   const stateOf = (id: string): KeyState => {
     let state = keys.get(id)
@@ -157,7 +159,20 @@ export const make = (options: Options) => {
     }
     state.head++
     state.served++
-    return { ...spare.outcome, waitMs: Math.max(0, spare.dueAt - now) }
+    return { ...spare.outcome, waitMs: spare.dueAt - now }
+  }
+
+  /**
+   * The outcomes with their waits counted from `at`, when the answer was read, on the store's clock
+   * mapped onto this process's (see storeClock.ts): an answer that came back slowly has its slots
+   * sooner, below 0 for a slot already past.
+   */
+  const onLocalClock = (outcomes: ReadonlyArray<AcquireOutcome>, at: number): ReadonlyArray<AcquireOutcome> => {
+    const decided = outcomes.find((o): o is Admitted => o._tag === "Admitted" && o.reservation !== undefined)
+    if (decided?.reservation === undefined) return outcomes
+    const correction = storeClock.correction(decided.reservation.slotMs - decided.waitMs, at)
+    if (correction === 0) return outcomes
+    return outcomes.map((o) => (o._tag === "Admitted" ? { ...o, waitMs: o.waitMs + correction } : o))
   }
 
   const addSpares = (state: KeyState, outcomes: ReadonlyArray<AcquireOutcome>, at: number, mark: number) => {
@@ -197,20 +212,20 @@ export const make = (options: Options) => {
       const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
       const mark = held?.mark() ?? 0
       return Effect.exit(options.decide(id, requests, { request: spare, count: ahead })).pipe(
-        Effect.tap((exit) =>
-          Effect.sync(() => {
-            const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
-            const wall = clock.unsafeCurrentTimeMillis()
-            if (Exit.isSuccess(exit)) addSpares(state, exit.value.slice(requests.length), at, mark)
-            for (let i = 0; i < queue.length; i++) {
-              const outcome = reservesAhead(queue[i]!.request) ? takeSpare(id, state, queue[i]!.request, at, wall) : undefined
-              if (outcome !== undefined) {
-                queue[i]!.done.done(Exit.succeed(outcome))
-                queue.splice(i--, 1)
-              }
+        Effect.map((answered) => {
+          const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+          const wall = clock.unsafeCurrentTimeMillis()
+          const exit = Exit.isSuccess(answered) ? Exit.succeed(onLocalClock(answered.value, at)) : answered
+          if (Exit.isSuccess(exit)) addSpares(state, exit.value.slice(requests.length), at, mark)
+          for (let i = 0; i < queue.length; i++) {
+            const outcome = reservesAhead(queue[i]!.request) ? takeSpare(id, state, queue[i]!.request, at, wall) : undefined
+            if (outcome !== undefined) {
+              queue[i]!.done.done(Exit.succeed(outcome))
+              queue.splice(i--, 1)
             }
-          })
-        )
+          }
+          return exit
+        })
       )
     })
 

@@ -10,7 +10,7 @@ import type { Permit } from "../RateLimiter.js"
 import type { AcquireOutcome } from "../Store.js"
 import { type Call, failed, instrument, pastDeadline, permit, refund, refused } from "./call.js"
 import { detached } from "./detach.js"
-import { waitForSlot } from "./slot.js"
+import { staleAfterMs, waitForSlot } from "./slot.js"
 
 const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
   Effect.uninterruptibleMask((restore) =>
@@ -27,7 +27,9 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
         }
         if (outcome._tag === "Admitted") {
           // The hot path: no wait and no backoff known anywhere.
-          if (outcome.waitMs <= 0 && !b.store.backoffs.any(clock.unsafeCurrentTimeMillis())) return Effect.sync(() => permit(call, outcome, undefined, waited()))
+          if (outcome.waitMs <= 0 && -outcome.waitMs <= staleAfterMs(b.spec) && !b.store.backoffs.any(clock.unsafeCurrentTimeMillis())) {
+            return Effect.sync(() => permit(call, outcome, undefined, waited()))
+          }
           const deadline = mode === "try" ? started : timeoutMs === undefined ? Infinity : started + timeoutMs
           return Effect.matchEffect(waitForSlot(call, outcome, mark, deadline, restore, clock), {
             onFailure: (error) => failed(call, error, waited()),

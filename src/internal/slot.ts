@@ -46,7 +46,8 @@ export const waitForSlot = <E>(
    * one rather than giving slots up for ever.
    */
   const sleepUntil = (outcome: Admitted, since: number, replaced: boolean): Effect.Effect<Waited, StoreError> => {
-    if (outcome.waitMs <= 0) return check(outcome, since, replaced, false)
+    // A slot already past (an answer that came back slowly) is stale as one woken up late.
+    if (outcome.waitMs <= 0) return check(outcome, since, replaced, !replaced && -outcome.waitMs > staleAfter && clock.unsafeCurrentTimeMillis() < deadline)
     const due = clock.unsafeCurrentTimeMillis() + outcome.waitMs
     // The refund sits outside `restore`, so that an interruption already pending when the sleep starts gives the slot back too.
     const slept = restore(sleepThenTurn(clock, outcome.waitMs)).pipe(Effect.onInterrupt(() => refund(call, outcome)))
@@ -92,15 +93,19 @@ export const waitForSlot = <E>(
   return sleepUntil(first, mark, false)
 }
 
-/** How late, at most, callers proceed after their slot: a hundredth of a second of the rate. */
-const STALE_MS = 10
+/**
+ * How late, at most, callers proceed after their slot: under a hundredth of a second, so that the
+ * callers of all processes together proceed within 1% of a second of their slots, with 2 ms left
+ * for how late the store's slots are mapped onto this process's clock (storeClock.ts).
+ */
+const STALE_MS = 8
 
 /**
  * How late after its slot a waiter may wake and still use it: STALE_MS, or one interval of the rate
  * when that is longer (a caller late by less than an interval cannot add an admission to any
  * window, and at slow rates a slot given up is a long time lost).
  */
-const staleAfterMs = (spec: LimiterSpec): number => {
+export const staleAfterMs = (spec: LimiterSpec): number => {
   const rate = spec.rate
   const interval = rate === undefined ? 0 : rate._tag === "TokenBucket" ? rate.intervalMs : rate.windowMs / rate.limit
   return Math.max(STALE_MS, interval)
