@@ -13,23 +13,16 @@ import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import type { PostgresStoreConfig } from "../Settings.js"
 import * as Errors from "./errors.js"
-import { createTableSql } from "./PostgresStore.js"
+import { createTableSql, grantSql, privileges, quoteIdent, tableOf } from "./setup.js"
 
-export { createTableSql }
+export { createTableSql, grantSql, privileges, quoteIdent, tableOf }
 
 /** The oldest PostgreSQL the engine supports, as `server_version_num`, and the newest it was tested on. */
 export const minimumVersion = 140000
 export const testedUpTo = 18
 
-/** What the library needs on its table; DELETE only for the cleanup. */
-export const privileges = ["SELECT", "INSERT", "UPDATE"] as const
-
 /** The columns of the documented table. */
 export const columns = ["group_id", "last_acquisition_at", "version", "current_concurrent", "created_at", "updated_at"] as const
-
-export const quoteIdent = (name: string): string => `"${name.replaceAll("\"", "\"\"")}"`
-
-export const tableOf = (config: PostgresStoreConfig): string => `${quoteIdent(config.schema_name)}.${quoteIdent(config.table_name)}`
 
 export const contextOf = (name: string, config: PostgresStoreConfig): Errors.Context => ({
   store: name,
@@ -50,12 +43,6 @@ export const connect = (
     connectTimeout: Duration.millis(config.pool_timeout_ms),
     applicationName: "rate-sync-cli"
   }).pipe(Effect.provide(Reactivity.layer), Effect.mapError(Errors.fromSql(contextOf(name, config))))
-
-/** The GRANT statements that give `role` what the library needs on the store's table. */
-export const grantSql = (config: PostgresStoreConfig, role: string, only: ReadonlyArray<string> = privileges): ReadonlyArray<string> => [
-  ...(config.schema_name === "public" ? [] : [`GRANT USAGE ON SCHEMA ${quoteIdent(config.schema_name)} TO ${quoteIdent(role)}`]),
-  `GRANT ${only.join(", ")} ON ${tableOf(config)} TO ${quoteIdent(role)}`
-]
 
 export interface Problem {
   readonly message: string

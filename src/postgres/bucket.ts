@@ -1,0 +1,162 @@
+/**
+ * The token bucket: one row per key; `last_acquisition_at` is GCRA's theoretical arrival time. A
+ * batch is planned (bucketPlan.ts) against one reading of the row and written in one conditional
+ * upsert: on the version it read, or on the row still lying within the plan's slack. A per-key cache
+ * of the last row written saves the read before a write while no other process writes the key.
+ */
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import * as Gcra from "../internal/gcra.js"
+import type { TokenBucket } from "../LimiterSpec.js"
+import type { AcquireOutcome, AcquireRequest, Reservation } from "../Store.js"
+import * as Plan from "./bucketPlan.js"
+import { Conflict } from "./conflicts.js"
+import { ceilMicros, type Context, nextVersion } from "./context.js"
+
+/** Bounds the per-key cache of the last row written, which saves the read before a write. */
+const MAX_CACHED = 10_000
+
+interface Cached {
+  readonly tat: number
+  readonly version: number
+  /** Server time (store base) of the statement that wrote it, and the local clock on receipt. */
+  readonly serverMs: number
+  readonly localMs: number
+}
+
+export interface Bucket {
+  /** The row as it is: tat (-Infinity when none), version, and the server's now. */
+  readonly read: (id: string) => Effect.Effect<{ readonly tat: number; readonly version: number | null; readonly now: number }, SqlError>
+  /** Decides a batch in order against one read of the row (or the cache), then writes it in one conditional upsert. */
+  readonly attempt: (
+    id: string,
+    rate: TokenBucket,
+    batch: ReadonlyArray<AcquireRequest>,
+    useCache: boolean,
+    spares: number
+  ) => Effect.Effect<Array<AcquireOutcome>, Conflict | SqlError>
+  /** Gives back `cost` units of the newest reservation, if nobody wrote after it. */
+  readonly refund: (id: string, rate: TokenBucket, cost: number, reservation: Reservation) => Effect.Effect<void, SqlError>
+  /** Forgets what the cache holds of `id` (written elsewhere), or of every key. */
+  readonly forget: (id: string) => void
+  readonly forgetAll: () => void
+}
+
+export const make = (ctx: Context): Bucket => {
+  const { C, NEXT, NEXT_S, T, AT, NOW, FROM_SETTING, margin, sql } = ctx
+  const cache = new Map<string, Cached>()
+  /** Keys where another process wrote since our cached write: reading first is cheaper there. */
+  const contendedUntil = new Map<string, number>()
+  const remember = (id: string, entry: Cached) => {
+    cache.delete(id)
+    cache.set(id, entry)
+    if (cache.size > MAX_CACHED) cache.delete(cache.keys().next().value!)
+  }
+  const contended = (id: string) => {
+    contendedUntil.delete(id)
+    contendedUntil.set(id, performance.now() + 1_000)
+    if (contendedUntil.size > MAX_CACHED) contendedUntil.delete(contendedUntil.keys().next().value!)
+  }
+  const TAT = ctx.atOf("last_acquisition_at")
+  const UPDATED = ctx.atOf("updated_at")
+
+  const read = (id: string) =>
+    Effect.gen(function*() {
+      const rows = yield* sql<{ tat: number | null; version: number | null; now: number }>`
+        SELECT ${AT} AS tat, s.version, ${NOW} AS now FROM (SELECT 1) AS one LEFT JOIN ${T} s ON s.group_id = ${id}`
+      const row = rows[0]!
+      return { tat: row.tat ?? -Infinity, version: row.version, now: row.now }
+    })
+
+  const attempt: Bucket["attempt"] = (id, rate, batch, useCache, spares) =>
+    Effect.gen(function*() {
+      const uncontended = useCache && (contendedUntil.get(id) ?? 0) < performance.now()
+      const cached = uncontended ? cache.get(id) : undefined
+      // A key this process knows nothing of is most likely idle: plan as if it were and write in one
+      // upsert, on the condition that the row (if any) lets the plan hold; else read and retry.
+      const blind = uncontended && cached === undefined
+      // A cached row is as of its write; the server clock has run at least as long as ours since.
+      const state = blind
+        ? { tat: -Infinity, version: null, now: 0 }
+        : cached === undefined
+        ? yield* read(id)
+        : { tat: cached.tat, version: cached.version, now: cached.serverMs + (performance.now() - cached.localMs) }
+      const tolerance = Gcra.tolerance(rate)
+      const plan = Plan.plan(rate, margin, state.tat, state.now, batch, spares)
+      const newest = Plan.newest(plan)
+      const units = newest < 0 ? 0 : Plan.units(plan)
+      if (units === 0 && blind) return yield* attempt(id, rate, batch, false, spares)
+      if (units === 0) {
+        const remaining = Gcra.remaining(state.tat, state.now, rate)
+        return plan.map((step): AcquireOutcome => ({
+          _tag: "RateLimited",
+          retryAfterMs: step.admitted ? 0 : step.wait,
+          limit: rate.burst,
+          remaining
+        }))
+      }
+      const micros = ceilMicros(units * rate.intervalMs)
+      // The plan also holds if another process wrote meanwhile, as long as the debt it finds still
+      // lets every admitted request start within its own bound.
+      const slack = Plan.slack(rate, plan, batch)
+      // Read after the row's lock, a moment before the SET's instant: a debt within the slack then
+      // is within it at the write too.
+      const stillValid = Number.isFinite(slack)
+        ? sql`s.last_acquisition_at <= clock_timestamp() + ${slack}::float8 * interval '1 millisecond'`
+        : sql.literal("TRUE")
+      const added = sql`${micros}::float8 * interval '1 microsecond'`
+      // A row created here is written as the version after the one the plan expected, as if created
+      // empty and then written, so that another writer's plan against no row does not match it.
+      const expected = state.version ?? 1
+      const rows = yield* sql<{ tat: number; version: number; now: number }>`
+        INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
+        SELECT ${id}, c.t + ${added}, ${nextVersion(expected)}, c.t FROM ${C}
+        ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, version, updated_at) = (
+          SELECT GREATEST(s.last_acquisition_at, c.t) + ${added}, ${NEXT_S}, c.t FROM ${C})
+        WHERE ${blind ? stillValid : sql`(s.version = ${expected} OR ${stillValid})`}
+        RETURNING ${TAT} AS tat, version, ${UPDATED} AS now`
+      const row = rows[0]
+      if (row === undefined) {
+        cache.delete(id)
+        if (cached !== undefined || blind) contended(id)
+        return yield* new Conflict()
+      }
+      remember(id, { tat: row.tat, version: row.version, serverMs: row.now, localMs: performance.now() })
+      // The same instant the database used: the batch started at max(old tat, now).
+      const began = row.tat - micros / 1000
+      return plan.map((step, index): AcquireOutcome => {
+        if (!step.admitted) {
+          return { _tag: "RateLimited", retryAfterMs: step.wait, limit: rate.burst, remaining: 0 }
+        }
+        const slot = Math.max(row.now, began + step.through * rate.intervalMs - tolerance)
+        return {
+          _tag: "Admitted",
+          waitMs: slot - row.now,
+          // Only the newest reservation can be given back, and only while nobody wrote after it.
+          reservation: { slotMs: slot, tatMs: began + step.through * rate.intervalMs, version: newest === index ? row.version : undefined },
+          limit: rate.burst,
+          remaining: Gcra.remaining(row.tat, slot, rate)
+        }
+      })
+    })
+
+  const refund: Bucket["refund"] = (id, rate, cost, reservation) =>
+    Effect.suspend(() => {
+      cache.delete(id)
+      const micros = ceilMicros(cost * rate.intervalMs)
+      return sql`
+        UPDATE ${T} SET last_acquisition_at = last_acquisition_at - ${micros}::float8 * interval '1 microsecond',
+          version = ${NEXT}, updated_at = statement_timestamp()
+        ${FROM_SETTING} WHERE group_id = ${id} AND version = ${reservation.version}`.pipe(Effect.asVoid)
+    })
+
+  return {
+    read,
+    attempt,
+    refund,
+    forget: (id) => {
+      cache.delete(id)
+    },
+    forgetAll: () => cache.clear()
+  }
+}
