@@ -15,6 +15,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import type * as Scope from "effect/Scope"
 import { createServer } from "node:http"
 import { inject } from "vitest"
@@ -285,6 +287,24 @@ describe("HttpRateLimit headers and setup", () => {
       expect(refused.headers.get("retry-after")).toBe("10")
       expect(refused.headers.get("x-ratelimit-remaining")).toBe("0")
     })))
+
+  it.live("a store that is down: admitted with the degraded header (fail_closed = false), or failed (true)", () =>
+    Effect.scoped(Effect.gen(function*() {
+      // Nothing listens on port 1: every store call is refused, an outage.
+      const down: StoreConfigInput = { engine: "redis", url: "redis://127.0.0.1:1", connect_timeout_ms: 1000 }
+      const open = unique("open")
+      const closed = unique("closed")
+      const { base } = yield* start(down, { [open]: { rate_per_second: 1, fail_closed: false }, [closed]: { rate_per_second: 1, fail_closed: true } }, Effect.gen(function*() {
+        const openLimit = yield* HttpRateLimit.make({ limiters: open })
+        const closedLimit = yield* HttpRateLimit.make({ limiters: closed })
+        return HttpRouter.empty.pipe(HttpRouter.get("/open", ok.pipe(openLimit)), HttpRouter.get("/closed", ok.pipe(closedLimit)))
+      }))
+      const admitted = yield* get(`${base}/open`)
+      expect(admitted.status).toBe(200)
+      expect(admitted.headers.get("ratelimit-degraded")).toBe(`"${open}"`)
+      expect(admitted.headers.get("ratelimit")).toBeNull()
+      expect((yield* get(`${base}/closed`)).status).toBe(500)
+    }).pipe(Logger.withMinimumLogLevel(LogLevel.None))))
 
   it.live("over IPv6 loopback the key is the peer's /56", () =>
     Effect.scoped(Effect.gen(function*() {
