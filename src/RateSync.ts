@@ -7,6 +7,8 @@
  * const Test = RateSync.layerToml().pipe(Layer.provide(MemoryStore.layer))
  * ```
  */
+import type * as FileSystem from "@effect/platform/FileSystem"
+import type * as Path from "@effect/platform/Path"
 import * as Config from "effect/Config"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -43,11 +45,17 @@ export const layer = (input: SettingsInput): Layer.Layer<RateLimiter.RateLimiter
   fromSettings(decodeSettings(input))
 
 /**
- * From `rate-sync.toml`: the given path, else `$RATE_SYNC_CONFIG`, `./rate-sync.toml`, `./config/rate-sync.toml`.
- * A server store's `url = "${VAR}"` is read when the store connects, so the same file serves
- * `MemoryStore.layer` in tests with no VAR set, while `Stores.layer` fails without it.
+ * From `rate-sync.toml`: the given path, else `$RATE_SYNC_CONFIG`, `./rate-sync.toml`, `./config/rate-sync.toml`,
+ * read with Node's file system. A server store's `url = "${VAR}"` is read when the store connects, so
+ * the same file serves `MemoryStore.layer` in tests with no VAR set, while `Stores.layer` fails without it.
  */
 export const layerToml = (path?: string): Layer.Layer<RateLimiter.RateLimiter, BuildError, StoreFactory> =>
+  layerTomlPlatform(path).pipe(Layer.provide(Toml.nodeFiles))
+
+/** As `layerToml`, the file read through the `FileSystem` and `Path` the program provides (another runtime's, a test's). */
+export const layerTomlPlatform = (
+  path?: string
+): Layer.Layer<RateLimiter.RateLimiter, BuildError, StoreFactory | FileSystem.FileSystem | Path.Path> =>
   fromSettings(Toml.loadDeferred(path))
 
 /** From Effect `Config` (by default the `RATE_SYNC_*` environment variables). */

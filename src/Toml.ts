@@ -1,11 +1,16 @@
 /**
- * `rate-sync.toml`: discovery, parsing, and `${VAR}` / `${VAR:-default}` substitution. Variables
- * are read through Effect `Config`, so tests can supply them with a `ConfigProvider`.
+ * `rate-sync.toml`: discovery, parsing, and `${VAR}` / `${VAR:-default}` substitution. The file is
+ * read through `@effect/platform`'s `FileSystem` and `Path` (so the loader runs, and is tested,
+ * wherever Effect's platform does); variables through Effect `Config`, so tests can supply them
+ * with a `ConfigProvider`.
  */
-import { readFile } from "node:fs/promises"
-import { resolve } from "node:path"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import * as NodePath from "@effect/platform-node/NodePath"
 import * as Config from "effect/Config"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { parse, TomlError } from "smol-toml"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
@@ -14,17 +19,11 @@ import { decodeSettings, type DeferredStoreConfig, type Settings, urlKeys } from
 /** Where the file is looked for when no path is given, after `$RATE_SYNC_CONFIG`. */
 export const searchPaths: ReadonlyArray<string> = ["rate-sync.toml", "config/rate-sync.toml"]
 
+/** Node's `FileSystem` and `Path`: what `RateSync.layerToml` and `rate-sync/promise` read the file with. */
+export const nodeFiles: Layer.Layer<FileSystem.FileSystem | Path.Path> = Layer.merge(NodeFileSystem.layer, NodePath.layer)
+
 const fail = (path: string, message: string) =>
   new ConfigurationError({ issues: [new ConfigIssue({ path, message })] })
-
-const readText = (path: string) =>
-  Effect.tryPromise({
-    try: () => readFile(path, "utf8"),
-    catch: (cause) => cause
-  })
-
-const isMissing = (cause: unknown) =>
-  typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
 
 /**
  * Finds and reads the configuration file: `path`, else `$RATE_SYNC_CONFIG`, else the search paths,
@@ -32,19 +31,23 @@ const isMissing = (cause: unknown) =>
  */
 export const discover = (
   path?: string,
-  directory: string = process.cwd()
-): Effect.Effect<{ path: string; text: string }, ConfigurationError> =>
+  directory?: string
+): Effect.Effect<{ path: string; text: string }, ConfigurationError, FileSystem.FileSystem | Path.Path> =>
   Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const paths = yield* Path.Path
     const fromEnv = yield* Config.option(Config.string("RATE_SYNC_CONFIG")).pipe(Effect.orElseSucceed(Option.none))
     const explicit = path ?? Option.getOrUndefined(fromEnv)
-    const candidates = (explicit !== undefined && explicit !== "" ? [explicit] : searchPaths).map((p) => resolve(directory, p))
+    const candidates = (explicit !== undefined && explicit !== "" ? [explicit] : searchPaths).map((p) =>
+      directory === undefined ? paths.resolve(p) : paths.resolve(directory, p)
+    )
     for (const candidate of candidates) {
-      const text = yield* readText(candidate).pipe(
+      const text = yield* fs.readFileString(candidate, "utf8").pipe(
         Effect.map(Option.some),
-        Effect.catchAll((cause) =>
-          isMissing(cause) && candidates.length > 1
+        Effect.catchAll((error) =>
+          error._tag === "SystemError" && error.reason === "NotFound" && candidates.length > 1
             ? Effect.succeed(Option.none<string>())
-            : Effect.fail(fail(candidate, `cannot read the configuration file: ${String(cause)}`))
+            : Effect.fail(fail(candidate, `cannot read the configuration file: ${error.message}`))
         )
       )
       if (Option.isSome(text)) return { path: candidate, text: text.value }
@@ -155,9 +158,12 @@ export const parseTextDeferred = (
   })
 
 /** Finds, reads and validates `rate-sync.toml`, every `${VAR}` read now (for tools that connect themselves). */
-export const load = (path?: string, directory?: string): Effect.Effect<Settings, ConfigurationError> =>
+export const load = (path?: string, directory?: string): Effect.Effect<Settings, ConfigurationError, FileSystem.FileSystem | Path.Path> =>
   Effect.flatMap(discover(path, directory), (file) => parseText(file.text, file.path))
 
 /** Finds, reads and validates `rate-sync.toml`, server urls read when their store connects (`parseTextDeferred`). */
-export const loadDeferred = (path?: string, directory?: string): Effect.Effect<Settings<DeferredStoreConfig>, ConfigurationError> =>
+export const loadDeferred = (
+  path?: string,
+  directory?: string
+): Effect.Effect<Settings<DeferredStoreConfig>, ConfigurationError, FileSystem.FileSystem | Path.Path> =>
   Effect.flatMap(discover(path, directory), (file) => parseTextDeferred(file.text, file.path))

@@ -218,7 +218,7 @@ const update = async (next: Effect.Effect<SettingsInput, unknown>): Promise<void
 }
 
 /** Replaces the configuration with a TOML file (`path`, `$RATE_SYNC_CONFIG`, `./rate-sync.toml`, `./config/rate-sync.toml`). */
-export const loadConfig = (path?: string): Promise<void> => update(Effect.flatMap(Check.path(path), Toml.load))
+export const loadConfig = (path?: string): Promise<void> => update(Effect.provide(Effect.flatMap(Check.path(path), Toml.load), Toml.nodeFiles))
 
 /** Adds or replaces a store, with the keys of a `[stores.NAME]` table. */
 export const configureStore = (name: string, config: StoreConfigInput): Promise<void> =>

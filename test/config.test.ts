@@ -2,6 +2,9 @@ import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect, it } from "@effect/vitest"
+import { SystemError } from "@effect/platform/Error"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "@effect/platform/Path"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -177,6 +180,36 @@ describe("discovery", () => {
 
       const missing = yield* Toml.load(undefined, dir).pipe(withVars({ RATE_SYNC_CONFIG: join(dir, "missing.toml") }), Effect.flip)
       expect(missing.message).toMatch(/missing\.toml: cannot read the configuration file/)
+    }).pipe(Effect.provide(Toml.nodeFiles)))
+
+  it.effect("the file is read through the FileSystem the program provides: a test's in-memory one, its errors kept", () =>
+    Effect.gen(function*() {
+      const files = new Map([["/app/config/rate-sync.toml", `[stores.m]\nengine = "memory"\n[limiters.api]\nstore = "m"\nrate_per_second = 7\n`]])
+      const read: Array<string> = []
+      const inMemory = FileSystem.layerNoop({
+        readFileString: (path) => {
+          read.push(path)
+          const text = files.get(path)
+          return text !== undefined
+            ? Effect.succeed(text)
+            : Effect.fail(new SystemError({ reason: path.includes("locked") ? "PermissionDenied" : "NotFound", module: "FileSystem", method: "readFileString", pathOrDescriptor: path }))
+        }
+      })
+      const found = yield* Toml.load(undefined, "/app").pipe(withVars({}), Effect.provide(Layer.merge(inMemory, Path.layer)))
+      expect(found.limiters["api"]?.rate_per_second).toBe(7)
+      // The search order: ./rate-sync.toml first, then ./config/rate-sync.toml.
+      expect(read).toEqual(["/app/rate-sync.toml", "/app/config/rate-sync.toml"])
+      // A file that exists but cannot be read is an error, not a reason to look elsewhere.
+      files.clear()
+      const denied = yield* Toml.load("locked.toml", "/app").pipe(withVars({}), Effect.provide(Layer.merge(inMemory, Path.layer)), Effect.flip)
+      expect(denied.message).toMatch(/\/app\/locked\.toml: cannot read the configuration file: .*PermissionDenied/)
+      // And the layer over it builds limiters from it.
+      files.set("/work/rate-sync.toml", `[stores.m]\nengine = "memory"\n[limiters.api]\nstore = "m"\nrate_per_second = 1\n`)
+      const permit = yield* Effect.scoped(RateLimiter.acquire("api")).pipe(
+        Effect.provide(RateSync.layerTomlPlatform("/work/rate-sync.toml").pipe(Layer.provide(Layer.mergeAll(MemoryStore.layer, inMemory, Path.layer)))),
+        withVars({})
+      )
+      expect(permit.degraded).toBe(false)
     }))
 })
 

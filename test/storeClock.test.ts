@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
@@ -110,6 +111,6 @@ describe("coalescer on the store's clock", () => {
       // Past already when read: a wait below 0, which the caller treats as a slot woken up to late.
       const past = yield* coalescer.submit("k", request)
       expect(past._tag === "Admitted" && past.waitMs).toBeCloseTo(-30, 0)
-      yield* Scope.close(scope, Effect.void.pipe(Effect.exit))
+      yield* Scope.close(scope, Exit.void)
     }))
 })

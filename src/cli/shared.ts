@@ -3,6 +3,8 @@
  * tools only when a store of that engine is configured, and the errors that set the exit code.
  */
 import * as Options from "@effect/cli/Options"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import type * as Path from "@effect/platform/Path"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -34,7 +36,9 @@ export const storeOption = (what: string) =>
   Options.text("store").pipe(Options.withDescription(`only the store of this name (default: ${what})`), Options.optional)
 
 /** Finds, reads and validates the configuration; returns it with the file's path. */
-export const loadSettings = (path: Option.Option<string>): Effect.Effect<{ readonly path: string; readonly settings: Settings }, ConfigurationError> =>
+export const loadSettings = (
+  path: Option.Option<string>
+): Effect.Effect<{ readonly path: string; readonly settings: Settings }, ConfigurationError, FileSystem.FileSystem | Path.Path> =>
   Effect.flatMap(Toml.discover(Option.getOrUndefined(path)), (file) =>
     Effect.map(Toml.parseText(file.text, file.path), (settings) => ({ path: file.path, settings })))
 
