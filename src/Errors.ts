@@ -90,11 +90,18 @@ export class LeaseNeedsScope extends Schema.TaggedError<LeaseNeedsScope>()("Leas
 /**
  * The store could not be reached (an outage: refused or lost connections, a server restarting).
  * This, and only this, is what `fail_closed = false` admits through; `message` says how to fix it
- * when known.
+ * when known. `reason` tells which outage: no connection could be made (`unreachable`), one was lost
+ * under a call (`disconnected`), the server answered that it cannot serve for now (`server`: starting,
+ * shutting down, out of connections or memory, read-only after a failover), or the store itself was
+ * closed under the call (`closed`). Code branches on `reason`, never on `message`.
  */
 export class StoreUnavailable extends Schema.TaggedError<StoreUnavailable>()("StoreUnavailable", {
   store: Schema.String,
   engine: Schema.String,
+  /** Which outage; `unreachable` when the maker of the error did not say. */
+  reason: Schema.optionalWith(Schema.Literal("unreachable", "disconnected", "server", "closed"), {
+    default: () => "unreachable" as const
+  }),
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)
 }) {}

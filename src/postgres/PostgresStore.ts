@@ -150,7 +150,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
           Effect.tap((outcomes) => outcomes.some((o) => o._tag === "Admitted" && o.waitMs > 0) ? listen : Effect.void)
         )
       },
-      closed: new StoreUnavailable({ store: name, engine: "postgres", message: "the store was closed" })
+      closed: new StoreUnavailable({ store: name, engine: "postgres", reason: "closed", message: "the store was closed" })
     })
 
     const store: PostgresStore = {

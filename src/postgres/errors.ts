@@ -73,6 +73,23 @@ const STATEMENT_POOLING = /not allowed in statement pooling mode/i
 /** Messages pg gives without a code when the connection went away under a query. */
 const DROPPED = /connection terminated|connection error|not queryable|terminating connection|socket|ECONNRESET/i
 
+/** Connections that could not be made: refused, no route or name, no answer to the connect, the server rejecting it. */
+const NO_CONNECTION = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "EAI_AGAIN", "08001", "08004"])
+
+/**
+ * Which outage: no connection made; the server saying it cannot serve for now (too many connections or
+ * out of resources, shut down, crashed or starting, system errors, read-only); else a connection lost
+ * under the call (reset, terminated, dropped without a code).
+ */
+const outageOf = (code: string | undefined): StoreUnavailable["reason"] =>
+  code === undefined
+    ? "disconnected"
+    : NO_CONNECTION.has(code)
+    ? "unreachable"
+    : ["53", "57", "58"].includes(code.slice(0, 2)) || code === "25006"
+    ? "server"
+    : "disconnected"
+
 const reasonOf = (code: string): StoreMisconfigured["reason"] =>
   code.startsWith("28")
     ? "authentication"
@@ -134,7 +151,7 @@ export const fromCause = (context: Context) => (cause: unknown): PostgresError =
   if (
     code === undefined || UNREACHABLE.has(code) || /^E[A-Z_]{3,}$/.test(code) || OUTAGE_CLASSES.includes(code.slice(0, 2)) ||
     code === "25006" || DROPPED.test(detail)
-  ) return new StoreUnavailable(fields)
+  ) return new StoreUnavailable({ ...fields, reason: outageOf(code) })
   return new StoreMisconfigured({ ...fields, reason: reasonOf(code) })
 }
 

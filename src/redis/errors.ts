@@ -25,10 +25,20 @@ export const describeUrl = (url: string): string => {
  */
 const OFFLINE = /Stream isn't writeable|Connection is closed|max retries|no answer within connect_timeout_ms|^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|READONLY|OOM)\b|\b(ECONNREFUSED|ECONNRESET|ECONNABORTED|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH|EHOSTDOWN|ENETUNREACH|ENETDOWN|EPIPE|EAI_AGAIN)\b/
 
+/** Of the outages: the server says it cannot serve for now (loading, failing over, read-only, out of memory). */
+const SERVER = /^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|READONLY|OOM)\b/
+
+/** Of the outages: no connection could be made (refused, no route or name, no answer to the connect, reconnects given up). */
+const NO_CONNECTION = /max retries|no answer within connect_timeout_ms|\b(ECONNREFUSED|ETIMEDOUT|ENOTFOUND|EHOSTUNREACH|EHOSTDOWN|ENETUNREACH|ENETDOWN|EAI_AGAIN)\b/
+
+/** Which outage an error that is one reports; a connection lost under the command otherwise. */
+const outageOf = (detail: string): StoreUnavailable["reason"] =>
+  SERVER.test(detail) ? "server" : NO_CONNECTION.test(detail) ? "unreachable" : "disconnected"
+
 /** An operating-system error code on the error itself (connection errors carry one; server replies do not). */
-const systemCode = (cause: unknown): boolean => {
+const systemCodeOf = (cause: unknown): string | undefined => {
   const code = typeof cause === "object" && cause !== null ? Object.getOwnPropertyDescriptor(cause, "code")?.value : undefined
-  return typeof code === "string" && /^E[A-Z_]+$/.test(code) && code !== "ERR"
+  return typeof code === "string" && /^E[A-Z_]+$/.test(code) && code !== "ERR" ? code : undefined
 }
 
 /** Slow, not down: a command not answered in time, or a long script keeping the server busy. */
@@ -88,10 +98,12 @@ export const classify = (
       cause
     })
   }
-  if (OFFLINE.test(detail) || systemCode(cause)) {
+  const code = systemCodeOf(cause)
+  if (OFFLINE.test(detail) || code !== undefined) {
     return new StoreUnavailable({
       store,
       engine: "redis",
+      reason: outageOf(code === undefined ? detail : `${detail} ${code}`),
       message: `cannot reach Redis at ${where} (${detail}); it reconnects by itself, limiters follow fail_closed meanwhile`,
       cause
     })
