@@ -237,6 +237,9 @@ describe.each(engines)("HttpRateLimit on $name", ({ skip, store }) => {
       const second = yield* get(`${base}/`)
       expect(second.status).toBe(429)
       expect(second.headers.get("ratelimit-policy")).toBe(`"${name}";q=1;qu="concurrent-requests"`)
+      // A lease comes back when a request in flight ends: no `t`, and the shortest Retry-After.
+      expect(second.headers.get("ratelimit")).toBe(`"${name}";r=0`)
+      expect(second.headers.get("retry-after")).toBe("1")
       yield* Deferred.succeed(gate, undefined)
       expect((yield* first).status).toBe(200)
       expect(yield* eventually(held(0))).toBe(true)

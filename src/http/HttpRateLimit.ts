@@ -152,7 +152,7 @@ const decide = <E, R, AE, AR>(checked: Checked<E, R>, service: Service, specs: R
     if (degraded.length > 0 && degradedHeader !== false) pairs.push([degradedHeader.toLowerCase(), degraded.join(", ")])
 
     if (refusal !== undefined) {
-      const retryAfter = Headers.retryAfterSeconds(refusal[1])
+      const retryAfter = Headers.retryAfterSeconds(refusal[0], refusal[1])
       const violatedPolicies = [refusal[0].name]
       const response = options.onRefused === undefined
         ? HttpServerResponse.unsafeJson(Headers.problem(violatedPolicies, retryAfter), { status: 429, contentType: "application/problem+json" })

@@ -64,22 +64,38 @@ export const afterAdmission = (spec: LimiterSpec, permit: Permit): Limit | undef
 }
 
 /**
+ * Whether a refusal is the concurrency bound's (every lease held) rather than the rate's: its limit
+ * is the concurrency bound and not the rate's capacity (when both are equal, the rate is assumed:
+ * the longer wait).
+ */
+const byConcurrency = (spec: LimiterSpec, error: RateLimitExceeded): boolean =>
+  spec.concurrency !== undefined && error.limit === spec.concurrency.max &&
+  (spec.rate === undefined || error.limit !== (spec.rate._tag === "TokenBucket" ? spec.rate.burst : spec.rate.limit))
+
+/**
  * After a refusal: `r` as refused, `t` when the next unit comes back. For a token bucket that is the
  * refusal's wait less the units the request needed beyond the next one (`cost - r - 1` intervals);
- * otherwise the wait itself (never later than `Retry-After`, as the draft asks).
+ * for a sliding window the wait itself (never later than `Retry-After`, as the draft asks). A
+ * concurrency refusal has no `t`: a lease comes back when a request in flight ends, which nothing
+ * foresees.
  */
 export const afterRefusal = (spec: LimiterSpec, error: RateLimitExceeded, cost: number): Limit => {
+  if (byConcurrency(spec, error)) return { name: spec.name, remaining: 0, resetSeconds: undefined }
   const waitMs = Duration.toMillis(error.retryAfter)
   const rate = spec.rate
-  const nextMs = rate !== undefined && rate._tag === "TokenBucket" && error.limit === rate.burst
+  const nextMs = rate !== undefined && rate._tag === "TokenBucket"
     ? Math.max(0, waitMs - Math.max(0, cost - error.remaining - 1) * rate.intervalMs)
     : waitMs
   return { name: spec.name, remaining: error.remaining, resetSeconds: seconds(nextMs) }
 }
 
-/** `Retry-After` in whole seconds, at least 1: a refused client waits at least that long. */
-export const retryAfterSeconds = (error: RateLimitExceeded): number =>
-  Math.max(1, seconds(Duration.toMillis(error.retryAfter)))
+/**
+ * `Retry-After` in whole seconds, at least 1. A concurrency refusal says 1: the refusal's own
+ * `retryAfter` is when the soonest lease would expire unrenewed (up to `lease_ttl_seconds`), while
+ * a request in flight usually ends much sooner.
+ */
+export const retryAfterSeconds = (spec: LimiterSpec, error: RateLimitExceeded): number =>
+  byConcurrency(spec, error) ? 1 : Math.max(1, seconds(Duration.toMillis(error.retryAfter)))
 
 /** An sf-string (RFC 8941): limiter names are letters, digits, `_`, `-`, `.`, so nothing needs escaping, but quotes are. */
 const sfString = (value: string) => `"${value.replace(/[\\"]/g, (c) => `\\${c}`)}"`
