@@ -24,18 +24,15 @@
  *
  * This module assembles the store from its parts, over one shared context (context.ts: client,
  * table, time fragments, margin): bucket.ts (with its pure plan, bucketPlan.ts), window.ts,
- * leases.ts, backoff.ts, maintenance.ts, setup.ts (table and grants), keys.ts (row ids), client.ts
+ * leases.ts over slots.ts, backoff.ts, maintenance.ts, setup.ts (table and grants), keys.ts (row ids), client.ts
  * (the pool), conflicts.ts (optimistic retries), listener.ts (LISTEN) and errors.ts.
  */
 import type { SqlClient } from "@effect/sql/SqlClient"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Redacted from "effect/Redacted"
-import * as Scope from "effect/Scope"
 import type { ConfigurationError } from "../Errors.js"
 import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
-import * as Gcra from "../internal/gcra.js"
 import type { PostgresStoreConfig } from "../Settings.js"
 import type { StateView, Store } from "../Store.js"
 import * as Backoff from "./backoff.js"
@@ -46,18 +43,13 @@ import * as Context from "./context.js"
 import type * as Errors from "./errors.js"
 import { channelOf, rateId } from "./keys.js"
 import * as Leases from "./leases.js"
-import * as Listener from "./listener.js"
+import type * as Listener from "./listener.js"
+import * as Listening from "./listening.js"
 import * as Maintenance from "./maintenance.js"
 import { setup, tableOf } from "./setup.js"
 import * as Window from "./window.js"
 
 export { createTableSql } from "./setup.js"
-
-/**
- * How long a probe NOTIFY, once committed, may take to reach the LISTEN connection before it is said
- * to hear nothing: milliseconds when it works, so seconds only on a machine far overloaded.
- */
-const PROBE_TIMEOUT_MS = 3_000
 
 /** The most requests one write carries; a key with more waiters takes several writes. */
 const MAX_BATCH = 256
@@ -101,33 +93,10 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       return rate._tag === "TokenBucket" ? bucket.attempt(id, rate, [request], false, 0) : window.attempt(id, rate, [request])
     })
 
-    let listener: Listener.Listener | undefined
-    /** Where LISTEN connects: listen_url (a direct connection past a transaction pooler), else the url. */
-    const listenUrl = Redacted.make(config.listen_url ?? config.url)
-    const listenKey = config.listen_url === undefined ? "url" : "listen_url"
-    /** Started when a lease or a rate slot is first waited for: a program that never waits opens no LISTEN connection. */
-    const listen = Effect.suspend(() => {
-      if (listener !== undefined) return Effect.void
-      listener = { status: () => "connecting" }
-      return Listener.start({
-        connectionString: listenUrl,
-        channel: ctx.channel,
-        connectTimeoutMs: config.pool_timeout_ms,
-        // Checked after every (re)connect: a LISTEN through a pooler in transaction mode succeeds and hears nothing.
-        probe: {
-          publish: (payload) => sql`SELECT pg_notify(${ctx.channel}, ${payload})`.pipe(Effect.mapError(toError), bounded),
-          timeoutMs: PROBE_TIMEOUT_MS,
-          warning:
-            `rate-sync: store "${name}": the LISTEN connection (${listenKey}) heard nothing of a NOTIFY sent through the url within ${PROBE_TIMEOUT_MS} ms, so lease waiters in this process wake only at their re-check (up to a second late). Through a pooler in transaction mode (PgBouncer pool_mode = transaction) LISTEN cannot hold: set listen_url to a direct connection to the same database as the url (or one through a session-mode pool).`
-        },
-        onNotify: (payload) => backoffs.onNotify(payload, leases.signal),
-        onConnect: leases.signalAll
-      }).pipe(
-        Scope.extend(scope),
-        Effect.map((started) => {
-          listener = started
-        })
-      )
+    const { listen, status } = Listening.make(ctx, {
+      scope,
+      onNotify: (payload) => backoffs.onNotify(payload, leases.signal),
+      onConnect: leases.signalAll
     })
 
     // ---- coalescing: one writer per key and process ---------------------------------------------
@@ -159,7 +128,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       timingMarginMs: margin,
       sql,
       waiters: leases.waiters,
-      listening: () => listener?.status() ?? "off",
+      listening: status,
 
       cleanup: (olderThan) => Maintenance.cleanup(ctx, olderThan, bucket.forgetAll),
 
@@ -213,14 +182,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
             return { ...base, limit: undefined, remaining: undefined, resetAfterMs: 0, nextSlotAfterMs: 0 } satisfies StateView
           }
           if (rate._tag === "SlidingWindow") return { ...base, ...(yield* window.view(rateId(limiter, key), rate)) } satisfies StateView
-          const row = yield* bucket.read(rateId(limiter, key))
-          return {
-            ...base,
-            limit: rate.burst,
-            remaining: Gcra.remaining(row.tat, row.now, rate),
-            resetAfterMs: Gcra.resetAfter(row.tat, row.now),
-            nextSlotAfterMs: Gcra.nextSlotAfter(row.tat, row.now, rate)
-          } satisfies StateView
+          return { ...base, ...(yield* bucket.view(rateId(limiter, key), rate)) } satisfies StateView
         }).pipe(Effect.mapError(toError), bounded),
 
       releases: (limiter, key) => Effect.zipRight(listen, leases.subscribe(limiter, key))

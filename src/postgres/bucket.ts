@@ -35,6 +35,11 @@ export interface Bucket {
     useCache: boolean,
     spares: number
   ) => Effect.Effect<Array<AcquireOutcome>, Conflict | SqlError>
+  /** What `state` shows of the bucket. */
+  readonly view: (id: string, rate: TokenBucket) => Effect.Effect<
+    { readonly limit: number; readonly remaining: number; readonly resetAfterMs: number; readonly nextSlotAfterMs: number },
+    SqlError
+  >
   /** Gives back `cost` units of the newest reservation, if nobody wrote after it. */
   readonly refund: (id: string, rate: TokenBucket, cost: number, reservation: Reservation) => Effect.Effect<void, SqlError>
   /** Forgets what the cache holds of `id` (written elsewhere), or of every key. */
@@ -150,8 +155,17 @@ export const make = (ctx: Context): Bucket => {
         ${FROM_SETTING} WHERE group_id = ${id} AND version = ${reservation.version}`.pipe(Effect.asVoid)
     })
 
+  const view: Bucket["view"] = (id, rate) =>
+    Effect.map(read(id), (row) => ({
+      limit: rate.burst,
+      remaining: Gcra.remaining(row.tat, row.now, rate),
+      resetAfterMs: Gcra.resetAfter(row.tat, row.now),
+      nextSlotAfterMs: Gcra.nextSlotAfter(row.tat, row.now, rate)
+    }))
+
   return {
     read,
+    view,
     attempt,
     refund,
     forget: (id) => {

@@ -8,6 +8,7 @@
  * the instant sub-selects and the base instant, a number read from the server at start.
  */
 import type { SqlClient } from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import type { Fragment } from "@effect/sql/Statement"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
@@ -74,7 +75,7 @@ export interface Context {
   readonly margin: number
   /** The channel of this table's NOTIFY. */
   readonly channel: string
-  readonly toError: (error: import("@effect/sql/SqlError").SqlError) => Errors.PostgresError
+  readonly toError: (error: SqlError) => Errors.PostgresError
   /**
    * Every operation ends within operation_timeout_ms, lock waits and conflict retries included.
    * The statement is then interrupted in the background (the driver asks the server to cancel it; a
