@@ -8,6 +8,7 @@ import * as Layer from "effect/Layer"
 import { ConfigIssue, ConfigurationError } from "./Errors.js"
 import * as MemoryStore from "./memory/MemoryStore.js"
 import { resolvePostgres, resolveUrl } from "./Settings.js"
+import type { DeferredStoreConfig } from "./Settings.js"
 import { StoreFactory } from "./Store.js"
 
 const load = <A>(name: string, engine: string, packages: string, module: () => Promise<A>) =>
@@ -24,7 +25,13 @@ const load = <A>(name: string, engine: string, packages: string, module: () => P
       })
   })
 
-export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
+/** How a server engine's stores are built, where a program builds them its own way (over its own client). */
+export interface Engines {
+  readonly redis?: ((name: string, config: DeferredStoreConfig & { readonly engine: "redis" }) => ReturnType<StoreFactory["Type"]["make"]>) | undefined
+}
+
+/** The production `StoreFactory`; `engines` replaces how an engine's stores are built. */
+export const make = (engines: Engines = {}): StoreFactory["Type"] => ({
   make: (name, config) => {
     switch (config.engine) {
       case "memory":
@@ -37,6 +44,7 @@ export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
           load(name, "postgres", "@effect/sql-pg and pg", () => import("./postgres/PostgresStore.js"))
         ]).pipe(Effect.flatMap(([resolved, PostgresStore]) => PostgresStore.make(name, resolved)))
       case "redis":
+        if (engines.redis !== undefined) return engines.redis(name, config)
         return Effect.all([
           resolveUrl(name, config.url),
           load(name, "redis", "ioredis", () => import("./redis/RedisStore.js"))
@@ -44,3 +52,5 @@ export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
     }
   }
 })
+
+export const layer: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, make())

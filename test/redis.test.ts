@@ -222,3 +222,63 @@ describe.skipIf(url === "")("Redis engine", () => {
       }).pipe(Layer.provide(Stores.layer))))
     }).pipe(Effect.scoped), 30_000)
 })
+
+describe.skipIf(url === "")("Redis engine over the program's own client (RedisStore.layerWith)", () => {
+  it.live("one connection for the program and its limiters: limits hold, lease wake-ups arrive, the store leaves the client open", () =>
+    Effect.gen(function*() {
+      const prefix = freshPrefix()
+      // The program's client, with ioredis's defaults: commands queue while it is down, and retry.
+      const client = new Redis(url, { connectionName: "the-program", lazyConnect: false })
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.promise(() => client.ping())
+      const layer = RateSync.layer({
+        stores: { r: { engine: "redis", url: "redis://unused.invalid:1", key_prefix: prefix, timing_margin_ms: 0, command_timeout_ms: 500 } },
+        limiters: { api: { store: "r", rate_per_second: 1 }, leased: { store: "r", max_concurrent: 1, lease_ttl_seconds: 30 } }
+      }).pipe(Layer.provide(RedisStore.layerWith(client)))
+      yield* Effect.gen(function*() {
+        const limiter = yield* RateLimiter
+        yield* Effect.scoped(limiter.tryAcquire("api"))
+        const refused = yield* Effect.scoped(limiter.tryAcquire("api")).pipe(Effect.flip)
+        expect(refused._tag).toBe("RateLimitExceeded")
+        // Its state is on the server the program's client points at (the url in the file was never used).
+        expect((yield* keysUnder(prefix)).length).toBeGreaterThan(0)
+        // The store's own connections: only the subscriber (a duplicate of the program's client).
+        const list = yield* Effect.promise(() => client.call("CLIENT", "LIST") as Promise<string>)
+        const ours = list.split("\n").filter((line) => line.includes(`rate-sync:r:${process.pid}`))
+        expect(ours.map((line) => line.match(/name=(\S+)/)?.[1])).toEqual([`rate-sync:r:${process.pid}:sub`])
+        // A lease waiter is woken through that subscriber when the holder releases.
+        const holder = yield* Effect.scoped(Effect.gen(function*() {
+          yield* limiter.acquire("leased")
+          const waiter = yield* Effect.fork(Effect.scoped(limiter.acquire("leased", { timeout: "5 seconds" })))
+          yield* Effect.sleep("100 millis")
+          return waiter
+        }))
+        const woken = yield* holder.await
+        expect(woken._tag).toBe("Success")
+      }).pipe(Effect.provide(layer))
+      // The limiters closed, the program's client is still open and its own.
+      expect(yield* Effect.promise(() => client.ping())).toBe("PONG")
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("the program's client reconnecting: an acquire is an outage at once, not queued until the server is back", () =>
+    Effect.gen(function*() {
+      const server = yield* ownServer
+      // ioredis's defaults: a command sent while reconnecting waits in the offline queue.
+      const client = new Redis(server.url)
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.promise(() => client.ping())
+      yield* Effect.gen(function*() {
+        const limiter = yield* RateLimiter
+        yield* Effect.promise(() => server.stop())
+        while (client.status === "ready") yield* Effect.sleep("20 millis")
+        const started = Date.now()
+        const degraded = yield* Effect.scoped(limiter.acquire("api", { timeout: "20 seconds" }))
+        expect(degraded.degraded).toBe(true)
+        // command_timeout_ms is 10 s: an answer well before it was not waited for.
+        expect(Date.now() - started).toBeLessThan(5_000)
+      }).pipe(Effect.provide(RateSync.layer({
+        stores: { r: { engine: "redis", url: server.url, command_timeout_ms: 10_000 } },
+        limiters: { api: { store: "r", rate_per_second: 1 } }
+      }).pipe(Layer.provide(RedisStore.layerWith(client)))))
+    }).pipe(Effect.scoped), 30_000)
+})

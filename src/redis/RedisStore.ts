@@ -11,6 +11,7 @@
  */
 import { createHash, randomUUID } from "node:crypto"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { Redis, type RedisOptions } from "ioredis"
 import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
@@ -19,7 +20,8 @@ import { digest, isWellFormed, wtf8 } from "../internal/keys.js"
 import * as Wakeups from "../internal/wakeups.js"
 import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
 import type { RedisStoreConfig } from "../Settings.js"
-import type { AcquireOutcome, AcquireRequest, StateView, Store } from "../Store.js"
+import { type AcquireOutcome, type AcquireRequest, type StateView, type Store, StoreFactory } from "../Store.js"
+import * as Stores from "../Stores.js"
 import * as Errors from "./errors.js"
 import * as Scripts from "./scripts.js"
 
@@ -62,9 +64,16 @@ const hashOf = (text: string): number => {
 
 const optionalNumber = (s: string | undefined): number | undefined => (s === undefined || s === "" ? undefined : Number(s))
 
-export const make = (name: string, config: RedisStoreConfig) =>
+/**
+ * Builds the store. With `shared`, an ioredis client the program already has, the store sends its
+ * commands on it (and leaves it open when the store closes) and subscribes on a duplicate of it that
+ * it owns; `url` and `pool_max_size` are then unused. Its commands are not queued while the client
+ * is down whatever its own options say: they fail at once with `StoreUnavailable`, as on the store's
+ * own connections, and a reply is awaited at most `command_timeout_ms`.
+ */
+export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
   Effect.gen(function*() {
-    const where = Errors.describeUrl(config.url)
+    const where = shared === undefined ? Errors.describeUrl(config.url) : `${shared.options.host ?? "localhost"}:${shared.options.port ?? 6379} (the program's client)`
     /** Why each client last failed to connect, while it is not ready: a wrong password shows only there. */
     const refusals = new WeakMap<Redis, string>()
     const toError = (cause: unknown, client?: Redis) =>
@@ -80,15 +89,15 @@ export const make = (name: string, config: RedisStoreConfig) =>
       // Shown by CLIENT LIST: which store of which process holds the connection.
       connectionName: `rate-sync:${name}:${process.pid}`
     }
-    const open = (extra: RedisOptions) => {
-      const client = new Redis(config.url, { ...options, ...extra })
-      // Errors reach the caller through the commands; a refused connection is remembered for them.
+    /** Errors reach the caller through the commands; a refused connection is remembered for them. */
+    const watch = (client: Redis) => {
       client.on("error", (error: unknown) => {
         if (client.status !== "ready") refusals.set(client, Errors.messageOf(error))
       })
       client.on("ready", () => refusals.delete(client))
       return client
     }
+    const open = (extra: RedisOptions) => watch(new Redis(config.url, { ...options, ...extra }))
     // QUIT lets replies in flight arrive; a connection that is down has none and would wait for ever.
     const close = (client: Redis) =>
       Effect.promise(() => client.quit().catch(() => "")).pipe(
@@ -96,14 +105,21 @@ export const make = (name: string, config: RedisStoreConfig) =>
         Effect.ignore,
         Effect.zipRight(Effect.sync(() => client.disconnect()))
       )
-    const clients = yield* Effect.acquireRelease(
-      Effect.sync(() => Array.from({ length: config.pool_max_size }, () => open({}))),
-      (all) => Effect.forEach(all, (client) => client.status === "ready" ? close(client) : Effect.sync(() => client.disconnect()))
-    )
+    const clients = shared !== undefined
+      ? [watch(shared)]
+      : yield* Effect.acquireRelease(
+        Effect.sync(() => Array.from({ length: config.pool_max_size }, () => open({}))),
+        (all) => Effect.forEach(all, (client) => client.status === "ready" ? close(client) : Effect.sync(() => client.disconnect()))
+      )
     // The subscriber subscribes on each `ready` (below), never before: a SUBSCRIBE sent while it connects
     // makes its ready check (INFO) fail in subscriber mode, and the subscription is lost for good.
+    const subscriberOptions: RedisOptions = { maxRetriesPerRequest: null, commandTimeout: undefined, autoResubscribe: false }
     const subscriber = yield* Effect.acquireRelease(
-      Effect.sync(() => open({ maxRetriesPerRequest: null, commandTimeout: undefined, autoResubscribe: false })),
+      Effect.sync(() =>
+        shared !== undefined
+          ? watch(shared.duplicate({ ...subscriberOptions, connectionName: `rate-sync:${name}:${process.pid}:sub` }))
+          : open(subscriberOptions)
+      ),
       (client) => Effect.sync(() => client.disconnect())
     )
 
@@ -170,6 +186,18 @@ export const make = (name: string, config: RedisStoreConfig) =>
      */
     const client = (state: string) => clients.length === 1 ? clients[0]! : clients[hashOf(state) % clients.length]!
 
+    /**
+     * A command on the program's client, held to the rules of the store's own connections whatever
+     * that client's options: not queued while it is down, its reply awaited at most command_timeout_ms.
+     */
+    const asOwn = (target: Redis, send: () => Promise<unknown>): Promise<unknown> => {
+      if (target.status !== "ready") return Promise.reject(new Error(`Stream isn't writeable: the program's client is ${target.status}`))
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("Command timed out")), config.command_timeout_ms)
+        send().then(resolve, reject).finally(() => clearTimeout(timer))
+      })
+    }
+
     const run = (which: Script, limiter: LimiterSpec, key: string, extra: ReadonlyArray<string>) =>
       Effect.suspend(() => {
         const state = stateKey(limiter.name, key)
@@ -194,13 +222,11 @@ export const make = (name: string, config: RedisStoreConfig) =>
           typeof root === "string" ? `${root}${suffix}` : Buffer.concat([root, Buffer.from(suffix)])
         )
         const target = client(state)
-        return Effect.tryPromise({
-          try: () =>
-            target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
-              Errors.messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
-            ),
-          catch: (cause) => toError(cause, target)
-        })
+        const send = () =>
+          target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
+            Errors.messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
+          )
+        return Effect.tryPromise({ try: shared === undefined ? send : () => asOwn(target, send), catch: (cause) => toError(cause, target) })
       })
 
     const strings = (reply: unknown) =>
@@ -348,3 +374,15 @@ export const make = (name: string, config: RedisStoreConfig) =>
     return store
   })
 
+
+/**
+ * The production `StoreFactory` (`Stores.layer`), its Redis stores over `client`, an ioredis client
+ * the program already has: one connection for the program and its limiters. Each store sends its
+ * commands on it (its `url` and `pool_max_size` unused, a `${VAR}` in the url not read) and
+ * subscribes on a duplicate it owns; closing the limiters leaves `client` open.
+ */
+export const layerWith = (client: Redis): Layer.Layer<StoreFactory> =>
+  Layer.succeed(
+    StoreFactory,
+    Stores.make({ redis: (name, config) => make(name, { ...config, url: typeof config.url === "string" ? config.url : "" }, client) })
+  )
