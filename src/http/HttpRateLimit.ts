@@ -12,10 +12,8 @@
  * the response has been sent, and released when the handler fails or the client goes away.
  */
 import * as HttpApp from "@effect/platform/HttpApp"
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as Clock from "effect/Clock"
-import type * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import type * as Scope from "effect/Scope"
@@ -28,9 +26,10 @@ import type {
   StoreError
 } from "../Errors.js"
 import type { LimiterSpec } from "../LimiterSpec.js"
-import { type Permit, RateLimiter } from "../RateLimiter.js"
-import * as ClientAddress from "./ClientAddress.js"
-import { type ClientAddressError, HttpRateLimitConfigError } from "./errors.js"
+import { RateLimiter } from "../RateLimiter.js"
+import type * as ClientAddress from "./ClientAddress.js"
+import { addFields, admit, check, type Checked, type Service } from "./decision.js"
+import type { ClientAddressError, HttpRateLimitConfigError } from "./errors.js"
 import * as Headers from "./headers.js"
 
 export interface Options<E = never, R = never> {
@@ -80,88 +79,26 @@ export interface Middleware<E, R> {
   <AE, AR>(app: HttpApp.Default<AE, AR>): HttpApp.Default<AE | E | RequestError, AR | R | Scope.Scope>
 }
 
-interface Checked<E, R> {
-  readonly names: ReadonlyArray<string>
-  readonly key: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<string, E | ClientAddressError, R>
-  readonly options: Options<E, R>
-}
-
-/** The options' own checks, before any limiter is looked up. */
-const check = <E, R>(options: Options<E, R>): Either.Either<Checked<E, R>, HttpRateLimitConfigError> => {
-  const names = typeof options.limiters === "string" ? [options.limiters] : [...options.limiters]
-  if (names.length === 0) return Either.left(new HttpRateLimitConfigError({ reason: "NoLimiter", message: "limiters names no limiter" }))
-  const cost = options.cost
-  if (typeof cost === "number" && (!Number.isInteger(cost) || cost < 1)) {
-    return Either.left(new HttpRateLimitConfigError({ reason: "InvalidCost", message: `cost must be a whole number of 1 or more, found ${cost}` }))
-  }
-  return Either.map(ClientAddress.make(options.clientAddress), (client) => ({
-    names,
-    key: options.key ?? client.key,
-    options
-  }))
-}
-
-type Service = Context.Tag.Service<RateLimiter>
-
-/** The fields draft-10 defines as lists: another middleware's items are kept, ours appended. */
-const listFields = new Set(["ratelimit", "ratelimit-policy"])
-
-const addFields = (response: HttpServerResponse.HttpServerResponse, pairs: ReadonlyArray<readonly [string, string]>) => {
-  const headers: Record<string, string> = {}
-  for (const [name, value] of pairs) {
-    const existing = response.headers[name]
-    if (existing === undefined) headers[name] = value
-    else if (listFields.has(name)) headers[name] = `${existing}, ${value}`
-  }
-  return HttpServerResponse.setHeaders(response, headers)
-}
-
-const decide = <E, R, AE, AR>(checked: Checked<E, R>, service: Service, specs: ReadonlyArray<LimiterSpec>, app: HttpApp.Default<AE, AR>) =>
-  Effect.gen(function*() {
-    const { options } = checked
-    const request = yield* HttpServerRequest.HttpServerRequest
-    if (options.skip !== undefined) {
-      const skip = options.skip(request)
-      if (typeof skip === "boolean" ? skip : yield* skip) return yield* app
+const decide = <E, R, AE, AR>(
+  checked: Checked<E, R>,
+  service: Service,
+  specs: ReadonlyArray<LimiterSpec>,
+  app: HttpApp.Default<AE, AR>
+): HttpApp.Default<AE | E | RequestError, AR | R | Scope.Scope> =>
+  Effect.flatMap(admit(checked, service, specs), (decision): HttpApp.Default<AE | E, AR | R> => {
+    if (decision === undefined) return app
+    if (decision.refusal === undefined) {
+      // Added to whatever response the request ends with, the app's failures' included.
+      return decision.fields.length === 0
+        ? app
+        : Effect.zipRight(HttpApp.appendPreResponseHandler((_, response) => Effect.succeed(addFields(response, decision.fields))), app)
     }
-    const key = yield* checked.key(request)
-    const cost = options.cost === undefined ? 1 : typeof options.cost === "number" ? options.cost : yield* options.cost(request)
-    const admitted: Array<readonly [LimiterSpec, Permit]> = []
-    let refusal: readonly [LimiterSpec, RateLimitExceeded] | undefined
-    for (const spec of specs) {
-      // Into the request's scope: a lease is held until the response is sent, or the request fails or is interrupted.
-      const result = yield* Effect.either(service.tryAcquire(spec.name, { key, cost }))
-      if (Either.isRight(result)) {
-        admitted.push([spec, result.right])
-        continue
-      }
-      if (result.left._tag !== "RateLimitExceeded") return yield* Effect.fail(result.left)
-      refusal = [spec, result.left]
-      break
-    }
-    const policies = specs.flatMap((spec) => Headers.policyOf(spec) ?? [])
-    const limits = admitted.flatMap(([spec, permit]) => Headers.afterAdmission(spec, permit) ?? [])
-    const refused = refusal === undefined ? undefined : Headers.afterRefusal(refusal[0], refusal[1], cost)
-    if (refused !== undefined) limits.push(refused)
-    const pairs = Headers.fields(
-      { policies, limits, primary: refused ?? Headers.tightest(limits, policies) },
-      { standard: options.headers ?? "draft-10", legacy: options.legacyHeaders ?? false, nowMs: yield* Clock.currentTimeMillis }
-    )
-    const degraded = admitted.filter(([, permit]) => permit.degraded).map(([spec]) => `"${spec.name}"`)
-    const degradedHeader = options.degradedHeader ?? "RateLimit-Degraded"
-    if (degraded.length > 0 && degradedHeader !== false) pairs.push([degradedHeader.toLowerCase(), degraded.join(", ")])
-
-    if (refusal !== undefined) {
-      const retryAfter = Headers.retryAfterSeconds(refusal[0], refusal[1])
-      const violatedPolicies = [refusal[0].name]
-      const response = options.onRefused === undefined
-        ? HttpServerResponse.unsafeJson(Headers.problem(violatedPolicies, retryAfter), { status: 429, contentType: "application/problem+json" })
-        : yield* options.onRefused({ request, key, error: refusal[1], violatedPolicies, retryAfter })
-      return addFields(response, [...pairs, ["retry-after", String(retryAfter)]])
-    }
-    // Added to whatever response the request ends with, the app's failures' included.
-    if (pairs.length > 0) yield* HttpApp.appendPreResponseHandler((_, response) => Effect.succeed(addFields(response, pairs)))
-    return yield* app
+    const refusal = decision.refusal
+    const onRefused = checked.options.onRefused
+    const response = onRefused === undefined
+      ? Effect.succeed(HttpServerResponse.unsafeJson(Headers.problem(refusal.violatedPolicies, refusal.retryAfter), { status: 429, contentType: "application/problem+json" }))
+      : onRefused(refusal)
+    return Effect.map(response, (response) => addFields(response, [...decision.fields, ["retry-after", String(refusal.retryAfter)]]))
   })
 
 /**
