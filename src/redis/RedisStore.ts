@@ -12,7 +12,7 @@
 import { createHash, randomUUID } from "node:crypto"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { Redis, type RedisOptions } from "ioredis"
+import type { Redis } from "ioredis"
 import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
 import * as Holds from "../internal/holds.js"
@@ -20,9 +20,11 @@ import { digest, isWellFormed, wtf8 } from "../internal/keys.js"
 import * as Wakeups from "../internal/wakeups.js"
 import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
 import type { RedisStoreConfig } from "../Settings.js"
-import { type AcquireOutcome, type AcquireRequest, type StateView, type Store, StoreFactory } from "../Store.js"
+import { type AcquireRequest, type StateView, type Store, StoreFactory } from "../Store.js"
 import * as Stores from "../Stores.js"
+import * as Connections from "./connections.js"
 import * as Errors from "./errors.js"
+import * as Replies from "./replies.js"
 import * as Scripts from "./scripts.js"
 
 interface Script {
@@ -62,7 +64,6 @@ const hashOf = (text: string): number => {
   return hash >>> 0
 }
 
-const optionalNumber = (s: string | undefined): number | undefined => (s === undefined || s === "" ? undefined : Number(s))
 
 /**
  * Builds the store. With `shared`, an ioredis client the program already has, the store sends its
@@ -73,77 +74,7 @@ const optionalNumber = (s: string | undefined): number | undefined => (s === und
  */
 export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
   Effect.gen(function*() {
-    const where = shared === undefined ? Errors.describeUrl(config.url) : `${shared.options.host ?? "localhost"}:${shared.options.port ?? 6379} (the program's client)`
-    /** Why each client last failed to connect, while it is not ready: a wrong password shows only there. */
-    const refusals = new WeakMap<Redis, string>()
-    const toError = (cause: unknown, client?: Redis) =>
-      Errors.classify({ store: name, where, commandTimeoutMs: config.command_timeout_ms }, cause, client === undefined ? undefined : refusals.get(client))
-
-    const options: RedisOptions = {
-      connectTimeout: config.connect_timeout_ms,
-      commandTimeout: config.command_timeout_ms,
-      // A command must not wait for a reconnect, nor run twice after one: it fails and the limiter decides.
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      retryStrategy: (attempt) => Math.min(50 * attempt, 2_000),
-      // Shown by CLIENT LIST: which store of which process holds the connection.
-      connectionName: `rate-sync:${name}:${process.pid}`
-    }
-    /** Errors reach the caller through the commands; a refused connection is remembered for them. */
-    const watch = (client: Redis) => {
-      client.on("error", (error: unknown) => {
-        if (client.status !== "ready") refusals.set(client, Errors.messageOf(error))
-      })
-      client.on("ready", () => refusals.delete(client))
-      return client
-    }
-    const open = (extra: RedisOptions) => watch(new Redis(config.url, { ...options, ...extra }))
-    // QUIT lets replies in flight arrive; a connection that is down has none and would wait for ever.
-    const close = (client: Redis) =>
-      Effect.promise(() => client.quit().catch(() => "")).pipe(
-        Effect.timeout(config.command_timeout_ms),
-        Effect.ignore,
-        Effect.zipRight(Effect.sync(() => client.disconnect()))
-      )
-    const clients = shared !== undefined
-      ? [watch(shared)]
-      : yield* Effect.acquireRelease(
-        Effect.sync(() => Array.from({ length: config.pool_max_size }, () => open({}))),
-        (all) => Effect.forEach(all, (client) => client.status === "ready" ? close(client) : Effect.sync(() => client.disconnect()))
-      )
-    // The subscriber subscribes on each `ready` (below), never before: a SUBSCRIBE sent while it connects
-    // makes its ready check (INFO) fail in subscriber mode, and the subscription is lost for good.
-    const subscriberOptions: RedisOptions = { maxRetriesPerRequest: null, commandTimeout: undefined, autoResubscribe: false }
-    const subscriber = yield* Effect.acquireRelease(
-      Effect.sync(() =>
-        shared !== undefined
-          ? watch(shared.duplicate({ ...subscriberOptions, connectionName: `rate-sync:${name}:${process.pid}:sub` }))
-          : open(subscriberOptions)
-      ),
-      (client) => Effect.sync(() => client.disconnect())
-    )
-
-    const ready = (client: Redis) =>
-      client.status === "ready"
-        ? Promise.resolve()
-        : new Promise<void>((resolve, reject) => {
-          client.once("ready", resolve)
-          client.once("error", reject)
-        })
-    yield* Effect.tryPromise({ try: () => Promise.all(clients.map(ready)), catch: (cause) => toError(cause) }).pipe(
-      Effect.timeoutFail({
-        duration: config.connect_timeout_ms,
-        onTimeout: () => toError(new Error(`no answer within connect_timeout_ms = ${config.connect_timeout_ms}`), clients[0])
-      }),
-      // An outage at start is not a mistake: the limiters start and follow fail_closed until it ends.
-      Effect.catchIf(
-        (error) => error._tag !== "StoreMisconfigured",
-        (error) =>
-          Effect.logWarning(
-            `rate-sync: store "${name}" starts without Redis at ${where} (${Errors.messageOf(error.cause)}); limiters follow fail_closed until it answers`
-          )
-      )
-    )
+    const { clients, subscriber, toError, asOwn } = yield* Connections.connect(name, config, shared)
 
     const channel = `${config.key_prefix}released`
     const backoffChannel = `${config.key_prefix}backoff`
@@ -186,18 +117,6 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
      */
     const client = (state: string) => clients.length === 1 ? clients[0]! : clients[hashOf(state) % clients.length]!
 
-    /**
-     * A command on the program's client, held to the rules of the store's own connections whatever
-     * that client's options: not queued while it is down, its reply awaited at most command_timeout_ms.
-     */
-    const asOwn = (target: Redis, send: () => Promise<unknown>): Promise<unknown> => {
-      if (target.status !== "ready") return Promise.reject(new Error(`Stream isn't writeable: the program's client is ${target.status}`))
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error("Command timed out")), config.command_timeout_ms)
-        send().then(resolve, reject).finally(() => clearTimeout(timer))
-      })
-    }
-
     const run = (which: Script, limiter: LimiterSpec, key: string, extra: ReadonlyArray<string>) =>
       Effect.suspend(() => {
         const state = stateKey(limiter.name, key)
@@ -232,50 +151,11 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
     const strings = (reply: unknown) =>
       isStrings(reply) ? Effect.succeed(reply) : Effect.fail(toError(new Error(`unexpected script reply ${JSON.stringify(reply)}`)))
 
-    const outcome = (flat: ReadonlyArray<string>, i: number): AcquireOutcome => {
-      const [tag, a, b, c, d, e, f] = flat.slice(i * 7, i * 7 + 7)
-      if (tag === "R") return { _tag: "RateLimited", retryAfterMs: Number(a), limit: Number(b), remaining: Number(c) }
-      if (tag === "C") return { _tag: "ConcurrencyFull", expiresInMs: optionalNumber(a), held: Number(b), limit: Number(c) }
-      const slotMs = optionalNumber(b)
-      return {
-        _tag: "Admitted",
-        waitMs: Number(a),
-        reservation: slotMs === undefined ? undefined : { slotMs, tatMs: Number(c), version: optionalNumber(d) },
-        limit: optionalNumber(e),
-        remaining: optionalNumber(f)
-      }
-    }
-
     /** A script's outcomes, 7 strings each. */
-    const outcomes = (reply: unknown) =>
-      Effect.map(strings(reply), (flat) => Array.from({ length: Math.floor(flat.length / 7) }, (_, i) => outcome(flat, i)))
+    const outcomes = (reply: unknown) => Effect.map(strings(reply), Replies.outcomes)
 
-    /**
-     * The batch's outcomes, then one per slot reserved ahead. Only the last of those carries the
-     * version written: a refund gives back only the newest reservation, as for separate requests.
-     */
-    const rateOutcomes = (requests: number) => (reply: unknown) =>
-      Effect.map(strings(reply), (flat) => {
-        const decided = Array.from({ length: requests }, (_, i) => outcome(flat, i))
-        const [tag, count, first, interval, now, tat, version, limit, remaining] = flat.slice(requests * 7)
-        if (tag !== "B") return decided
-        const n = Number(count)
-        for (let j = 0; j < n; j++) {
-          const waitMs = Math.max(0, Number(first) + j * Number(interval))
-          decided.push({
-            _tag: "Admitted",
-            waitMs,
-            reservation: {
-              slotMs: Number(now) + waitMs,
-              tatMs: Number(tat) - (n - 1 - j) * Number(interval),
-              version: j === n - 1 ? Number(version) : undefined
-            },
-            limit: Number(limit),
-            remaining: Number(remaining)
-          })
-        }
-        return decided
-      })
+    /** The batch's outcomes, then one per slot reserved ahead. */
+    const rateOutcomes = (requests: number) => (reply: unknown) => Effect.map(strings(reply), (flat) => Replies.rateOutcomes(flat, requests))
 
     const maxWaitArg = (request: AcquireRequest) => String(Number.isFinite(request.maxWaitMs) ? request.maxWaitMs * 1_000 : -1)
 
@@ -359,8 +239,8 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
         run(SCRIPTS.state, limiter, key, []).pipe(
           Effect.flatMap(strings),
           Effect.map(([limit, remaining, reset, next, held, waiting]): StateView => ({
-            limit: optionalNumber(limit),
-            remaining: optionalNumber(remaining),
+            limit: Replies.optionalNumber(limit),
+            remaining: Replies.optionalNumber(remaining),
             resetAfterMs: Number(reset),
             nextSlotAfterMs: Number(next),
             leasesHeld: Number(held),
