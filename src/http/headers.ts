@@ -159,13 +159,13 @@ export const tightest = (limits: ReadonlyArray<Limit>, policies: ReadonlyArray<P
   return best
 }
 
-export const QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+export const QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded" as const
 
 /** The draft's `quota-exceeded` problem (RFC 9457), naming the policies the request exceeded. */
 export const problem = (violated: ReadonlyArray<string>, retryAfter: number) => ({
   type: QUOTA_EXCEEDED,
   title: "Request cannot be satisfied as assigned quota has been exceeded",
-  status: 429,
+  status: 429 as const,
   detail: `Retry after ${retryAfter} s`,
   "violated-policies": violated
 })

@@ -5,3 +5,4 @@
 export * as ClientAddress from "./ClientAddress.js"
 export { ClientAddressError, HttpRateLimitConfigError } from "./errors.js"
 export * as HttpRateLimit from "./HttpRateLimit.js"
+export * as HttpApiRateLimit from "./HttpApiRateLimit.js"
