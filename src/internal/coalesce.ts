@@ -7,18 +7,12 @@
  * Token-bucket keys in demand also reserve slots ahead, so that a busy key's callers neither wait
  * for a round trip each nor let the store's schedule run dry between them (with a burst of 1 at a
  * high rate, a moment when no process holds a reservation is capacity lost for good). A batch tops
- * this process's pool up to its target, asking only for slots due within the margin and beyond the
- * bucket's free burst (a burst is for callers at once: spent ahead only where one interval is
- * within the margin and at least half of it stays free); once half the pool is
- * gone, a refill is asked for in the background. The target doubles while callers find the pool
- * empty and shrinks by a quarter when slots went stale unused, so it settles at what this process
- * takes in time, even while other processes take most of the rate: its slots lie together in the
- * store's schedule but are handed out at this process's pace. A slot is used at most half the
- * margin (and at most LATE_MS, or one interval when that is longer) after it was due and dropped otherwise, which bounds how late callers proceed (the bound
- * where they proceed is the store's plus the rate times that lateness). A slot dropped is capacity
- * lost, which happens only when demand falls or a process stalls. A key asked for only now and then
- * (or quiet for QUIET_MS) has no pool, and at tight rates, where slots lie further apart than the
- * margin, no slot is ever reserved ahead.
+ * this process's pool (spares.ts) up to its target, asking only for slots due within the margin
+ * and beyond the bucket's free burst (a burst is for callers at once: spent ahead only where one
+ * interval is within the margin and at least half of it stays free); once half the pool is gone, a
+ * refill is asked for in the background. At tight rates, where slots lie further apart than the
+ * margin, no slot is ever reserved ahead. Every answer's waits are put on this process's clock
+ * (storeClock.ts) before anyone sees them.
  *
  * A backoff learned of (`held`) empties the key's pool: its slots may lie inside the hold.
  */
@@ -27,9 +21,9 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import type { StoreError } from "../Errors.js"
-import * as Metrics from "../Metrics.js"
 import type { AcquireOutcome, AcquireRequest } from "../Store.js"
 import * as Handoff from "./handoff.js"
+import * as Spares from "./spares.js"
 import * as StoreClock from "./storeClock.js"
 
 type Admitted = Extract<AcquireOutcome, { _tag: "Admitted" }>
@@ -39,28 +33,9 @@ interface Pending {
   readonly done: Handoff.Handoff<AcquireOutcome, StoreError>
 }
 
-interface Spare {
-  /** When the slot is due, in ms of the local clock. */
-  readonly dueAt: number
-  readonly outcome: Admitted
-  /** The backoff mark taken before the call that reserved it. */
-  readonly mark: number
-}
-
 interface KeyState {
   queue: Array<Pending> | undefined
-  /** Reserved ahead, in slot order, from `head` on (a head index, since shifting a long array is linear). */
-  readonly spares: Array<Spare>
-  head: number
-  /** How many spares the last batch left in the pool: a refill starts once half are gone. */
-  pooled: number
-  /** How many slots the pool aims at: doubled when callers found it empty, cut when slots went stale. */
-  target: number
-  /** Since the last batch: slots taken from the pool, and slots dropped unused. */
-  served: number
-  dropped: number
-  /** When the key was last asked for (local ms). */
-  lastAt: number
+  readonly spares: Spares.Spares
 }
 
 export interface Options {
@@ -88,35 +63,18 @@ export interface Options {
   readonly closed: StoreError
 }
 
-/** The most spare slots a key's pool holds. */
-const MAX_SPARES = 512
-
 /** Bounds the keys whose pools are remembered. */
 const MAX_KEYS = 10_000
 
-/** The latest (ms) a slot reserved ahead is used after it was due. */
-const LATE_MS = 5
-
-/** A key not asked for this long (ms) has no pool: its next callers start from none. */
-const QUIET_MS = 100
-
 export const make = (options: Options) => {
   const keys = new Map<string, KeyState>()
-  /**
-   * How late a slot reserved ahead may still be used: LATE_MS, or one interval of the rate when that
-   * is longer (lateness under an interval adds no admission to any window), never over half the margin.
-   */
-  const lateFor = (request: AcquireRequest): number => {
-    const rate = request.limiter.rate
-    return Math.min(options.marginMs / 2, Math.max(LATE_MS, rate?._tag === "TokenBucket" ? rate.intervalMs : 0))
-  }
   const held = options.held
   const storeClock = StoreClock.make()
 
   const stateOf = (id: string): KeyState => {
     let state = keys.get(id)
     if (state === undefined) {
-      state = { queue: undefined, spares: [], head: 0, pooled: 0, target: 0, served: 0, dropped: 0, lastAt: -Infinity }
+      state = { queue: undefined, spares: Spares.make(options.marginMs) }
       keys.set(id, state)
       if (keys.size > MAX_KEYS) {
         for (const [key, other] of keys) {
@@ -133,34 +91,9 @@ export const make = (options: Options) => {
   const reservesAhead = (request: AcquireRequest) =>
     options.marginMs > 0 && request.cost === 1 && request.limiter.rate?._tag === "TokenBucket"
 
-  const sparesLeft = (state: KeyState) => state.spares.length - state.head
-
-  /** Notes that the key was asked for; after a quiet spell, its pool starts from none. */
-  const count = (state: KeyState, now: number) => {
-    if (now - state.lastAt > QUIET_MS) state.target = 0
-    state.lastAt = now
-  }
-
-  /** A spare slot for `request` at local time `now`, taken from the pool; stale ones are dropped. */
-  const takeSpare = (id: string, state: KeyState, request: AcquireRequest, now: number, wallMs: number): Admitted | undefined => {
-    const spares = state.spares
-    const lateMs = lateFor(request)
-    const before = state.head
-    while (state.head < spares.length && spares[state.head]!.dueAt + lateMs < now) state.head++
-    if (state.head > before) {
-      state.dropped += state.head - before
-      Metrics.slotsGivenUpOf(request.limiter.name, request.limiter.store).unsafeUpdate(state.head - before, [])
-    }
-    const spare = spares[state.head]
-    if (spare === undefined || spare.dueAt - now > request.maxWaitMs) return undefined
-    if (held !== undefined && held.since(id, spare.mark, wallMs)) {
-      state.head = spares.length
-      return undefined
-    }
-    state.head++
-    state.served++
-    return { ...spare.outcome, waitMs: spare.dueAt - now }
-  }
+  /** A spare slot for `request` at local time `now` (wall clock `wallMs`), unless a backoff since it was reserved empties the pool. */
+  const takeSpare = (id: string, state: KeyState, request: AcquireRequest, now: number, wallMs: number): Admitted | undefined =>
+    state.spares.take(request, now, held === undefined ? undefined : (mark) => held.since(id, mark, wallMs))
 
   /**
    * The outcomes with their waits counted from `at`, when the answer was read, on the store's clock
@@ -173,17 +106,6 @@ export const make = (options: Options) => {
     const correction = storeClock.correction(decided.reservation.slotMs - decided.waitMs, at)
     if (correction === 0) return outcomes
     return outcomes.map((o) => (o._tag === "Admitted" ? { ...o, waitMs: o.waitMs + correction } : o))
-  }
-
-  const addSpares = (state: KeyState, outcomes: ReadonlyArray<AcquireOutcome>, at: number, mark: number) => {
-    if (state.head > 0) {
-      state.spares.splice(0, state.head)
-      state.head = 0
-    }
-    for (const outcome of outcomes) {
-      if (outcome._tag === "Admitted") state.spares.push({ dueAt: at + outcome.waitMs, outcome, mark })
-    }
-    state.pooled = state.spares.length
   }
 
   /**
@@ -200,14 +122,7 @@ export const make = (options: Options) => {
   ): Effect.Effect<Exit.Exit<ReadonlyArray<AcquireOutcome>, StoreError>> =>
     Effect.suspend(() => {
       const first = requests[0] ?? template
-      // The pool grows while callers find it empty (they queued here, and the key is in demand:
-      // several asked, or the pool served some) and shrinks when slots went stale unused: it
-      // settles at what this process takes within the margin.
-      if (state.dropped > 0) state.target = Math.floor((state.target * 3) / 4)
-      else if (requests.length > 1 || (requests.length > 0 && state.served > 0)) state.target = Math.min(MAX_SPARES, Math.max(2, state.target * 2))
-      state.served = 0
-      state.dropped = 0
-      const ahead = reservesAhead(first) ? Math.max(0, state.target - sparesLeft(state)) : 0
+      const ahead = reservesAhead(first) ? state.spares.plan(requests.length) : 0
       if (requests.length === 0 && ahead === 0) return Effect.succeed(Exit.succeed([]))
       const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
       const mark = held?.mark() ?? 0
@@ -216,7 +131,7 @@ export const make = (options: Options) => {
           const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
           const wall = clock.unsafeCurrentTimeMillis()
           const exit = Exit.isSuccess(answered) ? Exit.succeed(onLocalClock(answered.value, at)) : answered
-          if (Exit.isSuccess(exit)) addSpares(state, exit.value.slice(requests.length), at, mark)
+          if (Exit.isSuccess(exit)) state.spares.add(exit.value.slice(requests.length), at, mark)
           for (let i = 0; i < queue.length; i++) {
             const outcome = reservesAhead(queue[i]!.request) ? takeSpare(id, state, queue[i]!.request, at, wall) : undefined
             if (outcome !== undefined) {
@@ -266,10 +181,10 @@ export const make = (options: Options) => {
       const state = stateOf(id)
       if (reservesAhead(request)) {
         const now = Number(clock.unsafeCurrentTimeNanos()) / 1e6
-        count(state, now)
+        state.spares.asked(now)
         const spare = takeSpare(id, state, request, now, clock.unsafeCurrentTimeMillis())
         if (spare !== undefined) {
-          if (state.queue !== undefined || sparesLeft(state) * 2 >= state.pooled) return Effect.succeed(spare)
+          if (state.queue !== undefined || !state.spares.refillDue()) return Effect.succeed(spare)
           // Half the pool is gone: refill it in the background while the rest is handed out.
           state.queue = []
           return Effect.as(Effect.forkIn(drain(id, state, state.queue, clock, request), options.scope), spare)
@@ -305,10 +220,10 @@ export const make = (options: Options) => {
   const takeNow = (id: string, request: AcquireRequest, clock: Clock.Clock): Admitted | undefined => {
     if (!reservesAhead(request)) return undefined
     const state = keys.get(id)
-    if (state === undefined || (state.queue === undefined && sparesLeft(state) * 2 < state.pooled)) return undefined
+    if (state === undefined || (state.queue === undefined && state.spares.refillDue())) return undefined
     const now = Number(clock.unsafeCurrentTimeNanos()) / 1e6
     const spare = takeSpare(id, state, request, now, clock.unsafeCurrentTimeMillis())
-    if (spare !== undefined) count(state, now)
+    if (spare !== undefined) state.spares.asked(now)
     return spare
   }
 
