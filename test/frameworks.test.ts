@@ -23,6 +23,7 @@ import { readdirSync, readFileSync } from "node:fs"
 import type { Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import { join } from "node:path"
+import * as FastCheck from "effect/FastCheck"
 import { Agent } from "undici"
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest"
 import { RateSyncStore as ExpressStore, Unsupported } from "../src/frameworks/express.js"
@@ -370,6 +371,49 @@ describe.each(frameworks)("$name", (framework) => {
       expect(mismatch).toMatchObject({ _tag: "LimitMismatch", limiter, expected: BURST + 2, limit: BURST })
       expect(String(mismatch)).toContain(`set it to ${BURST}`)
     })
+  })
+})
+
+describe("the count answered agrees with the limiter's decision, whatever its burst", () => {
+  it("express/hono store and Nest storage: the k-th admission counts k; a refusal counts limit + 1, retry when the limiter says", async () => {
+    await FastCheck.assert(
+      FastCheck.asyncProperty(
+        FastCheck.integer({ min: 1, max: 30 }),
+        FastCheck.integer({ min: 0, max: 10 }),
+        FastCheck.double({ min: 0.05, max: 1, noNaN: true }),
+        async (burst, extra, rate) => {
+          // Hits come within milliseconds: at 1 per second or slower, no unit comes back meanwhile.
+          const limiter = await limiterOn("memory", { rate_per_second: rate, burst })
+          const store = new ExpressStore({ limiter })
+          store.init({ limit: burst })
+          const storage = new RateSyncThrottlerStorage({ limiter })
+          for (let k = 1; k <= burst + extra; k++) {
+            let totalHits: number
+            let refused: boolean
+            let retrySeconds: number | undefined
+            if (k % 2 === 1) {
+              const answer = await store.increment("client")
+              totalHits = answer.totalHits
+              refused = answer.totalHits > burst
+              retrySeconds = answer.resetTime === undefined ? undefined : Math.ceil((answer.resetTime.getTime() - Date.now()) / 1000)
+            } else {
+              const answer = await storage.increment("client", 0, burst, 0, "default")
+              totalHits = answer.totalHits
+              refused = answer.isBlocked
+              retrySeconds = answer.timeToBlockExpire
+            }
+            expect(refused).toBe(k > burst)
+            expect(totalHits).toBe(Math.min(k, burst + 1))
+            if (refused) {
+              const state = await RateSync.state(limiter, { key: "client" })
+              expect(state.remaining).toBe(0)
+              expectSeconds(retrySeconds, state.nextSlotAfter)
+            }
+          }
+        }
+      ),
+      { numRuns: 25 }
+    )
   })
 })
 
