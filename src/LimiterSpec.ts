@@ -38,6 +38,8 @@ export interface LimiterSpec {
   /** Default wait bound for `acquire`; undefined waits as long as it takes. */
   readonly timeoutMs: number | undefined
   readonly failClosed: boolean
+  /** Shadow mode: calls proceed at once and the store's decisions are only counted (internal/shadow.ts). */
+  readonly shadow?: boolean | undefined
   readonly retry: RetryPolicy
 }
 

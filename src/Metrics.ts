@@ -37,6 +37,16 @@ const keys = {
       "Rate slots reserved for this process and never used: a caller woke too long after its slot, or a slot reserved ahead went unclaimed. Capacity lost; it rises when processes are starved of CPU",
     incremental: true
   }),
+  shadowRefusals: MetricKey.counter("rate_sync_shadow_refusals_total", {
+    description:
+      "Calls of a limiter in shadow mode that enforcing would have refused (reason: rate) or made wait for a lease (reason: concurrency); they proceeded",
+    incremental: true
+  }),
+  shadowWait: MetricKey.histogram(
+    "rate_sync_shadow_wait_ms",
+    MetricBoundaries.exponential({ start: 0.5, factor: 2, count: 18 }),
+    "How long calls of a limiter in shadow mode would have waited for their slot, in milliseconds (0 for none); they proceeded at once"
+  ),
   leasesLost: MetricKey.counter("rate_sync_leases_lost_total", {
     description: "Held leases found expired at renewal (the holder stalled past lease_ttl_seconds)",
     incremental: true
@@ -54,10 +64,19 @@ const labelled = (labels: ReadonlyArray<MetricLabel.MetricLabel>) => ({
   failOpen: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.failOpen, labels)),
   conflicts: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.conflicts, labels)),
   leasesLost: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.leasesLost, labels)),
-  slotsGivenUp: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.slotsGivenUp, labels))
+  slotsGivenUp: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.slotsGivenUp, labels)),
+  shadowRefusedRate: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.shadowRefusals, [...labels, MetricLabel.make("reason", "rate")])),
+  shadowRefusedConcurrency: Metric.fromMetricKey(
+    MetricKey.taggedWithLabels(keys.shadowRefusals, [...labels, MetricLabel.make("reason", "concurrency")])
+  ),
+  shadowWait: Metric.fromMetricKey(MetricKey.taggedWithLabels(keys.shadowWait, labels))
 })
 
-export const { acquisitions, conflicts, failOpen, leasesLost, rejections, slotsGivenUp, storeErrors, timeouts, waitTime } = labelled([])
+export const { acquisitions, conflicts, failOpen, leasesLost, rejections, shadowWait, slotsGivenUp, storeErrors, timeouts, waitTime } =
+  labelled([])
+
+/** Would-be refusals of limiters in shadow mode (label `reason`: "rate" or "concurrency"). */
+export const shadowRefusals = Metric.fromMetricKey(keys.shadowRefusals)
 
 /** One limiter's metrics, labelled by limiter and store. */
 export const forLimiter = (limiter: string, store: string) =>

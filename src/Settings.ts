@@ -117,6 +117,8 @@ export const LimiterConfig = Schema.Struct({
   timeout: optional(ranged(ranges.limiter.timeout)),
   lease_ttl_seconds: withDefault(ranged(ranges.limiter.lease_ttl_seconds), 30),
   fail_closed: withDefault(BooleanLike, false),
+  /** "shadow": every call proceeds at once, and what enforcing would have done is only counted. */
+  mode: withDefault(oneOf("enforce", "shadow"), "enforce"),
   retry_max_attempts: withDefault(ranged(ranges.limiter.retry_max_attempts), 12),
   retry_base_delay_ms: withDefault(ranged(ranges.limiter.retry_base_delay_ms), 1),
   retry_max_delay_ms: withDefault(ranged(ranges.limiter.retry_max_delay_ms), 100)
@@ -362,6 +364,7 @@ export const toLimiterSpec = (name: string, config: LimiterConfig): LimiterSpec 
     // A timeout of more than about 1.8e305 s would be an infinite number of ms.
     timeoutMs: config.timeout === undefined ? undefined : Math.min(config.timeout * 1000, Number.MAX_VALUE),
     failClosed: config.fail_closed,
+    shadow: config.mode === "shadow",
     retry: {
       maxAttempts: config.retry_max_attempts,
       baseDelayMs: config.retry_base_delay_ms,

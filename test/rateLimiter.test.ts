@@ -313,6 +313,20 @@ describe("store failure", () => {
       expect(error.message).toBe("connection refused")
     }))
 
+  it.scoped("a limiter in shadow mode proceeds through an outage even with fail_closed = true, and counts the failures", () =>
+    Effect.gen(function*() {
+      const limiter = yield* RateLimiter.make({
+        limiters: spec(true).map((s) => ({ ...s, name: "shadowed", shadow: true })),
+        stores: new Map([["down", unreachable]])
+      })
+      const errors = Metrics.storeErrors.pipe(Metric.tagged("limiter", "shadowed"), Metric.tagged("store", "down"))
+      const before = (yield* Metric.value(errors)).count
+      const permit = yield* Effect.scoped(limiter.acquire("shadowed"))
+      expect(permit.degraded).toBe(false)
+      yield* Effect.repeatN(Effect.yieldNow(), 20)
+      expect((yield* Metric.value(errors)).count).toBe(before + 1)
+    }))
+
   it.scoped("by default it admits, warns once per outage, and counts it", () => {
     const { layer, lines } = capture()
     return Effect.gen(function*() {

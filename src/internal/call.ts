@@ -102,18 +102,21 @@ export const instrument = <E, R>(call: Call<unknown>, decide: Effect.Effect<Perm
         return Effect.succeed(granted)
       })
     ),
-    (traced) =>
-      Effect.tracerWith((tracer) =>
-        tracer === untraced
-          ? traced
-          : Effect.withSpan(traced, mode === "wait" ? "rate_sync.acquire" : "rate_sync.try_acquire", {
-            attributes: { "rate_sync.limiter": b.spec.name, "rate_sync.cost": cost },
-            // A stack trace per permit costs more than the rest of an in-memory acquire.
-            captureStackTrace: false
-          })
-      )
+    (effect) => traced(effect, mode === "wait" ? "rate_sync.acquire" : "rate_sync.try_acquire", b.spec.name, cost)
   )
 }
+
+/** `effect` in a span named `name`, under an installed tracer only. */
+export const traced = <A, E, R>(effect: Effect.Effect<A, E, R>, name: string, limiter: string, cost: number): Effect.Effect<A, E, R> =>
+  Effect.tracerWith((tracer) =>
+    tracer === untraced
+      ? effect
+      : Effect.withSpan(effect, name, {
+        attributes: { "rate_sync.limiter": limiter, "rate_sync.cost": cost },
+        // A stack trace per permit costs more than the rest of an in-memory acquire.
+        captureStackTrace: false
+      })
+  )
 
 /** Counts a refusal and fails with the caller's error. */
 export const refused = <E>(call: Call<E>, error: E) =>

@@ -27,6 +27,7 @@ import { leased } from "./leased.js"
 import * as Options from "./options.js"
 import * as Orphans from "./orphans.js"
 import { rateOnly } from "./rateOnly.js"
+import { shadowLeased, shadowRate } from "./shadow.js"
 import { turnEventLoop } from "./timer.js"
 
 /** Counts store failures and logs an outage once, when it starts and when it ends. */
@@ -171,11 +172,15 @@ export const make = (options: {
       return Either.isLeft(checked) ? Effect.fail(checked.left) : use(checked.right, b)
     }
 
+    /** A call of a limiter without leases: enforced, or in shadow. */
+    const rateCall = <E>(call: Call<E>) => call.b.spec.shadow === true ? shadowRate(call) : rateOnly(call)
+
     const consume = (limiter: string, options?: AcquireOptions) =>
       withCall(limiter, (b) => waiting(b, options), (call, b): Effect.Effect<Permit, ConsumeError> =>
-        b.spec.concurrency === undefined ? rateOnly(call) : Effect.fail(new LeaseNeedsScope({ limiter: b.spec.name })))
+        b.spec.concurrency === undefined ? rateCall(call) : Effect.fail(new LeaseNeedsScope({ limiter: b.spec.name })))
 
-    const run = <E>(call: Call<E>) => call.b.spec.concurrency === undefined ? rateOnly(call) : leased(call)
+    const run = <E>(call: Call<E>) =>
+      call.b.spec.concurrency === undefined ? rateCall(call) : call.b.spec.shadow === true ? shadowLeased(call) : leased(call)
 
     const keyOf = (b: Bound, options: { readonly key?: string | undefined } | undefined) =>
       Either.mapLeft(Options.key(options?.key), invalid(b))
@@ -188,8 +193,8 @@ export const make = (options: {
       withPermit: (limiter, options) => (self) =>
         withCall(limiter, (b) => waiting(b, options), (call, b) =>
           b.spec.concurrency === undefined
-            ? Effect.zipRight(rateOnly(call), self)
-            : Effect.scoped(Effect.zipRight(leased(call), self))),
+            ? Effect.zipRight(rateCall(call), self)
+            : Effect.scoped(Effect.zipRight(run(call), self))),
       state: (limiter, options) =>
         withCall(limiter, (b) => keyOf(b, options), (key, b) =>
           Effect.map(b.observe(b.store.state(b.spec, key)), (view): LimiterState => ({

@@ -6,13 +6,16 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as Context from "effect/Context"
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
+import * as Metrics from "../../src/Metrics.js"
 import * as RateLimiter_ from "../../src/RateLimiter.js"
 import { decodeSettings, type LimiterConfigInput, type StoreConfigInput, toLimiterSpec } from "../../src/Settings.js"
 import { type Store, StoreFactory } from "../../src/Store.js"
@@ -666,6 +669,66 @@ export const complianceSuite = (harness: Harness) => {
           }))
           expect((yield* RateLimiter.state(name, { key: "k" })).leasesHeld).toBe(0)
         }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 1, burst: 4, max_concurrent: 2 } })))
+      })
+    })
+
+    describe("shadow mode: every call proceeds, what enforcing would have done is counted", () => {
+      const shadowMetrics = (name: string) => ({
+        rate: Metrics.shadowRefusals.pipe(Metric.tagged("limiter", name), Metric.tagged("store", "s"), Metric.tagged("reason", "rate")),
+        concurrency: Metrics.shadowRefusals.pipe(Metric.tagged("limiter", name), Metric.tagged("store", "s"), Metric.tagged("reason", "concurrency")),
+        wait: Metrics.shadowWait.pipe(Metric.tagged("limiter", name), Metric.tagged("store", "s"))
+      })
+
+      test("rate: never refused nor kept waiting; would-be refusals take nothing, would-be waits reserve their slot", () => {
+        const name = unique("sh")
+        return Effect.gen(function*() {
+          const m = shadowMetrics(name)
+          // burst 2 at 1/s: enforcing admits 2 of 5 at once and refuses 3.
+          for (let i = 0; i < 5; i++) {
+            const permit = yield* Effect.scoped(RateLimiter.tryAcquire(name))
+            expect(Duration.toMillis(permit.waited)).toBe(0)
+          }
+          yield* settle
+          expect((yield* Metric.value(m.rate)).count).toBe(3)
+          expect((yield* RateLimiter.state(name)).remaining).toBe(0)
+          // Enforcing would make these wait about 1, 2 and 3 s: they proceed at once.
+          const started = yield* Clock.currentTimeMillis
+          for (let i = 0; i < 3; i++) yield* RateLimiter.consume(name)
+          expect((yield* Clock.currentTimeMillis) - started).toBeLessThan(live ? 500 : 1)
+          yield* settle
+          const waits = yield* Metric.value(m.wait)
+          // 2 admitted at once (wait 0) and 3 that would have waited, the last of them about 3 s.
+          expect(waits.count).toBe(5)
+          expect(waits.max).toBeGreaterThan(2_500)
+          expect(waits.max).toBeLessThanOrEqual(3_000)
+          expect((yield* Metric.value(m.rate)).count).toBe(3)
+          // A wait bound enforcing would miss is a would-be refusal, and reserves nothing.
+          yield* RateLimiter.consume(name, { timeout: "100 millis" })
+          yield* settle
+          expect((yield* Metric.value(m.rate)).count).toBe(4)
+          expect((yield* Metric.value(m.wait)).count).toBe(5)
+        }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 1, burst: 2, mode: "shadow" } })))
+      })
+
+      test("leases: held until the caller's scope closes; a caller that would wait for one proceeds and is counted", () => {
+        const name = unique("shl")
+        return Effect.gen(function*() {
+          const m = shadowMetrics(name)
+          yield* Effect.scoped(Effect.gen(function*() {
+            yield* RateLimiter.acquire(name)
+            yield* settle
+            // Enforcing would keep this one waiting for the lease held above.
+            const second = yield* RateLimiter.acquire(name, { timeout: "10 millis" })
+            expect(second.leaseId).toBeUndefined()
+            yield* settle
+            expect((yield* RateLimiter.state(name)).leasesHeld).toBe(1)
+            expect((yield* Metric.value(m.concurrency)).count).toBe(1)
+          }))
+          yield* settle
+          expect((yield* RateLimiter.state(name)).leasesHeld).toBe(0)
+          // A consume of a limiter with leases needs a scope in shadow as when enforced: the same errors.
+          expect((yield* RateLimiter.consume(name).pipe(Effect.flip))._tag).toBe("LeaseNeedsScope")
+        }).pipe(Effect.provide(limiters({ [name]: { max_concurrent: 1, mode: "shadow" } })))
       })
     })
   })
