@@ -168,7 +168,7 @@ const codeOf = (cause: unknown): unknown =>
  */
 export const deleteIdle = (sql: SqlClient, name: string, config: PostgresStoreConfig, ageMs: number, limit: number) => {
   const table = tableOf(config)
-  const T = sql.literal(table)
+  const T = sql`${sql(config.schema_name)}.${sql(config.table_name)}`
   return sql<{ deleted: string }>`
     WITH d AS (
       DELETE FROM ${T} WHERE group_id IN (
