@@ -18,6 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import { createServer } from "node:http"
 import { inject } from "vitest"
 import { RateLimiter } from "../src/RateLimiter.js"
@@ -26,7 +27,9 @@ import type { LimiterConfigInput, StoreConfigInput } from "../src/Settings.js"
 import * as Stores from "../src/Stores.js"
 import { HttpRateLimit } from "../src/http/index.js"
 
-type App = HttpRouter.HttpRouter<unknown, never> | Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, HttpServerRequest.HttpServerRequest | Scope.Scope>
+type App =
+  | HttpRouter.HttpRouter<unknown, RateLimiter>
+  | Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, HttpServerRequest.HttpServerRequest | Scope.Scope | RateLimiter>
 
 let counter = 0
 /** Limiter names of their own per test and run: PostgreSQL's table and Redis outlive a run. */
@@ -218,6 +221,7 @@ describe.each(engines)("HttpRateLimit on $name", ({ skip, store }) => {
       const name = unique("conc")
       const entered = yield* Deferred.make<void>()
       const gate = yield* Deferred.make<void>()
+      const streamGate = yield* Deferred.make<void>()
       const { base, limiter } = yield* start(store(), { [name]: { max_concurrent: 1, lease_ttl_seconds: 60 } }, Effect.gen(function*() {
         const limit = yield* HttpRateLimit.make({ limiters: name })
         return HttpRouter.empty.pipe(
@@ -225,11 +229,15 @@ describe.each(engines)("HttpRateLimit on $name", ({ skip, store }) => {
           HttpRouter.get("/fail", Effect.fail("boom")),
           HttpRouter.get("/die", Effect.die("boom")),
           HttpRouter.get("/hang", Effect.zipRight(Deferred.succeed(entered, undefined), Effect.never)),
+          // The handler returns at once; its body streams until the gate opens.
+          HttpRouter.get("/stream", Effect.succeed(HttpServerResponse.stream(Stream.concat(Stream.make(new TextEncoder().encode("first ")), Stream.fromEffect(Effect.as(Deferred.await(streamGate), new TextEncoder().encode("last"))))))),
           HttpRouter.get("/", ok),
           HttpRouter.use(limit)
         )
       }))
       const held = (n: number) => Effect.map(limiter.state(name, { key: "ip:127.0.0.1" }), (state) => state.leasesHeld === n)
+      // Whatever happens, the gates open before the server closes (it waits for the requests in flight).
+      yield* Effect.addFinalizer(() => Effect.all([Deferred.succeed(gate, undefined), Deferred.succeed(streamGate, undefined)]))
 
       // Held while the handler runs: a second request is refused as concurrent.
       const first = yield* Effect.fork(get(`${base}/wait`))
@@ -242,6 +250,14 @@ describe.each(engines)("HttpRateLimit on $name", ({ skip, store }) => {
       expect(second.headers.get("retry-after")).toBe("1")
       yield* Deferred.succeed(gate, undefined)
       expect((yield* first).status).toBe(200)
+      expect(yield* eventually(held(0))).toBe(true)
+
+      // A streamed body holds the lease until its last byte, long after the handler returned.
+      const streaming = yield* Effect.fork(get(`${base}/stream`))
+      expect(yield* eventually(held(1))).toBe(true)
+      expect((yield* get(`${base}/`)).status).toBe(429)
+      yield* Deferred.succeed(streamGate, undefined)
+      expect((yield* streaming).body).toBe("first last")
       expect(yield* eventually(held(0))).toBe(true)
 
       // A failing and a dying handler give their lease back.
@@ -308,6 +324,29 @@ describe("HttpRateLimit headers and setup", () => {
       expect(admitted.headers.get("ratelimit")).toBeNull()
       expect((yield* get(`${base}/closed`)).status).toBe(500)
     }).pipe(Logger.withMinimumLogLevel(LogLevel.None))))
+
+  it.live("middleware(): no setup step; a mistake in its options fails each request with the typed error", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const name = unique("sync")
+      const { base } = yield* start({ engine: "memory" }, { [name]: { rate_per_second: 0.1, burst: 1 } }, Effect.succeed(
+        HttpRouter.empty.pipe(
+          HttpRouter.get("/", ok),
+          HttpRouter.use(HttpRateLimit.middleware({ limiters: name })),
+          HttpRouter.mountApp(
+            "/wrong",
+            HttpRouter.empty.pipe(
+              HttpRouter.get("/", ok),
+              HttpRouter.use(HttpRateLimit.middleware({ limiters: name, clientAddress: { trustedProxies: ["0.0.0.0/0"] } })),
+              HttpRouter.catchTag("HttpRateLimitConfigError", (error) => HttpServerResponse.text(error.reason, { status: 500 }))
+            )
+          )
+        )
+      ))
+      expect((yield* get(`${base}/`)).status).toBe(200)
+      expect((yield* get(`${base}/`)).status).toBe(429)
+      const wrong = yield* get(`${base}/wrong/`)
+      expect([wrong.status, wrong.body]).toEqual([500, "PermissiveTrustedProxy"])
+    })))
 
   it.live("over IPv6 loopback the key is the peer's /56", () =>
     Effect.scoped(Effect.gen(function*() {
