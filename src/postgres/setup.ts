@@ -10,6 +10,7 @@
 import type { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 import { StoreMisconfigured } from "../Errors.js"
 import type { PostgresStoreConfig } from "../Settings.js"
 import * as Errors from "./errors.js"
@@ -51,19 +52,33 @@ export const codeOf = (error: SqlError): string => {
   return typeof cause === "object" && cause !== null ? String(Object.getOwnPropertyDescriptor(cause, "code")?.value ?? "") : ""
 }
 
+/** What the start-up reads, decoded (once per store, so checking the shape costs nothing that matters). */
+const Present = Schema.Struct({ has_table: Schema.Boolean, has_index: Schema.Boolean })
+const Grants = Schema.Struct({
+  found: Schema.Boolean,
+  can_select: Schema.NullOr(Schema.Boolean),
+  can_insert: Schema.NullOr(Schema.Boolean),
+  can_update: Schema.NullOr(Schema.Boolean)
+})
+
+/** The one row a catalog query returns, decoded: another shape is a defect of this module, not the store's. */
+const decodeRow = <A, I>(schema: Schema.Schema<A, I>) => (rows: ReadonlyArray<unknown>) =>
+  Effect.orDie(Schema.decodeUnknown(schema)(rows[0]))
+
 /** Creates what is missing of the table and its index: even CREATE INDEX IF NOT EXISTS takes a lock that stalls every writer. */
 const create = (sql: SqlClient, config: PostgresStoreConfig, context: Errors.Context) =>
   Effect.gen(function*() {
     const toError = Errors.fromSql(context)
-    const [present] = yield* sql<{ has_table: boolean; has_index: boolean }>`
+    const present = yield* sql`
       SELECT to_regclass(${context.table}) IS NOT NULL AS has_table,
         to_regclass(${`${quoteIdent(config.schema_name)}.${indexOf(config)}`}) IS NOT NULL AS has_index`.pipe(
-      Effect.mapError(toError)
+      Effect.mapError(toError),
+      Effect.flatMap(decodeRow(Present))
     )
     const [createTable, createIndex] = createTableSql(config)
     const missing = [
-      ...(present?.has_table === true ? [] : [createTable!]),
-      ...(present?.has_index === true ? [] : [createIndex!])
+      ...(present.has_table ? [] : [createTable!]),
+      ...(present.has_index ? [] : [createIndex!])
     ]
     for (const statement of missing) {
       yield* sql.unsafe(statement).pipe(
@@ -79,12 +94,14 @@ const check = (sql: SqlClient, context: Errors.Context) =>
   Effect.gen(function*() {
     const misconfigured = (reason: "schema" | "permission", message: string) =>
       new StoreMisconfigured({ store: context.store, engine: "postgres", reason, message })
-    const rows = yield* sql<{ found: boolean; can_select: boolean | null; can_insert: boolean | null; can_update: boolean | null }>`
+    const row = yield* sql`
       SELECT to_regclass(${context.table}) IS NOT NULL AS found,
         has_table_privilege(to_regclass(${context.table}), 'SELECT') AS can_select,
         has_table_privilege(to_regclass(${context.table}), 'INSERT') AS can_insert,
-        has_table_privilege(to_regclass(${context.table}), 'UPDATE') AS can_update`.pipe(Effect.mapError(Errors.fromSql(context)))
-    const row = rows[0]!
+        has_table_privilege(to_regclass(${context.table}), 'UPDATE') AS can_update`.pipe(
+      Effect.mapError(Errors.fromSql(context)),
+      Effect.flatMap(decodeRow(Grants))
+    )
     if (!row.found) {
       return yield* Effect.fail(misconfigured("schema", Errors.describe(context, { code: "42P01", message: "" })))
     }
