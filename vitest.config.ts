@@ -13,7 +13,11 @@ export const slowSuites = [
   "test/pgbouncer.test.ts",
   // The whole PostgreSQL compliance suite again, as a role with only SELECT, INSERT, UPDATE (about 50 s
   // of npm test's 3 minutes; the same suite runs in npm test as the table's owner).
-  "test/compliance/postgres-minimal-grants.test.ts"
+  "test/compliance/postgres-minimal-grants.test.ts",
+  // @effect/experimental's scenarios in real time, with windows of seconds (about 10 s an engine).
+  "test/experimental.test.ts",
+  // Starts each framework example as a process of its own, twice (20-30 s on a busy machine).
+  "test/frameworksExamples.test.ts"
 ]
 
 /** What both runs share. */
