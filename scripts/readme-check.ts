@@ -126,7 +126,14 @@ const compilerOptions: ts.CompilerOptions = {
   paths: {
     "rate-sync": ["src/index.ts"],
     "rate-sync/promise": ["src/promise.ts"],
-    "rate-sync/postgres": ["src/postgres/PostgresStore.ts"]
+    "rate-sync/postgres": ["src/postgres/PostgresStore.ts"],
+    "rate-sync/redis": ["src/redis/RedisStore.ts"],
+    "rate-sync/http": ["src/http/index.ts"],
+    "rate-sync/express": ["src/frameworks/express.ts"],
+    "rate-sync/hono": ["src/frameworks/hono.ts"],
+    "rate-sync/fastify": ["src/frameworks/fastify.ts"],
+    "rate-sync/nest": ["src/frameworks/nest.ts"],
+    "rate-sync/experimental": ["src/experimental/index.ts"]
   },
   typeRoots: [join(root, "node_modules", "@types")]
 }
