@@ -2,7 +2,8 @@
 # Proves the tarball works as a user gets it: `npm pack`, install it into a fresh app outside the
 # repository with the README's install command, then run there an ESM and a CommonJS program (a
 # permit on the memory store and on PostgreSQL each), `tsc --noEmit --strict` on TypeScript programs
-# under moduleResolution nodenext, node16 and bundler, and the installed `rate-sync` command line.
+# under moduleResolution nodenext, node16 and bundler, `rate-sync/http` (a loopback server asked once, ESM
+# and CommonJS, and its types), and the installed `rate-sync` command line.
 # Uses TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test) and TEST_REDIS_URL
 # (default redis://127.0.0.1:6379). Installs prefer the npm cache (--prefer-offline).
 set -euo pipefail
@@ -159,6 +160,64 @@ step "tsc --noEmit --strict: nodenext (.mts, .cts, declarations checked too), no
 npx tsc "${tsc_flags[@]}" --skipLibCheck false --module nodenext --moduleResolution nodenext ts/esm.mts ts/cjs.cts
 npx tsc "${tsc_flags[@]}" --skipLibCheck --module node16 --moduleResolution node16 ts/esm.mts ts/cjs.cts
 npx tsc "${tsc_flags[@]}" --skipLibCheck --module esnext --moduleResolution bundler ts/bundler.ts
+
+step "rate-sync/http, with @effect/platform as its README section says: npm i @effect/platform@^0.97"
+npm i "${npm_flags[@]}" @effect/platform@^0.97
+# A router limited by "local" on a free loopback port, asked once: 200 and the draft's RateLimit field.
+http_program='
+const program = Effect.gen(function*() {
+  const limit = yield* HttpRateLimit.make({ limiters: "local" })
+  yield* HttpServer.serveEffect(HttpRouter.empty.pipe(HttpRouter.get("/", HttpServerResponse.text("ok")), HttpRouter.use(limit)))
+  const address = (yield* HttpServer.HttpServer).address
+  const response = yield* Effect.promise(() => fetch(`http://127.0.0.1:${address.port}/`, { headers: { connection: "close" } }))
+  return [response.status, response.headers.get("ratelimit")].join(" ")
+})
+const layer = Layer.merge(RateSync.layerToml().pipe(Layer.provide(Stores.layer)), NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" }))
+const check = (answer) => {
+  if (answer !== "200 \"local\";r=4;t=1") throw new Error(`rate-sync/http: unexpected answer ${answer}`)
+}
+'
+{
+  echo 'import { HttpRouter, HttpServer, HttpServerResponse } from "@effect/platform"'
+  echo 'import { NodeHttpServer } from "@effect/platform-node"'
+  echo 'import { Effect, Layer } from "effect"'
+  echo 'import { createServer } from "node:http"'
+  echo 'import { RateSync, Stores } from "rate-sync"'
+  echo 'import { HttpRateLimit } from "rate-sync/http"'
+  printf '%s\n' "$http_program"
+  echo 'check(await Effect.runPromise(Effect.scoped(program).pipe(Effect.provide(layer))))'
+  echo 'console.log("esm: rate-sync/http answered")'
+} > http.mjs
+{
+  echo 'const { HttpRouter, HttpServer, HttpServerResponse } = require("@effect/platform")'
+  echo 'const { NodeHttpServer } = require("@effect/platform-node")'
+  echo 'const { Effect, Layer } = require("effect")'
+  echo 'const { createServer } = require("node:http")'
+  echo 'const { RateSync, Stores } = require("rate-sync")'
+  echo 'const { HttpRateLimit } = require("rate-sync/http")'
+  printf '%s\n' "$http_program"
+  echo 'Effect.runPromise(Effect.scoped(program).pipe(Effect.provide(layer))).then(check).then(() => console.log("cjs: rate-sync/http answered"), (error) => { console.error(error); process.exit(1) })'
+} > http.cjs
+node http.mjs
+node --no-experimental-require-module http.cjs
+http_types='
+import { HttpRouter, HttpServerResponse } from "@effect/platform"
+import { Effect } from "effect"
+import { ClientAddressError, HttpApiRateLimit, HttpRateLimit, HttpRateLimitConfigError } from "rate-sync/http"
+
+export const routes = Effect.map(HttpRateLimit.make({ limiters: "local", clientAddress: { trustedProxies: ["loopback"] } }), (limit) =>
+  HttpRouter.empty.pipe(HttpRouter.get("/", HttpServerResponse.text("ok")), HttpRouter.use(limit)))
+export const layer = HttpApiRateLimit.layer({ limiters: "local" })
+export const errors = [ClientAddressError, HttpRateLimitConfigError] as const
+'
+printf '%s' "$http_types" > ts/http.mts
+printf '%s' "$http_types" > ts/http.cts
+printf '%s' "$http_types" > ts/http-bundler.ts
+# @effect/platform's own declarations name DOM types (Storage, Transferable): the dom lib, as its users have.
+http_flags=(--noEmit --strict --target es2022 --lib es2022,esnext.disposable,dom --types node)
+npx tsc "${http_flags[@]}" --skipLibCheck false --module nodenext --moduleResolution nodenext ts/http.mts ts/http.cts
+npx tsc "${http_flags[@]}" --skipLibCheck --module node16 --moduleResolution node16 ts/http.mts ts/http.cts
+npx tsc "${http_flags[@]}" --skipLibCheck --module esnext --moduleResolution bundler ts/http-bundler.ts
 
 step "the installed command line"
 npx rate-sync --help > help.txt
