@@ -134,6 +134,20 @@ describe("client address", () => {
     )
   })
 
+  it("a forwarded header with no proxy trusted is warned of once per resolver, and still ignored", () => {
+    const messages: Array<unknown> = []
+    const logger = Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => messages.push(message)))
+    const client = resolver({})
+    const keys = Effect.runSync(
+      Effect.forEach(["198.51.100.1", "198.51.100.2"], (spoofed) => client.key(request("127.0.0.1", { "x-forwarded-for": spoofed }))).pipe(
+        Effect.provide(logger)
+      )
+    )
+    expect(keys).toEqual(["ip:127.0.0.1", "ip:127.0.0.1"])
+    expect(messages).toHaveLength(1)
+    expect(String(messages[0])).toContain("no proxy is trusted")
+  })
+
   it("Forwarded's quoted IPv6 with a port, and what cannot be keyed", () => {
     const trusted = { trustedProxies: ["loopback"], forwardedHeader: "forwarded" as const }
     expect(keyOf(trusted, "::1", { forwarded: "for=\"[2001:db8:cafe:1234::17]:4711\"" })).toEqual(Either.right("ip:2001:db8:cafe:1200::/56"))
