@@ -3,8 +3,7 @@
  * checked once, then per request the key, the cost, a permit of every limiter (or the first
  * refusal), and the header fields that say so.
  */
-import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import * as HttpServerRequestTag from "@effect/platform/HttpServerRequest"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as Clock from "effect/Clock"
 import type * as Context from "effect/Context"
@@ -73,7 +72,7 @@ export const admit = <E, R>(
 ): Effect.Effect<Decision | undefined, E | RequestError, R | HttpServerRequest.HttpServerRequest | Scope.Scope> =>
   Effect.gen(function*() {
     const { options } = checked
-    const request = yield* HttpServerRequestTag.HttpServerRequest
+    const request = yield* HttpServerRequest.HttpServerRequest
     if (options.skip !== undefined) {
       const skip = options.skip(request)
       if (typeof skip === "boolean" ? skip : yield* skip) return undefined
