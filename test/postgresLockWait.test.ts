@@ -169,7 +169,11 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
 
           const { result, releasedAt, localBefore } = yield* behindLock(table, id, how, LONG_HOLD_MS, store.acquire(request(bucket, 3, 5_000)))
           expect(result._tag).toBe("Admitted")
-          expect(result._tag === "Admitted" ? result.waitMs : Infinity).toBeCloseTo(0, 6)
+          // Admitted at the decision's instant: no wait; the answer's wait is put on this process's clock
+          // (below 0 by however much slower it came back than the fastest answer), never the hold's length.
+          const waitMs = result._tag === "Admitted" ? result.waitMs : Infinity
+          expect(waitMs).toBeLessThanOrEqual(1e-6)
+          expect(waitMs).toBeGreaterThan(-LONG_HOLD_MS / 2)
           // The whole burst, taken after the lock went: the tat lies three intervals after that.
           expect(yield* msAfter(table, id, "last_acquisition_at", releasedAt)).toBeGreaterThanOrEqual(3_000)
           expect(yield* msAfter(table, id, "updated_at", releasedAt)).toBeGreaterThanOrEqual(0)

@@ -102,6 +102,8 @@ describe.skipIf(url === "")("Redis engine", () => {
         Effect.flip
       )
       expect(closed._tag).toBe("StoreUnavailable")
+      expect(closed._tag === "StoreUnavailable" && closed.reason).toBe("unreachable")
+      // The message is for people: where, and what the driver said.
       expect(closed.message).toMatch(/^cannot reach Redis at redis:\/\/127\.0\.0\.1:1 /)
       const open = yield* Effect.scoped(RateLimiter.acquire("api")).pipe(Effect.provide(limiters(down, { rate_per_second: 10 })))
       expect(open.degraded).toBe(true)

@@ -171,7 +171,7 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
           maxWaitArg(ahead.request),
           ...batch.flatMap((r) => [String(r.cost), maxWaitArg(r)])
         ]).pipe(Effect.flatMap(rateOutcomes(batch.length))),
-      closed: new StoreUnavailable({ store: name, engine: "redis", message: "the store was closed" })
+      closed: new StoreUnavailable({ store: name, engine: "redis", reason: "closed", message: "the store was closed" })
     })
 
     const store: RedisStore = {

@@ -103,7 +103,8 @@ export const classify = (
     return new StoreUnavailable({
       store,
       engine: "redis",
-      reason: outageOf(code === undefined ? detail : `${detail} ${code}`),
+      // A client that is not connected says why in its last connection error (refused, no such host).
+      reason: outageOf([detail, code, refusal].filter((part) => part !== undefined).join(" ")),
       message: `cannot reach Redis at ${where} (${detail}); it reconnects by itself, limiters follow fail_closed meanwhile`,
       cause
     })
