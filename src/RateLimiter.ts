@@ -50,6 +50,10 @@ export interface Permit {
   readonly waited: Duration.Duration
   /** Units still free right after this admission, when the limiter has a rate. */
   readonly remaining: number | undefined
+  /** The most units the key can take at once (`burst`, or a window's `limit`), when the limiter has a rate. */
+  readonly limit?: number | undefined
+  /** How long after this admission the key's token bucket is full again, as the store decided it (no `state` read needed). */
+  readonly resetAfter?: Duration.Duration | undefined
   readonly leaseId: string | undefined
   /** Granted without the store, which was unavailable (`fail_closed = false`). */
   readonly degraded: boolean

@@ -74,6 +74,10 @@ export interface Permit {
   readonly waited: number
   /** Units still free right after this admission, when the limiter has a rate. */
   readonly remaining: number | undefined
+  /** The most units the key can take at once (`burst`, or a window's `limit`), when the limiter has a rate. */
+  readonly limit?: number | undefined
+  /** Milliseconds after this admission until the key's token bucket is full again (no `state` read needed). */
+  readonly resetAfter?: number | undefined
   /** Set when the permit is a lease (the limiter has `max_concurrent`). */
   readonly leaseId: string | undefined
   /** Granted without the store, which was unavailable (`fail_closed = false`). */
@@ -126,7 +130,11 @@ export interface BackoffOptions {
 
 let settings: Settings = { stores: {}, limiters: {} }
 
-const toPermit = (permit: EffectPermit): Permit => ({ ...permit, waited: Duration.toMillis(permit.waited) })
+const toPermit = (permit: EffectPermit): Permit => ({
+  ...permit,
+  waited: Duration.toMillis(permit.waited),
+  resetAfter: permit.resetAfter === undefined ? undefined : Duration.toMillis(permit.resetAfter)
+})
 
 const toState = (state: EffectLimiterState): LimiterState => ({
   ...state,

@@ -13,7 +13,7 @@
  * with another limit would print headers that disagree with the decision: that is refused with
  * `LimitMismatch` rather than answered.
  */
-import { RateLimitExceeded, state, tryConsume } from "../promise.js"
+import { type Permit, RateLimitExceeded, state, tryConsume } from "../promise.js"
 import { LimitMismatch } from "./errors.js"
 
 export interface Hit {
@@ -43,8 +43,9 @@ export const hit = async (
   expected: number | undefined
 ): Promise<Hit> => {
   let remaining: number
+  let permit: Permit
   try {
-    const permit = await tryConsume(limiter, { key })
+    permit = await tryConsume(limiter, { key })
     if (permit.degraded || permit.remaining === undefined) {
       // The store is down and the limiter fails open: admitted, with nothing known of the key.
       return { admitted: true, totalHits: 1, resetMs: undefined }
@@ -55,8 +56,11 @@ export const hit = async (
     check(limiter, framework, expected, error.limit)
     return { admitted: false, totalHits: error.limit + 1, resetMs: error.retryAfter }
   }
-  // The unit is taken: a failed read of the reset time must not turn the admission into an error.
-  const view = await state(limiter, { key }).catch(() => undefined)
+  // A token bucket's permit says when the key is full again; a sliding window's needs a read of its
+  // state (the unit is taken: a failed read must not turn the admission into an error).
+  const view = permit.resetAfter !== undefined && permit.limit !== undefined
+    ? { limit: permit.limit, resetAfter: permit.resetAfter }
+    : await state(limiter, { key }).catch(() => undefined)
   const limit = view?.limit ?? expected ?? remaining + 1
   check(limiter, framework, expected, limit)
   return { admitted: true, totalHits: Math.max(1, limit - remaining), resetMs: view?.resetAfter }

@@ -66,6 +66,11 @@ export const permit = (call: Call<unknown>, outcome: Admitted, leaseId: string |
   slotMs: outcome.reservation?.slotMs,
   waited: Duration.millis(Math.max(0, waitedMs)),
   remaining: outcome.remaining,
+  limit: outcome.limit,
+  // A token bucket is full again once the time reaches the arrival time this admission wrote.
+  resetAfter: call.b.spec.rate?._tag === "TokenBucket" && outcome.reservation !== undefined
+    ? Duration.millis(Math.max(0, outcome.reservation.tatMs - outcome.reservation.slotMs))
+    : undefined,
   leaseId,
   degraded: false
 })

@@ -653,6 +653,20 @@ export const complianceSuite = (harness: Harness) => {
     })
 
     describe("state", () => {
+      test("a token bucket's permit says its limit and when the bucket is full again, as state() would", () => {
+        const name = unique("pr")
+        return Effect.gen(function*() {
+          const permit = yield* Effect.scoped(RateLimiter.tryAcquire(name, { key: "k", cost: 3 }))
+          expect(permit.limit).toBe(4)
+          expect(permit.remaining).toBe(1)
+          expect(Duration.toMillis(permit.resetAfter ?? Duration.zero)).toBeCloseTo(3_000, 0)
+          const view = yield* RateLimiter.state(name, { key: "k" })
+          // Read a little later (real time on the server engines): the bucket is that much closer to full.
+          expect(Duration.toMillis(view.resetAfter)).toBeLessThanOrEqual(3_000)
+          expect(Duration.toMillis(view.resetAfter)).toBeGreaterThan(live ? 2_500 : 2_999)
+        }).pipe(Effect.provide(limiters({ [name]: { rate_per_second: 1, burst: 4 } })))
+      })
+
       test("reports limit, remaining, leases held and reset time", () => {
         const name = unique("st")
         return Effect.gen(function*() {
