@@ -6,7 +6,9 @@
  *
  * BENCH_SECONDS (default 2) and BENCH_RUNS (default 3) set the length and number of rounds;
  * BENCH_STORES (say "redis" or "memory,postgres") and BENCH_WORKLOADS (a part of a workload's label,
- * say "8 callers") run a part of it, for a quick look: RESULTS.md is then not written.
+ * say "8 callers", or "http" for the HTTP middleware alone) run a part of it, for a quick look: RESULTS.md is
+ * then not written. The HTTP section (bench/http.ts) runs every framework's middleware with and
+ * without rate-sync.
  */
 import { execFileSync } from "node:child_process"
 import { readFileSync, writeFileSync } from "node:fs"
@@ -15,6 +17,7 @@ import { Redis } from "ioredis"
 import pg from "pg"
 import { postgresUrl } from "../scripts/stores.js"
 import { all, type Contender, type StoreName, type Workload } from "./contenders.js"
+import { httpSection, runHttp } from "./http.js"
 import { KEYS } from "./memory.js"
 import { barChart } from "./svg.js"
 
@@ -105,7 +108,11 @@ const main = async () => {
     }
   }
   for (const contender of contenders) await contender.stop()
+  // The HTTP servers find the same PostgreSQL through DATABASE_URL.
+  process.env["DATABASE_URL"] = database.url
+  const http = !PARTIAL || ONLY_WORKLOADS === "http" ? await runHttp(SECONDS, RUNS) : []
   if (PARTIAL) {
+    if (http.length > 0) console.log("\n" + httpSection(http, SECONDS, RUNS).join("\n"))
     await database.stop()
     return
   }
@@ -168,7 +175,8 @@ const main = async () => {
     "![Throughput, one hot key, 8 callers](throughput-hot-8.svg)",
     "",
     "![Throughput, 10,000 keys, 8 callers](throughput-keys.svg)",
-    ""
+    "",
+    ...httpSection(http, SECONDS, RUNS)
   )
   writeFileSync(new URL("./RESULTS.md", import.meta.url), lines.join("\n"))
 
