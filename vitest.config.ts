@@ -17,7 +17,9 @@ export const slowSuites = [
   // @effect/experimental's scenarios in real time, with windows of seconds (about 10 s an engine).
   "test/experimental.test.ts",
   // Starts each framework example as a process of its own, twice (20-30 s on a busy machine).
-  "test/frameworksExamples.test.ts"
+  "test/frameworksExamples.test.ts",
+  // Starts examples/http.ts as processes of its own (11-14 s).
+  "test/httpExample.test.ts"
 ]
 
 /** What both runs share. */

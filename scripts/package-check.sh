@@ -3,7 +3,8 @@
 # repository with the README's install command, then run there an ESM and a CommonJS program (a
 # permit on the memory store and on PostgreSQL each), `tsc --noEmit --strict` on TypeScript programs
 # under moduleResolution nodenext, node16 and bundler, `rate-sync/http` (a loopback server asked once, ESM
-# and CommonJS, and its types), and the installed `rate-sync` command line.
+# and CommonJS, and its types), every other subpath loaded both ways, and the installed `rate-sync`
+# command line.
 # Uses TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test) and TEST_REDIS_URL
 # (default redis://127.0.0.1:6379). Installs prefer the npm cache (--prefer-offline).
 set -euo pipefail
@@ -218,6 +219,13 @@ http_flags=(--noEmit --strict --target es2022 --lib es2022,esnext.disposable,dom
 npx tsc "${http_flags[@]}" --skipLibCheck false --module nodenext --moduleResolution nodenext ts/http.mts ts/http.cts
 npx tsc "${http_flags[@]}" --skipLibCheck --module node16 --moduleResolution node16 ts/http.mts ts/http.cts
 npx tsc "${http_flags[@]}" --skipLibCheck --module esnext --moduleResolution bundler ts/http-bundler.ts
+
+step "every subpath loads, as an ES module and through require (without require(esm))"
+# Their optional peers stay uninstalled where a module only names them as types (the frameworks).
+for subpath in redis express hono fastify nest experimental; do
+  node --input-type=module -e "await import('rate-sync/$subpath')"
+  node --no-experimental-require-module -e "require('rate-sync/$subpath')"
+done
 
 step "the installed command line"
 npx rate-sync --help > help.txt
