@@ -235,6 +235,18 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
       expect(second._tag === "Admitted" ? elapsedMs : Infinity).toBeGreaterThanOrEqual(2_000)
     }).pipe(Effect.scoped))
 
+  it.live("a free lease slot that another session only has locked (a release in flight) is waited for, not answered as full", () =>
+    Effect.gen(function*() {
+      const table = fresh("lockwait_claim")
+      const store = yield* storeOn(table)
+      const onlyLeases = spec("lease", undefined, { max: 1, leaseTtlMs: 2_000 })
+      // The slot row exists and is free; the holder session locks it (as a release's upsert does until it commits).
+      yield* sql(`INSERT INTO ${table} (group_id, last_acquisition_at, version) VALUES ($1, '-infinity', 0)`, ["c:lease:k#0"])
+      const { result } = yield* behindLock(table, "c:lease:k#0", "lock", 300, store.acquire(request(onlyLeases, 1, 0, "one")))
+      expect(result._tag).toBe("Admitted")
+      expect((yield* store.state(onlyLeases, "k")).leasesHeld).toBe(1)
+    }).pipe(Effect.scoped))
+
   it.live("a renewal that waited on the slot's lock extends the lease from the time after the wait", () =>
     Effect.gen(function*() {
       const table = fresh("lockwait_renew")

@@ -18,13 +18,14 @@ export const make = (ctx: Context) => {
   const ttlMicros = (limiter: LimiterSpec) => Math.round((limiter.concurrency?.leaseTtlMs ?? 0) * 1000)
   const ttlOf = (limiter: LimiterSpec) => sql`${ttlMicros(limiter)}::float8 * interval '1 microsecond'`
 
-  // The slot's lock comes from SKIP LOCKED, which never waits: the instant is read once it is held.
-  const claimFree = (limiter: LimiterSpec, slots: ReadonlyArray<string>, token: number) =>
+  // The slot's lock comes first (by default SKIP LOCKED, which never waits); the instant is read once
+  // it is held, and the slot is free if its expiry passed by then.
+  const claimFree = (limiter: LimiterSpec, slots: ReadonlyArray<string>, token: number, lock: "skip" | "wait") =>
     sql<{ group_id: string }>`
       UPDATE ${T} SET (version, last_acquisition_at, updated_at) = (SELECT ${token}::int, c.t + ${ttlOf(limiter)}, c.t FROM ${C})
       WHERE group_id = (
         SELECT group_id FROM ${T} WHERE group_id = ANY(${slots}) AND last_acquisition_at <= clock_timestamp()
-        ORDER BY group_id LIMIT 1 FOR UPDATE SKIP LOCKED
+        ORDER BY group_id LIMIT 1 FOR UPDATE ${lock === "skip" ? sql.literal("SKIP LOCKED") : sql.literal("")}
       ) AND last_acquisition_at <= clock_timestamp()
       RETURNING group_id`
 
@@ -40,16 +41,22 @@ export const make = (ctx: Context) => {
       (rows) => rows[0]!
     )
 
-  /** A free slot claimed with `token`, the slot rows created first when some are missing; `Full` when every one is held. */
+  /**
+   * A free slot claimed with `token`, the slot rows created first when some are missing; `Full` when every
+   * one is held. A free slot that was only locked (being released, or claimed by a transaction that may
+   * still roll back) is waited for, once, rather than taken for a held one.
+   */
   const claim = (limiter: LimiterSpec, slots: ReadonlyArray<string>, token: number): Effect.Effect<string, Full | SqlError> =>
     Effect.gen(function*() {
-      const claimed = yield* claimFree(limiter, slots, token)
+      const claimed = yield* claimFree(limiter, slots, token, "skip")
       if (claimed.length > 0) return claimed[0]!.group_id
       const found = yield* info(slots)
-      if (found.total < slots.length) {
-        yield* sql`INSERT INTO ${T} (group_id, last_acquisition_at, version)
-          SELECT id, '-infinity', 0 FROM unnest(${slots}::text[]) AS id ON CONFLICT (group_id) DO NOTHING`
-        const [again] = yield* claimFree(limiter, slots, token)
+      if (found.total < slots.length || found.held < found.total) {
+        if (found.total < slots.length) {
+          yield* sql`INSERT INTO ${T} (group_id, last_acquisition_at, version)
+            SELECT id, '-infinity', 0 FROM unnest(${slots}::text[]) AS id ON CONFLICT (group_id) DO NOTHING`
+        }
+        const [again] = yield* claimFree(limiter, slots, token, "wait")
         if (again !== undefined) return again.group_id
       }
       return yield* new Full({ held: found.held, expiresInMs: found.soonest === null ? undefined : found.soonest - found.now })
