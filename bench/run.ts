@@ -6,7 +6,7 @@
  *
  * BENCH_SECONDS (default 2) and BENCH_RUNS (default 3) set the length and number of rounds;
  * BENCH_STORES (say "redis" or "memory,postgres") and BENCH_WORKLOADS (a part of a workload's label,
- * say "8 callers", or "http" for the HTTP middleware alone) run a part of it, for a quick look: RESULTS.md is
+ * say "8 callers", or "http" for the HTTP middleware alone, "handoff" for the lease hand-off alone) run a part of it, for a quick look: RESULTS.md is
  * then not written. The HTTP section (bench/http.ts) runs every framework's middleware with and
  * without rate-sync.
  */
@@ -17,6 +17,7 @@ import { Redis } from "ioredis"
 import pg from "pg"
 import { postgresUrl } from "../scripts/stores.js"
 import { all, type Contender, type StoreName, type Workload } from "./contenders.js"
+import { handoffSection, runHandoff } from "./handoff.js"
 import { httpSection, runHttp } from "./http.js"
 import { KEYS } from "./memory.js"
 import { barChart } from "./svg.js"
@@ -111,8 +112,11 @@ const main = async () => {
   // The HTTP servers find the same PostgreSQL through DATABASE_URL.
   process.env["DATABASE_URL"] = database.url
   const http = !PARTIAL || ONLY_WORKLOADS === "http" ? await runHttp(SECONDS, RUNS) : []
+  const handoffStores = (["memory", "postgres", "redis"] as const).filter((s) => ONLY_STORES === undefined || ONLY_STORES.includes(s))
+  const handoff = !PARTIAL || ONLY_WORKLOADS === "handoff" ? await runHandoff(handoffStores, database.url, REDIS_URL) : []
   if (PARTIAL) {
     if (http.length > 0) console.log("\n" + httpSection(http, SECONDS, RUNS).join("\n"))
+    if (handoff.length > 0) console.log("\n" + handoffSection(handoff).join("\n"))
     await database.stop()
     return
   }
@@ -176,6 +180,7 @@ const main = async () => {
     "",
     "![Throughput, 10,000 keys, 8 callers](throughput-keys.svg)",
     "",
+    ...handoffSection(handoff),
     ...httpSection(http, SECONDS, RUNS)
   )
   writeFileSync(new URL("./RESULTS.md", import.meta.url), lines.join("\n"))
