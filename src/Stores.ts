@@ -27,6 +27,7 @@ const load = <A>(name: string, engine: string, packages: string, module: () => P
 
 /** How a server engine's stores are built, where a program builds them its own way (over its own client). */
 export interface Engines {
+  readonly postgres?: ((name: string, config: DeferredStoreConfig & { readonly engine: "postgres" }) => ReturnType<StoreFactory["Type"]["make"]>) | undefined
   readonly redis?: ((name: string, config: DeferredStoreConfig & { readonly engine: "redis" }) => ReturnType<StoreFactory["Type"]["make"]>) | undefined
 }
 
@@ -39,6 +40,7 @@ export const make = (engines: Engines = {}): StoreFactory["Type"] => ({
       // The urls are read here, by the engine that connects: a deferred `${VAR}` that is unset fails
       // the layer now, with the message loading would have given.
       case "postgres":
+        if (engines.postgres !== undefined) return engines.postgres(name, config)
         return Effect.all([
           resolvePostgres(name, config),
           load(name, "postgres", "@effect/sql-pg and pg", () => import("./postgres/PostgresStore.js"))

@@ -6,6 +6,7 @@
  * loaded machine keeps; counts, and delays computed from counts, exactly. Then many fibers of two
  * limiters (two processes' worth of clients) share one key: the bucket never admits more than it holds.
  */
+import { spawn } from "node:child_process"
 import { describe, expect, it } from "@effect/vitest"
 import { RateLimiter } from "@effect/experimental"
 import { PgClient } from "@effect/sql-pg"
@@ -158,3 +159,24 @@ const redis = Layer.unwrapScoped(Effect.map(
 ))
 
 if (redisUrl !== "") scenarios("Redis", redis)
+
+describe("examples/durableRateLimiter.ts", () => {
+  it.live("a workflow's DurableRateLimiter on rate-sync's PostgreSQL engine: 2 emails at once, then one a second", () =>
+    Effect.promise(() =>
+      new Promise<string>((resolve, reject) => {
+        const child = spawn(process.execPath, ["--import", "tsx", "examples/durableRateLimiter.ts"], {
+          env: { ...process.env, DATABASE_URL: databaseUrl },
+          stdio: ["ignore", "pipe", "inherit"]
+        })
+        let out = ""
+        child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
+        child.on("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`exit ${code}: ${out}`))))
+      })
+    ).pipe(Effect.map((out) => {
+      const sentAt = (out.match(/^sent at ([\d, ]+) ms/m)?.[1] ?? "").split(",").map(Number)
+      expect(sentAt.length).toBe(5)
+      // Whole refills of one a second (the window of 2 s over a limit of 2): never sooner, on the database's clock.
+      expect(sentAt[2]! - sentAt[0]!).toBeGreaterThanOrEqual(950)
+      expect(sentAt[4]! - sentAt[2]!).toBeGreaterThanOrEqual(1_900)
+    })), 60_000)
+})

@@ -1,9 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
+import { PgClient } from "@effect/sql-pg"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import pg from "pg"
 import { inject } from "vitest"
@@ -303,4 +305,50 @@ describe("PostgreSQL engine", () => {
         `permission denied for cleanup on "public"."${table}": it deletes idle rows, so it needs GRANT DELETE ON "public"."${table}" TO the user of the url (nothing else needs DELETE)`
       )
     }).pipe(Effect.scoped))
+})
+
+describe("PostgreSQL engine over the program's own PgClient (PostgresStore.layerWith)", () => {
+  // The program's client, with the camelCase transform apps often set: the store reads its own column names.
+  const client = PgClient.layer({
+    url: Redacted.make(url),
+    transformResultNames: (name) => name.replace(/_(\w)/g, (_, c: string) => c.toUpperCase()),
+    applicationName: "the-program"
+  })
+  it.live("one pool for the program and its limiters, its name transforms ignored; the limits hold and the client stays open", () =>
+    Effect.gen(function*() {
+      const table = fresh("shared")
+      const limits = RateSync.layer({
+        stores: { db: { engine: "postgres", url, table_name: table, auto_create: true } },
+        limiters: {
+          rate: { store: "db", rate_per_second: 1 },
+          window: { store: "db", algorithm: "sliding_window", limit: 2, window_seconds: 60 },
+          leased: { store: "db", max_concurrent: 1 }
+        }
+      }).pipe(Layer.provide(PostgresStore.layerWith))
+      const connections = (application: string) =>
+        Effect.promise(() => admin(url, [`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = '${application}'`])).pipe(
+          Effect.map(([result]) => Number((result!.rows[0] as { n: number }).n))
+        )
+      yield* Effect.gen(function*() {
+        const limiter = yield* RateLimiter
+        yield* Effect.scoped(limiter.tryAcquire("rate"))
+        expect((yield* Effect.scoped(limiter.tryAcquire("rate")).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+        yield* Effect.scoped(limiter.tryAcquire("window"))
+        yield* Effect.scoped(limiter.tryAcquire("window"))
+        expect((yield* Effect.scoped(limiter.tryAcquire("window")).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+        yield* Effect.scoped(Effect.gen(function*() {
+          yield* limiter.acquire("leased")
+          expect((yield* Effect.scoped(limiter.tryAcquire("leased")).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+          expect((yield* limiter.state("leased")).leasesHeld).toBe(1)
+        }))
+        expect((yield* limiter.state("leased")).leasesHeld).toBe(0)
+        // No pool of the store's own (at most its LISTEN connection): its statements went through the program's client.
+        expect(yield* connections("rate-sync")).toBe(0)
+        expect(yield* connections("rate-sync-listen")).toBeLessThanOrEqual(1)
+        expect(yield* connections("the-program")).toBeGreaterThan(0)
+      }).pipe(Effect.provide(limits))
+      // The limiters closed, the program's client still serves.
+      const sql = yield* PgClient.PgClient
+      expect((yield* sql`SELECT 1 AS one`)[0]).toEqual({ one: 1 })
+    }).pipe(Effect.provide(client), Effect.scoped))
 })

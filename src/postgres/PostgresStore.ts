@@ -28,13 +28,17 @@
  * (the pool), conflicts.ts (optimistic retries), listener.ts (LISTEN) and errors.ts.
  */
 import type { SqlClient } from "@effect/sql/SqlClient"
+import { PgClient } from "@effect/sql-pg"
+import * as Layer from "effect/Layer"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type { ConfigurationError } from "../Errors.js"
 import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
 import type { PostgresStoreConfig } from "../Settings.js"
-import type { StateView, Store } from "../Store.js"
+import { type StateView, type Store, StoreFactory } from "../Store.js"
+import * as Stores from "../Stores.js"
+import { resolvePostgres } from "../Settings.js"
 import * as Backoff from "./backoff.js"
 import * as Bucket from "./bucket.js"
 import * as Client from "./client.js"
@@ -69,7 +73,12 @@ export interface PostgresStore extends Store {
   readonly cleanup: (olderThan: Duration.DurationInput) => Effect.Effect<number, Errors.PostgresError | ConfigurationError>
 }
 
-export const make = (name: string, config: PostgresStoreConfig) =>
+/**
+ * Builds the store. With `shared`, a `PgClient` the program already has, its statements run on that
+ * client's pool (one pool for the program and its limiters; `pool_*` keys unused, the pool left open
+ * when the store closes); LISTEN still opens its own connection, to `listen_url` or else `url`.
+ */
+export const make = (name: string, config: PostgresStoreConfig, shared?: PgClient.PgClient) =>
   Effect.gen(function*() {
     const errors: Errors.Context = {
       store: name,
@@ -78,7 +87,7 @@ export const make = (name: string, config: PostgresStoreConfig) =>
       poolTimeoutMs: config.pool_timeout_ms,
       operationTimeoutMs: config.operation_timeout_ms
     }
-    const { sql, toError } = yield* Client.make(config, errors)
+    const { sql, toError } = yield* Client.make(config, errors, shared)
     const scope = yield* Effect.scope
     yield* setup(sql, config, errors)
     const table = Context.tableName(sql, config)
@@ -189,3 +198,15 @@ export const make = (name: string, config: PostgresStoreConfig) =>
     }
     return store
   })
+
+/**
+ * The production `StoreFactory` (`Stores.layer`), its PostgreSQL stores over the program's `PgClient`:
+ * one pool for the program and its limiters. Each store runs its statements on that client (its
+ * `pool_*` keys unused) and opens only its LISTEN connection itself (`listen_url`, else `url`);
+ * closing the limiters leaves the client open.
+ */
+export const layerWith: Layer.Layer<StoreFactory, never, PgClient.PgClient> = Layer.effect(
+  StoreFactory,
+  Effect.map(PgClient.PgClient, (client) =>
+    Stores.make({ postgres: (name, config) => Effect.flatMap(resolvePostgres(name, config), (resolved) => make(name, resolved, client)) }))
+)

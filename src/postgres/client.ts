@@ -12,8 +12,17 @@ import pg from "pg"
 import type { PostgresStoreConfig } from "../Settings.js"
 import * as Errors from "./errors.js"
 
-export const make = (config: PostgresStoreConfig, context: Errors.Context) =>
+/**
+ * The store's client: its own pool, or `shared`, a client the program already has (used without its
+ * name transforms, since the store reads its rows' own column names, and left open when the store
+ * closes).
+ */
+export const make = (config: PostgresStoreConfig, context: Errors.Context, shared?: PgClient.PgClient) =>
   Effect.gen(function*() {
+    if (shared !== undefined) {
+      const classifyShared = Errors.fromSql(context)
+      return { sql: shared.withoutTransforms(), toError: (error: SqlError): Errors.PostgresError => classifyShared(error) }
+    }
     /**
      * The last refusal a pooler sent as it closed one of the pool's connections: PgBouncer's statement
      * pooling lets a lease's BEGIN through and then closes the connection, so the statement under way

@@ -100,7 +100,7 @@ export const start = (options: Options): Effect.Effect<Listener, never, Scope.Sc
               keepAlive: true,
               // A connection the network dropped silently is noticed within a minute, not the system's two hours.
               keepAliveInitialDelayMillis: 10_000,
-              application_name: "rate-sync"
+              application_name: "rate-sync-listen"
             })
           } catch (error) {
             // A url pg cannot even parse: said like any other failure to connect, and tried again.
