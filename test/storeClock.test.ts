@@ -113,4 +113,33 @@ describe("coalescer on the store's clock", () => {
       expect(past._tag === "Admitted" && past.waitMs).toBeCloseTo(-30, 0)
       yield* Scope.close(scope, Exit.void)
     }))
+
+  it.effect("a store clock that stepped back (under the estimate's reset) moves no slot sooner than the call's own round trip allows", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const clock = yield* Effect.clock
+      let storeOffset = 0
+      let backMs = 0
+      const coalescer = Coalesce.make({
+        scope,
+        maxBatch: 8,
+        marginMs: 0,
+        decide: (_id, batch) => {
+          const now = clock.unsafeCurrentTimeMillis() + storeOffset
+          const outcomes = batch.map(() => ({ _tag: "Admitted" as const, waitMs: 100, reservation: { slotMs: now + 100, tatMs: now + 100 }, limit: 1, remaining: 0 }))
+          return Effect.as(TestClock.adjust(backMs), outcomes)
+        },
+        closed: new StoreUnavailable({ store: "s", engine: "test", message: "closed" })
+      })
+      yield* coalescer.submit("k", request)
+      // The store's clock steps back 500 ms (a failover to a host behind): answers still come back at once.
+      storeOffset = -500
+      const stepped = yield* coalescer.submit("k", request)
+      expect(stepped._tag === "Admitted" && stepped.waitMs).toBe(100)
+      // An answer 20 ms slow is moved by at most those 20 ms.
+      backMs = 20
+      const slow = yield* coalescer.submit("k", request)
+      expect(slow._tag === "Admitted" && slow.waitMs).toBeGreaterThanOrEqual(80)
+      yield* Scope.close(scope, Exit.void)
+    }))
 })

@@ -100,11 +100,14 @@ export const make = (options: Options) => {
    * mapped onto this process's (see storeClock.ts): an answer that came back slowly has its slots
    * sooner, below 0 for a slot already past.
    */
-  const onLocalClock = (outcomes: ReadonlyArray<AcquireOutcome>, at: number): ReadonlyArray<AcquireOutcome> => {
+  const onLocalClock = (outcomes: ReadonlyArray<AcquireOutcome>, sentAt: number, at: number): ReadonlyArray<AcquireOutcome> => {
     const decided = outcomes.find((o): o is Admitted => o._tag === "Admitted" && o.reservation !== undefined)
     if (decided?.reservation === undefined) return outcomes
-    const correction = storeClock.correction(decided.reservation.slotMs - decided.waitMs, at)
-    if (correction === 0) return outcomes
+    // Never sooner than this call's own round trip allows: the store decided after the request was
+    // sent, so its slot lies at least `waitMs` after `sentAt`, whatever the estimate says (a store
+    // clock that stepped back, a test clock moved during the call).
+    const correction = Math.max(storeClock.correction(decided.reservation.slotMs - decided.waitMs, at), sentAt - at)
+    if (!(correction < 0)) return outcomes
     return outcomes.map((o) => (o._tag === "Admitted" ? { ...o, waitMs: o.waitMs + correction } : o))
   }
 
@@ -126,11 +129,12 @@ export const make = (options: Options) => {
       if (requests.length === 0 && ahead === 0) return Effect.succeed(Exit.succeed([]))
       const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
       const mark = held?.mark() ?? 0
+      const sentAt = Number(clock.unsafeCurrentTimeNanos()) / 1e6
       return Effect.exit(options.decide(id, requests, { request: spare, count: ahead })).pipe(
         Effect.map((answered) => {
           const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
           const wall = clock.unsafeCurrentTimeMillis()
-          const exit = Exit.isSuccess(answered) ? Exit.succeed(onLocalClock(answered.value, at)) : answered
+          const exit = Exit.isSuccess(answered) ? Exit.succeed(onLocalClock(answered.value, sentAt, at)) : answered
           if (Exit.isSuccess(exit)) state.spares.add(exit.value.slice(requests.length), at, mark)
           for (let i = 0; i < queue.length; i++) {
             const outcome = reservesAhead(queue[i]!.request) ? takeSpare(id, state, queue[i]!.request, at, wall) : undefined

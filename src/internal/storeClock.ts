@@ -33,6 +33,8 @@ export const make = (): StoreClock => {
   return {
     correction: (storeNowMs, readAtMs) => {
       const bound = storeNowMs - readAtMs
+      // A reply that is not a number says nothing of the clocks.
+      if (!Number.isFinite(bound)) return 0
       const current = lead - Math.max(0, readAtMs - since) * DECAY
       if (bound >= current || bound < current - STEP_MS) {
         lead = bound
