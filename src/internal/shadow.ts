@@ -1,9 +1,11 @@
 /**
  * A limiter in shadow mode (`mode = "shadow"`): every call proceeds at once, and the store decides
  * in the background what enforcing would have done, so a new limit can be watched on real traffic
- * before it is enforced. The decision is the one an enforcing call makes (the same request, with the
- * caller's wait bound), so the shadow state follows what enforcing would have admitted: a would-be
- * refusal takes nothing, a would-be wait reserves its slot. It is counted
+ * before it is enforced. The store is asked for a slot free now only (as `tryAcquire` asks): a call
+ * that finds one takes it; one that finds none takes nothing and is counted as a would-be wait (the
+ * store's retry-after, when within the call's wait bound) or a would-be refusal. Reserving the
+ * would-be waits' slots would let the state run ever further ahead, since shadow callers never wait
+ * and so never slow down, and the limiter, once enforced, would start with that debt. It is counted
  * (`rate_sync_shadow_refusals_total`, `rate_sync_shadow_wait_ms`) and, under an installed tracer, a
  * `rate_sync.shadow` span. A lease the store grants is held until the caller's scope closes (not
  * renewed: a call held past `lease_ttl_seconds` stops counting), and a caller that would have waited
@@ -26,16 +28,19 @@ const record = (
   onLease: (leaseId: string) => Effect.Effect<void>
 ): Effect.Effect<void> => {
   const { metrics } = call.b
+  // A rate slot not free now: enforcing would have waited for it, within the call's bound, or refused.
+  const wouldWait = outcome._tag === "RateLimited" && call.mode === "wait" && outcome.retryAfterMs <= (call.timeoutMs ?? Infinity)
+  const waitMs = outcome._tag === "Admitted" ? 0 : wouldWait && outcome._tag === "RateLimited" ? outcome.retryAfterMs : undefined
   const noted = Effect.annotateCurrentSpan({
-    "rate_sync.shadow.outcome": outcome._tag,
-    ...(outcome._tag === "Admitted" ? { "rate_sync.shadow.wait_ms": Math.max(0, outcome.waitMs) } : {})
+    "rate_sync.shadow.outcome": wouldWait ? "WouldWait" : outcome._tag,
+    ...(waitMs !== undefined ? { "rate_sync.shadow.wait_ms": waitMs } : {})
   })
+  if (waitMs !== undefined) metrics.shadowWait.unsafeUpdate(waitMs, [])
   switch (outcome._tag) {
     case "Admitted":
-      metrics.shadowWait.unsafeUpdate(Math.max(0, outcome.waitMs), [])
       return leaseId === undefined ? noted : Effect.zipRight(noted, onLease(leaseId))
     case "RateLimited":
-      metrics.shadowRefusedRate.unsafeUpdate(1, [])
+      if (!wouldWait) metrics.shadowRefusedRate.unsafeUpdate(1, [])
       return noted
     case "ConcurrencyFull":
       metrics.shadowRefusedConcurrency.unsafeUpdate(1, [])
@@ -68,7 +73,7 @@ const decide = (call: Call<unknown>, scope: Scope.Scope | undefined): Effect.Eff
       key,
       cost,
       leaseId,
-      maxWaitMs: call.mode === "try" ? 0 : call.timeoutMs ?? Infinity,
+      maxWaitMs: 0,
       queue: false
     }
     // Held in the caller's scope; released at once when the scope closed before the grant arrived
