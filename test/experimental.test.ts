@@ -113,6 +113,18 @@ const scenarios = (engine: string, store: Layer.Layer<RateLimiter.RateLimiterSto
         expect(result.remaining).toBe(2)
       })), 30_000)
 
+    it.live("any key: 10,000 characters, NUL, lone surrogates, each its own limit", () =>
+      run(Effect.gen(function*() {
+        const limiter = yield* RateLimiter.RateLimiter
+        const base = freshKey()
+        const keys = [`${base}${"k".repeat(10_000)}`, `${base}\u0000nul`, `${base}\ud800`, `${base}\udc00`]
+        for (const key of keys) {
+          const consume = limiter.consume({ algorithm: "token-bucket", onExceeded: "fail", window: "1 minute", limit: 1, key })
+          yield* consume
+          expect((yield* Effect.flip(consume)).reason).toBe("Exceeded")
+        }
+      })), 30_000)
+
     it.live("many callers of two limiters on one key: the bucket admits what it holds, never more", () =>
       Effect.gen(function*() {
         const key = freshKey()

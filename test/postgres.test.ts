@@ -325,6 +325,7 @@ describe("PostgreSQL engine over the program's own PgClient (PostgresStore.layer
         stores: { db: { engine: "postgres", url: asUser(url, role, "sr"), table_name: table, auto_create: true } },
         limiters: {
           rate: { store: "db", rate_per_second: 1 },
+          inTransaction: { store: "db", rate_per_second: 1 },
           window: { store: "db", algorithm: "sliding_window", limit: 2, window_seconds: 60 },
           leased: { store: "db", max_concurrent: 1 }
         }
@@ -346,6 +347,23 @@ describe("PostgreSQL engine over the program's own PgClient (PostgresStore.layer
           expect((yield* limiter.state("leased")).leasesHeld).toBe(1)
         }))
         expect((yield* limiter.state("leased")).leasesHeld).toBe(0)
+        // A limiter called inside a transaction of the program's: its write is not part of it, so the
+        // program's rollback does not give the slot back (and the row is not locked until it ends).
+        const sql = yield* PgClient.PgClient
+        const rolledBack = yield* sql.withTransaction(Effect.gen(function*() {
+          yield* Effect.scoped(limiter.tryAcquire("inTransaction"))
+          return yield* Effect.fail("the program's own failure" as const)
+        })).pipe(Effect.flip)
+        expect(rolledBack).toBe("the program's own failure")
+        // Asked by another process (a store of its own, no cache of this one's writes): the slot is taken.
+        const other = yield* Effect.scoped(Effect.flatMap(RateLimiter, (elsewhere) => Effect.scoped(elsewhere.tryAcquire("inTransaction"))).pipe(
+          Effect.provide(RateSync.layer({
+            stores: { db: { engine: "postgres", url, table_name: table } },
+            limiters: { inTransaction: { store: "db", rate_per_second: 1 } }
+          }).pipe(Layer.provide(Stores.layer))),
+          Effect.flip
+        ))
+        expect(other._tag).toBe("RateLimitExceeded")
         // No pool of the store's own (at most its LISTEN connection): its statements went through the program's client.
         expect(yield* connections(`usename = '${role}' AND application_name = 'rate-sync'`)).toBe(0)
         expect(yield* connections(`usename = '${role}'`)).toBeLessThanOrEqual(1)

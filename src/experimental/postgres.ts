@@ -5,17 +5,27 @@
  * first call (as an empty window, a full bucket) and left to the table's cleanup once it no longer
  * differs from a fresh one: `last_acquisition_at` holds the instant it stops mattering.
  */
+import { createHash } from "node:crypto"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import { RateLimitStoreError, type RateLimiterStore } from "@effect/experimental/RateLimiter"
+import { isWellFormed, wtf8 } from "../internal/keys.js"
 
 export interface PostgresOptions {
   /** The table rate-sync's PostgreSQL stores use (`rate-sync migrate` creates it). */
   readonly table_name?: string | undefined
   readonly schema_name?: string | undefined
 }
+
+/**
+ * A key as part of a row id: as it is when short and plain, else its SHA-256 (the table's ids are at
+ * most 255 characters, and PostgreSQL text cannot hold NUL).
+ */
+const rowKey = (key: string): string =>
+  key.length <= 200 && !key.includes("\u0000") && isWellFormed(key) ? key : `#${createHash("sha256").update(wtf8(key)).digest("hex")}`
 
 const storeError = (error: SqlError) => new RateLimitStoreError({ message: `rate-sync (PostgreSQL): ${error.message}`, cause: error })
 
@@ -24,10 +34,16 @@ export const makePostgres = (options: PostgresOptions = {}) =>
   Effect.map(SqlClient.SqlClient, (sql): RateLimiterStore["Type"] => {
     const T = sql`${sql(options.schema_name ?? "public")}.${sql(options.table_name ?? "rate_limiter_state")}`
     /** Runs `decide` on the key's row, creating the row as `initial` first when there is none. */
+    // Outside any transaction of the caller's (a decision rolled back with the program's work would
+    // loosen the limit, and its row lock would be held until the program commits).
     const onRow = <A>(id: string, decide: Effect.Effect<ReadonlyArray<A>, SqlError>, initial: (id: string) => Effect.Effect<unknown, SqlError>) =>
       Effect.flatMap(decide, (rows) =>
-        rows[0] !== undefined ? Effect.succeed(rows[0]) : Effect.zipRight(initial(id), Effect.map(decide, (again) => again[0]!))
-      ).pipe(Effect.mapError(storeError))
+        rows[0] !== undefined ? Effect.succeed(rows[0]) : Effect.zipRight(initial(id), Effect.flatMap(decide, (again) =>
+          again[0] !== undefined ? Effect.succeed(again[0]) : Effect.fail(new RateLimitStoreError({ message: `rate-sync (PostgreSQL): the row ${id} is gone` }))))
+      ).pipe(
+        Effect.mapError((error) => error instanceof RateLimitStoreError ? error : storeError(error)),
+        (effect) => Effect.mapInputContext(effect, (context: Context.Context<never>) => Context.omit(SqlClient.TransactionConnection)(context))
+      )
     const create = (id: string, tokens: number) => sql`
       INSERT INTO ${T} (group_id, last_acquisition_at, version, updated_at)
       VALUES (${id}, clock_timestamp(), ${tokens}, clock_timestamp())
@@ -35,7 +51,7 @@ export const makePostgres = (options: PostgresOptions = {}) =>
 
     return {
       fixedWindow: ({ key, limit, refillRate, tokens }) => {
-        const id = `x:fw:${key}`
+        const id = `x:fw:${rowKey(key)}`
         const refillMs = Duration.toMillis(refillRate) * tokens
         // The window's count and end, after the lock, at one instant; an ended window counts from 0.
         const decide = sql<{ count: number; ttl: number }>`
@@ -58,7 +74,7 @@ export const makePostgres = (options: PostgresOptions = {}) =>
       },
 
       tokenBucket: ({ allowOverflow, key, limit, refillRate, tokens }) => {
-        const id = `x:tb:${key}`
+        const id = `x:tb:${rowKey(key)}`
         const r = Duration.toMillis(refillRate)
         // Whole refills since the last one (as a token bucket counts them), after the lock, at one instant.
         const decide = sql<{ remaining: number }>`

@@ -8,6 +8,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type { Redis } from "ioredis"
 import { RateLimitStoreError, type RateLimiterStore } from "@effect/experimental/RateLimiter"
+import { isWellFormed, wtf8 } from "../internal/keys.js"
 
 export interface RedisOptions {
   /** Prepended to every key (rate-sync's stores default to "rate-sync:"). */
@@ -56,12 +57,15 @@ const storeError = (cause: unknown) =>
 /** The store over `client`. */
 export const makeRedis = (client: Redis, options: RedisOptions = {}): RateLimiterStore["Type"] => {
   const prefix = options.key_prefix ?? "rate-sync:"
-  const run = (lua: string, key: string, args: ReadonlyArray<string>) =>
+  // A key with lone surrogates is sent as its WTF-8 bytes: as a string it would be sent as UTF-8, one key for many.
+  const keyOf = (kind: "fw" | "tb", key: string): string | Buffer =>
+    isWellFormed(key) ? `${prefix}x:${kind}:{${key}}` : Buffer.concat([Buffer.from(`${prefix}x:${kind}:{`), wtf8(key), Buffer.from("}")])
+  const run = (lua: string, key: string | Buffer, args: ReadonlyArray<string>) =>
     Effect.tryPromise({ try: () => client.eval(lua, 1, key, ...args), catch: storeError })
   return {
     fixedWindow: ({ key, limit, refillRate, tokens }) =>
       Effect.flatMap(
-        run(FIXED_WINDOW, `${prefix}x:fw:{${key}}`, [String(tokens), String(Duration.toMillis(refillRate)), String(limit ?? -1)]),
+        run(FIXED_WINDOW, keyOf("fw", key), [String(tokens), String(Duration.toMillis(refillRate)), String(limit ?? -1)]),
         (reply) =>
           Array.isArray(reply) && reply.length === 2
             ? Effect.succeed([Number(reply[0]), Number(reply[1])] as const)
@@ -69,7 +73,7 @@ export const makeRedis = (client: Redis, options: RedisOptions = {}): RateLimite
       ),
     tokenBucket: ({ allowOverflow, key, limit, refillRate, tokens }) =>
       Effect.flatMap(
-        run(TOKEN_BUCKET, `${prefix}x:tb:{${key}}`, [String(tokens), String(limit), String(Duration.toMillis(refillRate)), allowOverflow ? "1" : "0"]),
+        run(TOKEN_BUCKET, keyOf("tb", key), [String(tokens), String(limit), String(Duration.toMillis(refillRate)), allowOverflow ? "1" : "0"]),
         (reply) => typeof reply === "string" ? Effect.succeed(Number(reply)) : Effect.fail(storeError(`unexpected reply ${JSON.stringify(reply)}`))
       )
   }

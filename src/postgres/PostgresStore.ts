@@ -28,6 +28,8 @@
  * (the pool), conflicts.ts (optimistic retries), listener.ts (LISTEN) and errors.ts.
  */
 import type { SqlClient } from "@effect/sql/SqlClient"
+import * as SqlClientModule from "@effect/sql/SqlClient"
+import * as EffectContext from "effect/Context"
 import { PgClient } from "@effect/sql-pg"
 import * as Layer from "effect/Layer"
 import type * as Duration from "effect/Duration"
@@ -196,8 +198,29 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: PgClien
 
       releases: (limiter, key) => Effect.zipRight(listen, leases.subscribe(limiter, key))
     }
-    return store
+    return outsideTransactions(store)
   })
+
+/**
+ * The store's statements never join a transaction of the caller's: `@effect/sql` runs any client's
+ * statements on the connection of a `withTransaction` the fiber is in, where a limiter's write would
+ * be rolled back with the program's work (looser), hold the key's row lock until the program commits
+ * (every process waits), or make the program's COMMIT asynchronous (`synchronous_commit`).
+ */
+const outsideTransactions = (store: PostgresStore): PostgresStore => {
+  const own = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+    Effect.mapInputContext(effect, (context: EffectContext.Context<never>) => EffectContext.omit(SqlClientModule.TransactionConnection)(context))
+  return {
+    ...store,
+    cleanup: (olderThan) => own(store.cleanup(olderThan)),
+    acquire: (request) => own(store.acquire(request)),
+    release: (limiter, key, leaseId) => own(store.release(limiter, key, leaseId)),
+    renew: (limiter, key, leaseId) => own(store.renew(limiter, key, leaseId)),
+    refund: (limiter, key, cost, reservation) => own(store.refund(limiter, key, cost, reservation)),
+    backoff: (limiter, key, retryAfterMs) => own(store.backoff(limiter, key, retryAfterMs)),
+    state: (limiter, key) => own(store.state(limiter, key))
+  }
+}
 
 /**
  * The production `StoreFactory` (`Stores.layer`), its PostgreSQL stores over the program's `PgClient`:
