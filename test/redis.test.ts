@@ -229,10 +229,10 @@ describe.skipIf(url === "")("Redis engine over the program's own client (RedisSt
   it.live("one connection for the program and its limiters: limits hold, lease wake-ups arrive, the store leaves the client open", () =>
     Effect.gen(function*() {
       const prefix = freshPrefix()
-      // The program's client, with ioredis's defaults: commands queue while it is down, and retry.
-      const client = new Redis(url, { connectionName: "the-program", lazyConnect: false })
+      // The program's client, with ioredis's defaults (commands queue while it is down, and retry),
+      // made with lazyConnect: it has sent nothing yet, so it is not connected.
+      const client = new Redis(url, { connectionName: "the-program", lazyConnect: true })
       yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
-      yield* Effect.promise(() => client.ping())
       const layer = RateSync.layer({
         stores: { r: { engine: "redis", url: "redis://unused.invalid:1", key_prefix: prefix, timing_margin_ms: 0, command_timeout_ms: 500 } },
         limiters: { api: { store: "r", rate_per_second: 1 }, leased: { store: "r", max_concurrent: 1, lease_ttl_seconds: 30 } }

@@ -30,7 +30,6 @@
 import type { SqlClient } from "@effect/sql/SqlClient"
 import * as SqlClientModule from "@effect/sql/SqlClient"
 import * as EffectContext from "effect/Context"
-import { PgClient } from "@effect/sql-pg"
 import * as Layer from "effect/Layer"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -76,11 +75,11 @@ export interface PostgresStore extends Store {
 }
 
 /**
- * Builds the store. With `shared`, a `PgClient` the program already has, its statements run on that
+ * Builds the store. With `shared`, a `PgClient` (its `SqlClient`) the program already has, its statements run on that
  * client's pool (one pool for the program and its limiters; `pool_*` keys unused, the pool left open
  * when the store closes); LISTEN still opens its own connection, to `listen_url` or else `url`.
  */
-export const make = (name: string, config: PostgresStoreConfig, shared?: PgClient.PgClient) =>
+export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClient) =>
   Effect.gen(function*() {
     const errors: Errors.Context = {
       store: name,
@@ -223,13 +222,14 @@ const outsideTransactions = (store: PostgresStore): PostgresStore => {
 }
 
 /**
- * The production `StoreFactory` (`Stores.layer`), its PostgreSQL stores over the program's `PgClient`:
+ * The production `StoreFactory` (`Stores.layer`), its PostgreSQL stores over the program's `PgClient`
+ * (as the `SqlClient` it also provides, so these declarations need no driver types):
  * one pool for the program and its limiters. Each store runs its statements on that client (its
  * `pool_*` keys unused) and opens only its LISTEN connection itself (`listen_url`, else `url`);
  * closing the limiters leaves the client open.
  */
-export const layerWith: Layer.Layer<StoreFactory, never, PgClient.PgClient> = Layer.effect(
+export const layerWith: Layer.Layer<StoreFactory, never, SqlClient> = Layer.effect(
   StoreFactory,
-  Effect.map(PgClient.PgClient, (client) =>
+  Effect.map(SqlClientModule.SqlClient, (client) =>
     Stores.make({ postgres: (name, config) => Effect.flatMap(resolvePostgres(name, config), (resolved) => make(name, resolved, client)) }))
 )

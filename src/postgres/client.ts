@@ -5,6 +5,7 @@
  * writing statement instead (context.ts, ASYNC_COMMIT).
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
+import type { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
 import * as Effect from "effect/Effect"
@@ -17,7 +18,7 @@ import * as Errors from "./errors.js"
  * name transforms, since the store reads its rows' own column names, and left open when the store
  * closes).
  */
-export const make = (config: PostgresStoreConfig, context: Errors.Context, shared?: PgClient.PgClient) =>
+export const make = (config: PostgresStoreConfig, context: Errors.Context, shared?: SqlClient) =>
   Effect.gen(function*() {
     if (shared !== undefined) {
       const classifyShared = Errors.fromSql(context)

@@ -64,6 +64,8 @@ export const connect = (
         Effect.ignore,
         Effect.zipRight(Effect.sync(() => client.disconnect()))
       )
+    // A program's client made with lazyConnect connects at its first command: the store needs it now.
+    if (shared?.status === "wait") shared.connect().catch(() => {})
     const clients = shared !== undefined
       ? [watch(shared)]
       : yield* Effect.acquireRelease(
@@ -76,7 +78,7 @@ export const connect = (
     const subscriber = yield* Effect.acquireRelease(
       Effect.sync(() =>
         shared !== undefined
-          ? watch(shared.duplicate({ ...subscriberOptions, connectionName: `rate-sync:${name}:${process.pid}:sub` }))
+          ? watch(shared.duplicate({ ...subscriberOptions, lazyConnect: false, connectionName: `rate-sync:${name}:${process.pid}:sub` }))
           : open(subscriberOptions)
       ),
       (client) => Effect.sync(() => client.disconnect())
