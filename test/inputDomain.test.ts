@@ -217,7 +217,7 @@ const errorClasses = Object.values(Errors).filter((value): value is typeof Error
 const storeFailures = new Set(["StoreUnavailable", "StoreTimeout", "StoreMisconfigured"])
 
 /** undefined when the outcome is acceptable; else what went wrong. */
-const judge = (exit: Exit.Exit<Permit, unknown>): string | undefined => {
+const judge = (exit: Exit.Exit<Permit, unknown>, tightBound: boolean): string | undefined => {
   if (Exit.isSuccess(exit)) return exit.value.degraded ? "a degraded permit: the store call failed" : undefined
   const error = failureOf(exit)
   if (error === undefined) return `a defect or interruption: ${Cause.pretty(exit.cause).split("\n").slice(0, 3).join(" ")}`
@@ -226,6 +226,9 @@ const judge = (exit: Exit.Exit<Permit, unknown>): string | undefined => {
   if (tag === undefined || !errorClasses.some((cls) => cls._tag === tag && error instanceof cls)) {
     return `an untyped failure: ${tag ?? ""} ${error instanceof Error ? error.message : String(error)}`
   }
+  // A store configured to answer within a fraction of a second may not, on a busy machine: its
+  // StoreTimeout is the documented answer to that bound, not a bug.
+  if (tag === "StoreTimeout" && tightBound) return undefined
   return storeFailures.has(tag) ? `${tag}: ${(error as Error).message}` : undefined
 }
 
@@ -252,7 +255,12 @@ interface UnderTest {
   readonly name: string
   readonly label: string
   readonly waitConfigured: boolean
+  /** Its store has a timeout under a second (a boundary value): a StoreTimeout is an answer. */
+  readonly tightBound?: boolean
 }
+
+/** Store keys that bound how long a store call may take, in ms. */
+const timeoutKeys = ["operation_timeout_ms", "pool_timeout_ms", "command_timeout_ms", "connect_timeout_ms"]
 
 /** Runs every call of every limiter (limiters side by side, each one's calls in order); returns what went wrong, one line each. */
 const serveAll = (limiters: ReadonlyArray<UnderTest>) =>
@@ -261,7 +269,7 @@ const serveAll = (limiters: ReadonlyArray<UnderTest>) =>
       const problems: Array<string> = []
       for (const [call, effect] of calls(limiter.name, limiter.waitConfigured)) {
         const exit = yield* Effect.exit(Effect.timeout(effect, "10 seconds"))
-        const problem = judge(exit)
+        const problem = judge(exit, limiter.tightBound === true)
         if (problem !== undefined) problems.push(`${limiter.label}: ${call}: ${problem}`)
       }
       return problems
@@ -359,7 +367,8 @@ const serveStore = (engine: Engine, overrides: Record<string, unknown>, label: s
     }
     const built = yield* Effect.exit(Layer.build(RateSync.layer(input as never).pipe(Layer.provide(Stores.layer))))
     if (Exit.isFailure(built)) return [buildProblem(label, built)]
-    return yield* serveAll(Object.keys(input.limiters).map((name) => ({ name, label: `${label}: ${name}`, waitConfigured: false }))).pipe(
+    const tightBound = timeoutKeys.some((key) => Number(overrides[key] ?? Infinity) < 1_000)
+    return yield* serveAll(Object.keys(input.limiters).map((name) => ({ name, label: `${label}: ${name}`, waitConfigured: false, tightBound }))).pipe(
       Effect.provide(built.value)
     )
   }).pipe(Effect.scoped)

@@ -240,9 +240,16 @@ describe("PostgreSQL engine", () => {
   it.live("an exhausted pool fails after pool_timeout_ms with the fix, and never hangs", () =>
     Effect.gen(function*() {
       const store = yield* PostgresStore.make("db", yield* storeConfig({ pool_max_size: 1, pool_min_size: 0, pool_timeout_ms: 300, auto_create: true }))
-      // The only connection is busy for 2 s.
-      yield* Effect.forkScoped(store.sql`SELECT pg_sleep(2)`)
-      yield* Effect.sleep("100 millis")
+      // The only connection is busy for 5 s, from the moment the server runs its statement (a busy
+      // machine may take a while to get there).
+      yield* Effect.forkScoped(store.sql`SELECT pg_sleep(5)`)
+      for (let i = 0; i < 400; i++) {
+        const [running] = yield* Effect.promise(() =>
+          admin(url, [`SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()`])
+        )
+        if (Number((running!.rows[0] as { n: number }).n) > 0) break
+        yield* Effect.sleep("25 millis")
+      }
       const error = yield* store.acquire({
         limiter: { name: "x", store: "db", rate: { _tag: "TokenBucket", ratePerSecond: 10, burst: 1, intervalMs: 100 }, concurrency: undefined, timeoutMs: undefined, failClosed: true, retry: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 5 } },
         key: "k",
