@@ -18,6 +18,7 @@ import type {
   CostExceedsCapacity,
   InvalidCost,
   InvalidOption,
+  LeaseNeedsScope,
   RateLimitExceeded,
   StoreError
 } from "./Errors.js"
@@ -98,6 +99,14 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
     limiter: string,
     options?: TryAcquireOptions
   ) => Effect.Effect<Permit, LookupError | RateLimitExceeded | CostExceedsCapacity | InvalidCost | StoreError, Scope.Scope>
+  /**
+   * Never waits, and needs no scope: takes a rate slot free now or fails with `RateLimitExceeded`. For
+   * limiters without `max_concurrent` (others fail with `LeaseNeedsScope`), as `consume` is to `acquire`.
+   */
+  readonly tryConsume: (
+    limiter: string,
+    options?: TryAcquireOptions
+  ) => Effect.Effect<Permit, LookupError | RateLimitExceeded | CostExceedsCapacity | InvalidCost | StoreError | LeaseNeedsScope>
   /** Runs an effect holding a permit. */
   readonly withPermit: (
     limiter: string,
@@ -122,6 +131,9 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
 
   static readonly tryAcquire = (limiter: string, options?: TryAcquireOptions) =>
     Effect.flatMap(RateLimiter, (service) => service.tryAcquire(limiter, options))
+
+  static readonly tryConsume = (limiter: string, options?: TryAcquireOptions) =>
+    Effect.flatMap(RateLimiter, (service) => service.tryConsume(limiter, options))
 
   static readonly withPermit = (limiter: string, options?: AcquireOptions) =>
   <A, E, R>(self: Effect.Effect<A, E, R>) =>

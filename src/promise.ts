@@ -286,8 +286,7 @@ export const tryAcquire = (limiter: string, options: TryOptions = {}): Promise<H
 export const tryConsume = (limiter: string, options: TryOptions = {}): Promise<Permit> =>
   call(Check.call(limiter, options, { signal: false }), (owner) => {
     if (!Runtime.leases(owner, limiter)) {
-      // A rate-only tryAcquire adds nothing to its scope: closing it at once gives nothing back.
-      return runIn(owner, Effect.scoped(RateLimiter.tryAcquire(limiter, options))).then(toPermit)
+      return runIn(owner, RateLimiter.tryConsume(limiter, options)).then(toPermit)
     }
     // As consume refuses: an invalid key is reported first.
     const key = Options.key(options.key)

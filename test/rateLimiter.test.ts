@@ -83,6 +83,24 @@ describe("RateLimiter service", () => {
         .pipe(Layer.provide(MemoryStore.layer))
     )))
 
+  it.effect("tryConsume takes a rate slot free now without a scope, refuses without waiting, and refuses a limiter with leases", () =>
+    Effect.gen(function*() {
+      yield* Limiter.tryConsume("r")
+      const second = yield* Limiter.tryConsume("r")
+      expect(second.remaining).toBe(0)
+      const refused = yield* Limiter.tryConsume("r").pipe(Effect.flip)
+      expect(refused._tag).toBe("RateLimitExceeded")
+      expect(refused._tag === "RateLimitExceeded" && Duration.toMillis(refused.retryAfter)).toBe(100)
+      // What tryConsume took, acquire sees as taken.
+      expect((yield* Effect.scoped(Limiter.tryAcquire("r")).pipe(Effect.flip))._tag).toBe("RateLimitExceeded")
+      expect((yield* Limiter.tryConsume("c").pipe(Effect.flip))._tag).toBe("LeaseNeedsScope")
+    }).pipe(Effect.provide(
+      RateSync.layer({
+        stores: { m: { engine: "memory" } },
+        limiters: { r: { store: "m", rate_per_second: 10, burst: 2 }, c: { store: "m", max_concurrent: 1 } }
+      }).pipe(Layer.provide(MemoryStore.layer))
+    )))
+
   it.effect("consume takes rate slots without a scope, waits for them, and refuses a limiter with leases", () =>
     Effect.gen(function*() {
       // Burst 2 at 10/s: two at once, the third waits its 100 ms.

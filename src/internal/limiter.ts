@@ -11,6 +11,8 @@ import type * as Scope from "effect/Scope"
 import {
   AcquireTimeout,
   type ConsumeError,
+  type CostExceedsCapacity,
+  type InvalidCost,
   InvalidOption,
   LeaseNeedsScope,
   LimiterNotFound,
@@ -189,6 +191,9 @@ export const make = (options: {
       acquire: (limiter, options) => withCall(limiter, (b) => waiting(b, options), run),
       consume,
       tryAcquire: (limiter, options) => withCall(limiter, (b) => trying(b, options), run),
+      tryConsume: (limiter, options) =>
+        withCall(limiter, (b) => trying(b, options), (call, b): Effect.Effect<Permit, RateLimitExceeded | CostExceedsCapacity | InvalidCost | StoreError | LeaseNeedsScope> =>
+          b.spec.concurrency === undefined ? rateCall(call) : Effect.fail(new LeaseNeedsScope({ limiter: b.spec.name }))),
       // A rate-only permit holds nothing, so it needs no scope (which costs about as much as the rest).
       withPermit: (limiter, options) => (self) =>
         withCall(limiter, (b) => waiting(b, options), (call, b) =>
