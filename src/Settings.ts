@@ -13,7 +13,6 @@ import {
   BooleanLike,
   describe,
   Identifier,
-  MAX_STATE_SECONDS,
   NonEmptyString,
   oneOf,
   optional,
@@ -22,10 +21,11 @@ import {
   Str,
   withDefault
 } from "./internal/configValues.js"
-import type { LimiterSpec, RatePolicy } from "./LimiterSpec.js"
+import { limiterIssues } from "./internal/limiterRules.js"
 
-/** The ranges of the numeric keys, for tools and tests. */
+/** The ranges of the numeric keys, for tools and tests; the engines' view of a validated limiter. */
 export { inRange, MAX_STATE_SECONDS, type Range, ranges } from "./internal/configValues.js"
+export { fromConfig as toLimiterSpec } from "./LimiterSpec.js"
 
 export const MemoryStoreConfig = Schema.Struct({
   engine: Schema.Literal("memory"),
@@ -201,49 +201,6 @@ const decodeStore = (name: string, input: unknown): Either.Either<StoreConfig, A
       : Either.right(store))
 }
 
-const checkLimiter = (name: string, limiter: LimiterConfig, stores: ReadonlyArray<string>): Array<ConfigIssue> => {
-  const path = `limiters.${name}`
-  const issues: Array<ConfigIssue> = []
-  if (!stores.includes(limiter.store)) {
-    const known = stores.length === 0 ? "no store is configured" : `configured: ${stores.map((s) => JSON.stringify(s)).join(", ")}`
-    issues.push(issue(`${path}.store`, `Expected the name of a configured store (${known}), found ${JSON.stringify(limiter.store)}`))
-  }
-  if (limiter.algorithm === "token_bucket") {
-    for (const key of ["limit", "window_seconds"] as const) {
-      if (limiter[key] !== undefined) issues.push(issue(`${path}.${key}`, `belongs to algorithm = "sliding_window"`))
-    }
-    if (limiter.burst !== undefined && limiter.rate_per_second === undefined) {
-      issues.push(issue(`${path}.burst`, "needs rate_per_second"))
-    }
-  } else {
-    for (const key of ["rate_per_second", "burst"] as const) {
-      if (limiter[key] !== undefined) issues.push(issue(`${path}.${key}`, `belongs to algorithm = "token_bucket"`))
-    }
-    for (const key of ["limit", "window_seconds"] as const) {
-      if (limiter[key] === undefined) issues.push(issue(`${path}.${key}`, `is required with algorithm = "sliding_window"`))
-    }
-  }
-  if (
-    limiter.rate_per_second === undefined && limiter.limit === undefined && limiter.window_seconds === undefined &&
-    limiter.max_concurrent === undefined
-  ) {
-    issues.push(issue(path, "needs at least one of rate_per_second, limit + window_seconds, or max_concurrent"))
-  }
-  if (limiter.burst !== undefined && limiter.rate_per_second !== undefined) {
-    const seconds = limiter.burst / limiter.rate_per_second
-    if (seconds > MAX_STATE_SECONDS) {
-      issues.push(issue(
-        `${path}.burst`,
-        `Expected burst / rate_per_second at most ${MAX_STATE_SECONDS} seconds (a drained bucket must refill within about 31 years, which every store's time holds), found ${limiter.burst} / ${limiter.rate_per_second} = ${seconds} seconds`
-      ))
-    }
-  }
-  if (limiter.retry_base_delay_ms > limiter.retry_max_delay_ms) {
-    issues.push(issue(`${path}.retry_base_delay_ms`, `Expected at most retry_max_delay_ms (${limiter.retry_max_delay_ms}), found ${limiter.retry_base_delay_ms}`))
-  }
-  return issues
-}
-
 const decodeTable = <A>(
   table: "stores" | "limiters",
   input: unknown,
@@ -290,7 +247,7 @@ export const decodeSettings = (input: unknown): Effect.Effect<Settings, Configur
     const storeNames = Object.keys(stores)
     const declaredStores = isRecord(input["stores"]) ? Object.keys(input["stores"]) : storeNames
     for (const [name, limiter] of Object.entries(limiters)) {
-      issues.push(...checkLimiter(name, limiter, declaredStores))
+      issues.push(...limiterIssues(name, limiter, declaredStores))
     }
     return issues.length > 0
       ? Effect.fail(new ConfigurationError({ issues }))
@@ -338,37 +295,5 @@ export const resolveStore = (name: string, config: DeferredStoreConfig): Effect.
       return resolvePostgres(name, config)
     case "redis":
       return Effect.map(resolveUrl(name, config.url), (url): RedisStoreConfig => ({ ...config, url }))
-  }
-}
-
-/** The engines' view of a validated limiter, in milliseconds. */
-export const toLimiterSpec = (name: string, config: LimiterConfig): LimiterSpec => {
-  let rate: RatePolicy | undefined
-  if (config.algorithm === "sliding_window" && config.limit !== undefined && config.window_seconds !== undefined) {
-    rate = { _tag: "SlidingWindow", limit: config.limit, windowMs: config.window_seconds * 1000 }
-  } else if (config.rate_per_second !== undefined) {
-    rate = {
-      _tag: "TokenBucket",
-      ratePerSecond: config.rate_per_second,
-      burst: config.burst ?? 1,
-      intervalMs: 1000 / config.rate_per_second
-    }
-  }
-  return {
-    name,
-    store: config.store,
-    rate,
-    concurrency: config.max_concurrent === undefined
-      ? undefined
-      : { max: config.max_concurrent, leaseTtlMs: config.lease_ttl_seconds * 1000 },
-    // A timeout of more than about 1.8e305 s would be an infinite number of ms.
-    timeoutMs: config.timeout === undefined ? undefined : Math.min(config.timeout * 1000, Number.MAX_VALUE),
-    failClosed: config.fail_closed,
-    shadow: config.mode === "shadow",
-    retry: {
-      maxAttempts: config.retry_max_attempts,
-      baseDelayMs: config.retry_base_delay_ms,
-      maxDelayMs: config.retry_max_delay_ms
-    }
   }
 }

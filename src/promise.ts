@@ -24,7 +24,6 @@
  *   and not releasing it leaks nothing. Permits of a limiter with `max_concurrent` are leases: release
  *   them (`withPermit` does).
  */
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
@@ -32,9 +31,19 @@ import * as Scope from "effect/Scope"
 import { InvalidOption, LeaseNeedsScope } from "./Errors.js"
 import * as Options from "./internal/options.js"
 import { aborted, fromCause } from "./internal/promiseErrors.js"
+import {
+  type AcquireOptions,
+  type BackoffOptions,
+  type HeldPermit,
+  type LimiterState,
+  type Permit,
+  toPermit,
+  toState,
+  type TryOptions
+} from "./internal/promiseTypes.js"
 import * as Check from "./internal/promiseOptions.js"
 import * as Runtime from "./internal/promiseRuntime.js"
-import { type LimiterState as EffectLimiterState, type Permit as EffectPermit, RateLimiter } from "./RateLimiter.js"
+import { type Permit as EffectPermit, RateLimiter } from "./RateLimiter.js"
 import { decodeSettings, type LimiterConfigInput, type Settings, type SettingsInput, type StoreConfigInput } from "./Settings.js"
 import * as Toml from "./Toml.js"
 
@@ -63,84 +72,9 @@ export {
   type TryAcquireError,
   type TryConsumeError
 } from "./internal/promiseErrors.js"
-
-export interface Permit {
-  readonly limiter: string
-  readonly key: string
-  readonly cost: number
-  /** The admission slot in the store's own time base, in milliseconds, when a rate was reserved. */
-  readonly slotMs: number | undefined
-  /** How long the caller waited for the permit, in milliseconds. */
-  readonly waited: number
-  /** Units still free right after this admission, when the limiter has a rate. */
-  readonly remaining: number | undefined
-  /** The most units the key can take at once (`burst`, or a window's `limit`), when the limiter has a rate. */
-  readonly limit?: number | undefined
-  /** Milliseconds after this admission until the key's token bucket is full again (no `state` read needed). */
-  readonly resetAfter?: number | undefined
-  /** Set when the permit is a lease (the limiter has `max_concurrent`). */
-  readonly leaseId: string | undefined
-  /** Granted without the store, which was unavailable (`fail_closed = false`). */
-  readonly degraded: boolean
-}
-
-/**
- * A permit from `acquire` or `tryAcquire`. A lease (limiter with `max_concurrent`) is held until
- * released: `withPermit`, `await using`, or `release()`. Without `max_concurrent` nothing is held and
- * `release()` does nothing. `release()` may be called any number of times.
- */
-export interface HeldPermit extends Permit, AsyncDisposable {
-  readonly release: () => Promise<void>
-}
-
-export interface LimiterState {
-  readonly limiter: string
-  readonly key: string
-  /** The most units the key can take at once (`burst`, or `limit` per window), when the limiter has a rate. */
-  readonly limit: number | undefined
-  readonly remaining: number | undefined
-  /** Milliseconds until the key's rate is back to full. */
-  readonly resetAfter: number
-  /** Milliseconds until the next unit is free; 0 when one is free now. */
-  readonly nextSlotAfter: number
-  readonly leasesHeld: number
-  readonly maxConcurrent: number | undefined
-  readonly waiting: number
-}
-
-export interface TryOptions {
-  /** Applies the limiter's settings to this key's own state (per user, per tenant...). */
-  readonly key?: string | undefined
-  /** Units of rate to take at once: a whole number of 1 or more. Default 1. */
-  readonly cost?: number | undefined
-}
-
-export interface AcquireOptions extends TryOptions {
-  /** The longest wait: a number of milliseconds, or a string such as `"2 seconds"`. Overrides the limiter's `timeout`. */
-  readonly timeout?: Duration.DurationInput | undefined
-  /** Stops waiting with an `AbortError`, giving back whatever had been reserved. */
-  readonly signal?: AbortSignal | undefined
-}
-
-export interface BackoffOptions {
-  readonly key?: string | undefined
-  /** How long no caller gets a slot: a number of milliseconds, or a string such as `"30 seconds"`. */
-  readonly retryAfter: Duration.DurationInput
-}
+export type { AcquireOptions, BackoffOptions, HeldPermit, LimiterState, Permit, TryOptions } from "./internal/promiseTypes.js"
 
 let settings: Settings = { stores: {}, limiters: {} }
-
-const toPermit = (permit: EffectPermit): Permit => ({
-  ...permit,
-  waited: Duration.toMillis(permit.waited),
-  resetAfter: permit.resetAfter === undefined ? undefined : Duration.toMillis(permit.resetAfter)
-})
-
-const toState = (state: EffectLimiterState): LimiterState => ({
-  ...state,
-  resetAfter: Duration.toMillis(state.resetAfter),
-  nextSlotAfter: Duration.toMillis(state.nextSlotAfter)
-})
 
 const nothingToRelease = (): Promise<void> => Promise.resolve()
 

@@ -84,30 +84,40 @@ describe("coalescer on the store's clock", () => {
   }
   const request: AcquireRequest = { limiter, key: "k", cost: 1, leaseId: undefined, maxWaitMs: Infinity, queue: false }
 
+  /**
+   * A coalescer over a store that admits every request 100 ms ahead at once, on a clock `offsetMs`
+   * from the test's, its answer coming back `backMs` (of the test clock) later.
+   */
+  const answering = (scope: Scope.Scope) =>
+    Effect.map(Effect.clock, (clock) => {
+      const timing = { offsetMs: 0, backMs: 0 }
+      return Object.assign(timing, {
+        coalescer: Coalesce.make({
+          scope,
+          maxBatch: 8,
+          marginMs: 0,
+          decide: (_id, batch) => {
+            const now = clock.unsafeCurrentTimeMillis() + timing.offsetMs
+            const outcomes = batch.map(() => ({ _tag: "Admitted" as const, waitMs: 100, reservation: { slotMs: now + 100, tatMs: now + 100 }, limit: 1, remaining: 0 }))
+            return Effect.as(TestClock.adjust(timing.backMs), outcomes)
+          },
+          closed: new StoreUnavailable({ store: "s", engine: "test", message: "closed" })
+        })
+      })
+    })
+
   it.effect("an answer that came back 30 ms slower than the fastest has its slot 30 ms sooner", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
-      const clock = yield* Effect.clock
-      let backMs = 0
-      const coalescer = Coalesce.make({
-        scope,
-        maxBatch: 8,
-        marginMs: 0,
-        // Decided at once, at the store's now; the answer takes `backMs` to come back.
-        decide: (_id, batch) => {
-          const now = clock.unsafeCurrentTimeMillis()
-          const outcomes = batch.map(() => ({ _tag: "Admitted" as const, waitMs: 100, reservation: { slotMs: now + 100, tatMs: now + 100 }, limit: 1, remaining: 0 }))
-          return Effect.as(TestClock.adjust(backMs), outcomes)
-        },
-        closed: new StoreUnavailable({ store: "s", engine: "test", message: "closed" })
-      })
+      const store = yield* answering(scope)
+      const coalescer = store.coalescer
       const fast = yield* coalescer.submit("k", request)
-      backMs = 30
+      store.backMs = 30
       const slow = yield* coalescer.submit("k", request)
       // (The estimate decays by 0.1% of the time between answers.)
       expect(fast._tag === "Admitted" && fast.waitMs).toBe(100)
       expect(slow._tag === "Admitted" && slow.waitMs).toBeCloseTo(70, 1)
-      backMs = 130
+      store.backMs = 130
       // Past already when read: a wait below 0, which the caller treats as a slot woken up to late.
       const past = yield* coalescer.submit("k", request)
       expect(past._tag === "Admitted" && past.waitMs).toBeCloseTo(-30, 0)
@@ -117,27 +127,15 @@ describe("coalescer on the store's clock", () => {
   it.effect("a store clock that stepped back (under the estimate's reset) moves no slot sooner than the call's own round trip allows", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
-      const clock = yield* Effect.clock
-      let storeOffset = 0
-      let backMs = 0
-      const coalescer = Coalesce.make({
-        scope,
-        maxBatch: 8,
-        marginMs: 0,
-        decide: (_id, batch) => {
-          const now = clock.unsafeCurrentTimeMillis() + storeOffset
-          const outcomes = batch.map(() => ({ _tag: "Admitted" as const, waitMs: 100, reservation: { slotMs: now + 100, tatMs: now + 100 }, limit: 1, remaining: 0 }))
-          return Effect.as(TestClock.adjust(backMs), outcomes)
-        },
-        closed: new StoreUnavailable({ store: "s", engine: "test", message: "closed" })
-      })
+      const store = yield* answering(scope)
+      const coalescer = store.coalescer
       yield* coalescer.submit("k", request)
       // The store's clock steps back 500 ms (a failover to a host behind): answers still come back at once.
-      storeOffset = -500
+      store.offsetMs = -500
       const stepped = yield* coalescer.submit("k", request)
       expect(stepped._tag === "Admitted" && stepped.waitMs).toBe(100)
       // An answer 20 ms slow is moved by at most those 20 ms.
-      backMs = 20
+      store.backMs = 20
       const slow = yield* coalescer.submit("k", request)
       expect(slow._tag === "Admitted" && slow.waitMs).toBeGreaterThanOrEqual(80)
       yield* Scope.close(scope, Exit.void)
