@@ -11,14 +11,19 @@ import type { BuildError, StoreError } from "./Errors.js"
 import type { LimiterSpec } from "./LimiterSpec.js"
 import type { DeferredStoreConfig } from "./Settings.js"
 
-export interface AcquireRequest {
+/** A request for a rate slot alone (a limiter without leases). */
+export interface RateRequest {
   readonly limiter: LimiterSpec
   readonly key: string
   readonly cost: number
-  /** Present exactly when the limiter bounds concurrency: the id of the lease to grant. */
-  readonly leaseId: string | undefined
   /** The rate slot may lie at most this far ahead (store time); `Infinity` for no bound. */
   readonly maxWaitMs: number
+}
+
+/** A request for a concurrency lease, and the limiter's rate slot with it when it has a rate. */
+export interface LeaseRequest extends RateRequest {
+  /** The id of the lease to grant. */
+  readonly leaseId: string
   /** When concurrency is full, keep (or refresh) this lease id's place in line. */
   readonly queue: boolean
 }
@@ -33,30 +38,40 @@ export interface Reservation {
   readonly version?: number | undefined
 }
 
-export type AcquireOutcome =
-  | {
-    readonly _tag: "Admitted"
-    /** How long to wait, from the moment the store decided, until the slot. */
-    readonly waitMs: number
-    readonly reservation: Reservation | undefined
-    readonly limit: number | undefined
-    readonly remaining: number | undefined
-  }
-  | {
-    /** The rate slot lies beyond `maxWaitMs`. Nothing was written, and no lease granted. */
-    readonly _tag: "RateLimited"
-    readonly retryAfterMs: number
-    readonly limit: number
-    readonly remaining: number
-  }
-  | {
-    /** Every lease is held. With `queue`, the request keeps its place in line. */
-    readonly _tag: "ConcurrencyFull"
-    /** Until the soonest held lease expires unless renewed, when known. */
-    readonly expiresInMs: number | undefined
-    readonly held: number
-    readonly limit: number
-  }
+export interface Admitted {
+  readonly _tag: "Admitted"
+  /** How long to wait, from the moment the store decided, until the slot. */
+  readonly waitMs: number
+  readonly reservation: Reservation | undefined
+  readonly limit: number | undefined
+  readonly remaining: number | undefined
+}
+
+/** The rate slot lies beyond `maxWaitMs`. Nothing was written, and no lease granted. */
+export interface RateLimited {
+  readonly _tag: "RateLimited"
+  readonly retryAfterMs: number
+  readonly limit: number
+  readonly remaining: number
+}
+
+/** Every lease is held. With `queue`, the request keeps its place in line. */
+export interface ConcurrencyFull {
+  readonly _tag: "ConcurrencyFull"
+  /** Until the soonest held lease expires unless renewed, when known. */
+  readonly expiresInMs: number | undefined
+  readonly held: number
+  readonly limit: number
+}
+
+/** What a store answers for a rate slot. */
+export type RateOutcome = Admitted | RateLimited
+
+/** What a store answers for a lease (with its rate slot). */
+export type AcquireOutcome = Admitted | RateLimited | ConcurrencyFull
+
+/** A limiter without a rate policy: every rate request is admitted at once, with nothing written. */
+export const admittedFree: Admitted = { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined }
 
 export interface StateView {
   readonly limit: number | undefined
@@ -89,13 +104,20 @@ export interface Store {
    * bucket's arithmetic: the burst and the interval are exactly the configured ones.
    */
   readonly timingMarginMs: number
-  readonly acquire: (request: AcquireRequest) => Effect.Effect<AcquireOutcome, StoreError>
+  /** Reserves a rate slot for a limiter without leases. */
+  readonly acquireRate: (request: RateRequest) => Effect.Effect<RateOutcome, StoreError>
   /**
-   * What `acquire` would answer, when the process can answer without the store and without an
+   * What `acquireRate` would answer, when the process can answer without the store and without an
    * effect (a slot reserved ahead; the memory engine always); undefined otherwise. The hot path of
    * a busy key, where an effect's cost is most of the call's.
    */
-  readonly acquireNow?: (request: AcquireRequest, clock: Clock.Clock) => AcquireOutcome | undefined
+  readonly acquireRateNow?: (request: RateRequest, clock: Clock.Clock) => RateOutcome | undefined
+  /**
+   * Grants a lease of a limiter with `max_concurrent`, and its rate slot in the same decision when it
+   * has a rate: the rate is decided first (a slot beyond the bound is refused whatever the leases),
+   * and neither is taken unless both are.
+   */
+  readonly acquireLease: (request: LeaseRequest) => Effect.Effect<AcquireOutcome, StoreError>
   /** Gives a lease (or a place in line) back. Unknown or expired ids change nothing. */
   readonly release: (limiter: LimiterSpec, key: string, leaseId: string) => Effect.Effect<void, StoreError>
   /** Extends a held lease; false when it had already expired or was released. */

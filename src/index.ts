@@ -17,7 +17,16 @@ export {
 export * as RateSync from "./RateSync.js"
 export * as Retry from "./Retry.js"
 export * as Settings from "./Settings.js"
-export type { AcquireOutcome, AcquireRequest, Backoffs, Reservation, StateView, Store } from "./Store.js"
+export type {
+  AcquireOutcome,
+  Backoffs,
+  LeaseRequest,
+  RateOutcome,
+  RateRequest,
+  Reservation,
+  StateView,
+  Store
+} from "./Store.js"
 export { StoreFactory } from "./Store.js"
 export * as Stores from "./Stores.js"
 export * as Toml from "./Toml.js"

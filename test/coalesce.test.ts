@@ -14,7 +14,7 @@ import * as Holds from "../src/internal/holds.js"
 import { StoreUnavailable } from "../src/Errors.js"
 import * as Metrics from "../src/Metrics.js"
 import type { LimiterSpec, TokenBucket } from "../src/LimiterSpec.js"
-import type { AcquireOutcome, AcquireRequest } from "../src/Store.js"
+import type { RateOutcome, RateRequest } from "../src/Store.js"
 
 const rate: TokenBucket = { _tag: "TokenBucket", ratePerSecond: 2_000, burst: 3, intervalMs: 0.5 }
 const limiter: LimiterSpec = {
@@ -26,7 +26,7 @@ const limiter: LimiterSpec = {
   failClosed: false,
   retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 10 }
 }
-const request = (maxWaitMs = Infinity): AcquireRequest => ({ limiter, key: "k", cost: 1, leaseId: undefined, maxWaitMs, queue: false })
+const request = (maxWaitMs = Infinity): RateRequest => ({ limiter, key: "k", cost: 1, maxWaitMs })
 
 /** A coalescer over one in-process GCRA bucket, reserving ahead as a store engine does. */
 const setup = Effect.gen(function*() {
@@ -34,7 +34,7 @@ const setup = Effect.gen(function*() {
   const clock = yield* Effect.clock
   const holds = Holds.make()
   let tat = -Infinity
-  const reserve = (r: AcquireRequest, spare: boolean): AcquireOutcome => {
+  const reserve = (r: RateRequest, spare: boolean): RateOutcome => {
     const now = clock.unsafeCurrentTimeMillis()
     const decision = Gcra.reserve(tat, now, rate, r.cost, r.maxWaitMs)
     if (!decision.admitted || (spare && decision.waitMs <= 0)) return { _tag: "RateLimited", retryAfterMs: 0, limit: 3, remaining: 0 }

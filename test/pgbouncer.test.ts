@@ -272,10 +272,10 @@ describe.skipIf(!installed)(`through ${Bouncer.version() ?? "PgBouncer (not inst
           results["backoff"] = yield* commits
           // A refund, as a caller that gave up its slot sends it.
           const spec = toLimiterSpec("bucket", settings.limiters["bucket"]!)
-          const request = { limiter: spec, key: `r${synchronous_commit}`, cost: 1, leaseId: undefined, maxWaitMs: Infinity, queue: false }
-          yield* db.acquire(request)
+          const request = { limiter: spec, key: `r${synchronous_commit}`, cost: 1, maxWaitMs: Infinity }
+          yield* db.acquireRate(request)
           yield* commits
-          const second = yield* db.acquire(request)
+          const second = yield* db.acquireRate(request)
           yield* commits
           if (second._tag !== "Admitted" || second.reservation === undefined) return yield* Effect.die("no reservation to refund")
           yield* db.refund(spec, request.key, 1, second.reservation)

@@ -250,13 +250,11 @@ describe("PostgreSQL engine", () => {
         if (Number((running!.rows[0] as { n: number }).n) > 0) break
         yield* Effect.sleep("25 millis")
       }
-      const error = yield* store.acquire({
+      const error = yield* store.acquireRate({
         limiter: { name: "x", store: "db", rate: { _tag: "TokenBucket", ratePerSecond: 10, burst: 1, intervalMs: 100 }, concurrency: undefined, timeoutMs: undefined, failClosed: true, retry: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 5 } },
         key: "k",
         cost: 1,
-        leaseId: undefined,
-        maxWaitMs: 0,
-        queue: false
+        maxWaitMs: 0
       }).pipe(Effect.flip)
       expect(error.message).toBe(
         "connection pool exhausted: all 1 connections stayed busy for pool_timeout_ms = 300; increase pool_max_size"
@@ -287,7 +285,7 @@ describe("PostgreSQL engine", () => {
         retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 5 }
       })
       const take = (name: string, key: string) =>
-        store.acquire({ limiter: spec(name), key, cost: 1, leaseId: undefined, maxWaitMs: 0, queue: false })
+        store.acquireRate({ limiter: spec(name), key, cost: 1, maxWaitMs: 0 })
       for (const key of ["old-1", "old-2", "recent"]) expect((yield* take("c", key))._tag).toBe("Admitted")
       // Two keys last used eight days ago; "recent" just now.
       yield* Effect.promise(() =>

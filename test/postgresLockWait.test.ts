@@ -17,7 +17,7 @@ import { inject } from "vitest"
 import type { LimiterSpec } from "../src/LimiterSpec.js"
 import * as PostgresStore from "../src/postgres/PostgresStore.js"
 import { decodeSettings } from "../src/Settings.js"
-import type { AcquireRequest } from "../src/Store.js"
+import type { LeaseRequest, RateRequest } from "../src/Store.js"
 
 const url = inject("databaseUrl")
 let n = 0
@@ -55,14 +55,8 @@ const bucket = spec("tb", { _tag: "TokenBucket", ratePerSecond: 1, burst: 3, int
 const window = spec("win", { _tag: "SlidingWindow", limit: 3, windowMs: 1_000 })
 const leased = spec("lease", { _tag: "TokenBucket", ratePerSecond: 1, burst: 3, intervalMs: 1_000 }, { max: 1, leaseTtlMs: 2_000 })
 
-const request = (limiter: LimiterSpec, cost: number, maxWaitMs: number, leaseId?: string): AcquireRequest => ({
-  limiter,
-  key: "k",
-  cost,
-  leaseId,
-  maxWaitMs,
-  queue: false
-})
+const request = (limiter: LimiterSpec, cost: number, maxWaitMs: number): RateRequest => ({ limiter, key: "k", cost, maxWaitMs })
+const leaseRequest = (limiter: LimiterSpec, leaseId: string): LeaseRequest => ({ ...request(limiter, 1, 0), leaseId, queue: false })
 
 const sql = <Row extends pg.QueryResultRow = Record<string, unknown>>(statement: string, values: ReadonlyArray<unknown> = []) =>
   Effect.promise(async () => {
@@ -160,14 +154,14 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
           const id = "r:tb:k"
           if (path === "versioned write") {
             // One write first, so the store's next write is the versioned one against its cached row.
-            expect((yield* store.acquire(request(bucket, 1, 0)))._tag).toBe("Admitted")
+            expect((yield* store.acquireRate(request(bucket, 1, 0)))._tag).toBe("Admitted")
           } else {
             yield* sql(`INSERT INTO ${table} (group_id, last_acquisition_at) VALUES ($1, '-infinity')`, [id])
           }
           // A full bucket (the version stays, so the cached row still matches).
           yield* sql(`UPDATE ${table} SET last_acquisition_at = '-infinity' WHERE group_id = $1`, [id])
 
-          const { result, releasedAt, localBefore } = yield* behindLock(table, id, how, LONG_HOLD_MS, store.acquire(request(bucket, 3, 5_000)))
+          const { result, releasedAt, localBefore } = yield* behindLock(table, id, how, LONG_HOLD_MS, store.acquireRate(request(bucket, 3, 5_000)))
           expect(result._tag).toBe("Admitted")
           // Admitted at the decision's instant: no wait; the answer's wait is put on this process's clock
           // (below 0 by however much slower it came back than the fastest answer), never the hold's length.
@@ -179,7 +173,7 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
           expect(yield* msAfter(table, id, "updated_at", releasedAt)).toBeGreaterThanOrEqual(0)
 
           // Another process right away: beyond the burst, only what the time since the release earned.
-          const next = yield* other.acquire(request(bucket, 1, 0))
+          const next = yield* other.acquireRate(request(bucket, 1, 0))
           const elapsedMs = performance.now() - localBefore
           const admitted = 3 + (next._tag === "Admitted" ? 1 : 0)
           expect(admitted).toBeLessThanOrEqual(3 + Math.floor(elapsedMs / 1_000))
@@ -194,7 +188,7 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
         const header = "w:win:k"
         yield* sql(`INSERT INTO ${table} (group_id, last_acquisition_at) VALUES ($1, '-infinity')`, [header])
 
-        const { result, releasedAt, localBefore } = yield* behindLock(table, header, how, LONG_HOLD_MS, store.acquire(request(window, 3, 0)))
+        const { result, releasedAt, localBefore } = yield* behindLock(table, header, how, LONG_HOLD_MS, store.acquireRate(request(window, 3, 0)))
         expect(result._tag).toBe("Admitted")
         expect(yield* msAfter(table, header, "updated_at", releasedAt)).toBeGreaterThanOrEqual(0)
         for (const entry of [0, 1, 2]) {
@@ -208,7 +202,7 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
         )
         expect(written?.ms).toBe(0)
 
-        const next = yield* other.acquire(request(window, 1, 0))
+        const next = yield* other.acquireRate(request(window, 1, 0))
         const elapsedMs = performance.now() - localBefore
         // At most the limit within a window's length of the release.
         expect(next._tag === "Admitted" ? elapsedMs : Infinity).toBeGreaterThanOrEqual(1_000)
@@ -223,14 +217,14 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
       const rateRow = "r:lease:k"
       yield* sql(`INSERT INTO ${table} (group_id, last_acquisition_at) VALUES ($1, '-infinity')`, [rateRow])
 
-      const { result, releasedAt, localBefore } = yield* behindLock(table, rateRow, "lock", LONG_HOLD_MS, store.acquire(request(leased, 1, 0, "one")))
+      const { result, releasedAt, localBefore } = yield* behindLock(table, rateRow, "lock", LONG_HOLD_MS, store.acquireLease(leaseRequest(leased, "one")))
       expect(result._tag).toBe("Admitted")
       expect(yield* msAfter(table, "c:lease:k#0", "last_acquisition_at", releasedAt)).toBeGreaterThanOrEqual(2_000)
       expect(yield* msAfter(table, rateRow, "last_acquisition_at", releasedAt)).toBeGreaterThanOrEqual(1_000)
 
       // Another process asks a second after the release: the only lease is still held.
       yield* Effect.sleep(Math.max(0, 1_000 - (performance.now() - localBefore)))
-      const second = yield* other.acquire(request(leased, 1, 0, "two"))
+      const second = yield* other.acquireLease(leaseRequest(leased, "two"))
       const elapsedMs = performance.now() - localBefore
       expect(second._tag === "Admitted" ? elapsedMs : Infinity).toBeGreaterThanOrEqual(2_000)
     }).pipe(Effect.scoped))
@@ -242,7 +236,7 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
       const onlyLeases = spec("lease", undefined, { max: 1, leaseTtlMs: 2_000 })
       // The slot row exists and is free; the holder session locks it (as a release's upsert does until it commits).
       yield* sql(`INSERT INTO ${table} (group_id, last_acquisition_at, version) VALUES ($1, '-infinity', 0)`, ["c:lease:k#0"])
-      const { result } = yield* behindLock(table, "c:lease:k#0", "lock", 300, store.acquire(request(onlyLeases, 1, 0, "one")))
+      const { result } = yield* behindLock(table, "c:lease:k#0", "lock", 300, store.acquireLease(leaseRequest(onlyLeases, "one")))
       expect(result._tag).toBe("Admitted")
       expect((yield* store.state(onlyLeases, "k")).leasesHeld).toBe(1)
     }).pipe(Effect.scoped))
@@ -251,7 +245,7 @@ describe("PostgreSQL engine: decisions that waited on a row lock", () => {
     Effect.gen(function*() {
       const table = fresh("lockwait_renew")
       const store = yield* storeOn(table)
-      expect((yield* store.acquire(request(leased, 1, 0, "one")))._tag).toBe("Admitted")
+      expect((yield* store.acquireLease(leaseRequest(leased, "one")))._tag).toBe("Admitted")
       const slot = "c:lease:k#0"
       const { result, releasedAt } = yield* behindLock(table, slot, "lock", SHORT_HOLD_MS, store.renew(leased, "k", "one"))
       expect(result).toBe(true)

@@ -256,9 +256,9 @@ describe("RateLimiter service", () => {
           make: (name, config) =>
             Effect.map(base.make(name, config), (store): Store => ({
               ...store,
-              acquireNow: undefined,
-              acquire: (request) =>
-                Effect.map(store.acquire(request), (o) => (o._tag === "Admitted" && o.waitMs <= 0 ? { ...o, waitMs: o.waitMs - 150 } : o))
+              acquireRateNow: undefined,
+              acquireRate: (request) =>
+                Effect.map(store.acquireRate(request), (o) => (o._tag === "Admitted" && o.waitMs <= 0 ? { ...o, waitMs: o.waitMs - 150 } : o))
             }))
         }))
       ).pipe(Layer.provide(Stores.layer))
@@ -304,7 +304,8 @@ describe("store failure", () => {
       name: "down",
       engine: "test",
       timingMarginMs: 0,
-      acquire: () => Effect.fail(down),
+      acquireRate: () => Effect.fail(down),
+      acquireLease: () => Effect.fail(down),
       release: () => Effect.fail(down),
       renew: () => Effect.fail(down),
       refund: () => Effect.fail(down),

@@ -14,7 +14,7 @@ import * as Coalesce from "../src/internal/coalesce.js"
 import * as StoreClock from "../src/internal/storeClock.js"
 import { StoreUnavailable } from "../src/Errors.js"
 import type { LimiterSpec } from "../src/LimiterSpec.js"
-import type { AcquireRequest } from "../src/Store.js"
+import type { RateRequest } from "../src/Store.js"
 
 /** One answer: sent at `gap` ms after the previous one was read, decided `toStore` ms later, read `back` ms after that. */
 const answer = FastCheck.record({
@@ -82,7 +82,7 @@ describe("coalescer on the store's clock", () => {
     failClosed: false,
     retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 10 }
   }
-  const request: AcquireRequest = { limiter, key: "k", cost: 1, leaseId: undefined, maxWaitMs: Infinity, queue: false }
+  const request: RateRequest = { limiter, key: "k", cost: 1, maxWaitMs: Infinity }
 
   /**
    * A coalescer over a store that admits every request 100 ms ahead at once, on a clock `offsetMs`

@@ -10,7 +10,9 @@ import { CostExceedsCapacity, InvalidCost, type StoreError, type StoreUnavailabl
 import { capacity, type LimiterSpec } from "../LimiterSpec.js"
 import type * as Metrics from "../Metrics.js"
 import type { Permit } from "../RateLimiter.js"
-import type { AcquireOutcome, Store } from "../Store.js"
+import type { AcquireOutcome, Admitted, Store } from "../Store.js"
+
+export type { Admitted }
 import type { Orphans } from "./orphans.js"
 
 /** A limiter bound to its store. */
@@ -26,7 +28,6 @@ export interface Bound {
   readonly background: (effect: Effect.Effect<void>) => Effect.Effect<void>
 }
 
-export type Admitted = Extract<AcquireOutcome, { _tag: "Admitted" }>
 export type Refusal = Exclude<AcquireOutcome, { _tag: "Admitted" }>
 
 /** One acquire, consume or tryAcquire, its options checked. */

@@ -21,16 +21,15 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import type { StoreError } from "../Errors.js"
-import type { AcquireOutcome, AcquireRequest } from "../Store.js"
+import type { Admitted, RateOutcome, RateRequest } from "../Store.js"
 import * as Handoff from "./handoff.js"
 import * as Spares from "./spares.js"
 import * as StoreClock from "./storeClock.js"
 
-type Admitted = Extract<AcquireOutcome, { _tag: "Admitted" }>
 
 interface Pending {
-  readonly request: AcquireRequest
-  readonly done: Handoff.Handoff<AcquireOutcome, StoreError>
+  readonly request: RateRequest
+  readonly done: Handoff.Handoff<RateOutcome, StoreError>
 }
 
 interface KeyState {
@@ -56,9 +55,9 @@ export interface Options {
    */
   readonly decide: (
     id: string,
-    batch: ReadonlyArray<AcquireRequest>,
-    ahead: { readonly request: AcquireRequest; readonly count: number }
-  ) => Effect.Effect<ReadonlyArray<AcquireOutcome>, StoreError>
+    batch: ReadonlyArray<RateRequest>,
+    ahead: { readonly request: RateRequest; readonly count: number }
+  ) => Effect.Effect<ReadonlyArray<RateOutcome>, StoreError>
   /** What the requests still waiting learn when the store is closed under them. */
   readonly closed: StoreError
 }
@@ -88,11 +87,11 @@ export const make = (options: Options) => {
     return state
   }
 
-  const reservesAhead = (request: AcquireRequest) =>
+  const reservesAhead = (request: RateRequest) =>
     options.marginMs > 0 && request.cost === 1 && request.limiter.rate?._tag === "TokenBucket"
 
   /** A spare slot for `request` at local time `now` (wall clock `wallMs`), unless a backoff since it was reserved empties the pool. */
-  const takeSpare = (id: string, state: KeyState, request: AcquireRequest, now: number, wallMs: number): Admitted | undefined =>
+  const takeSpare = (id: string, state: KeyState, request: RateRequest, now: number, wallMs: number): Admitted | undefined =>
     state.spares.take(request, now, held === undefined ? undefined : (mark) => held.since(id, mark, wallMs))
 
   /**
@@ -100,7 +99,7 @@ export const make = (options: Options) => {
    * mapped onto this process's (see storeClock.ts): an answer that came back slowly has its slots
    * sooner, below 0 for a slot already past.
    */
-  const onLocalClock = (outcomes: ReadonlyArray<AcquireOutcome>, sentAt: number, at: number): ReadonlyArray<AcquireOutcome> => {
+  const onLocalClock = (outcomes: ReadonlyArray<RateOutcome>, sentAt: number, at: number): ReadonlyArray<RateOutcome> => {
     const decided = outcomes.find((o): o is Admitted => o._tag === "Admitted" && o.reservation !== undefined)
     if (decided?.reservation === undefined) return outcomes
     // Never sooner than this call's own round trip allows: the store decided after the request was
@@ -118,16 +117,16 @@ export const make = (options: Options) => {
   const decideBatch = (
     id: string,
     state: KeyState,
-    requests: ReadonlyArray<AcquireRequest>,
-    template: AcquireRequest,
+    requests: ReadonlyArray<RateRequest>,
+    template: RateRequest,
     queue: Array<Pending>,
     clock: Clock.Clock
-  ): Effect.Effect<Exit.Exit<ReadonlyArray<AcquireOutcome>, StoreError>> =>
+  ): Effect.Effect<Exit.Exit<ReadonlyArray<RateOutcome>, StoreError>> =>
     Effect.suspend(() => {
       const first = requests[0] ?? template
       const ahead = reservesAhead(first) ? state.spares.plan(requests.length) : 0
       if (requests.length === 0 && ahead === 0) return Effect.succeed(Exit.succeed([]))
-      const spare: AcquireRequest = { ...first, cost: 1, leaseId: undefined, maxWaitMs: options.marginMs, queue: false }
+      const spare: RateRequest = { limiter: first.limiter, key: first.key, cost: 1, maxWaitMs: options.marginMs }
       const mark = held?.mark() ?? 0
       const sentAt = Number(clock.unsafeCurrentTimeNanos()) / 1e6
       return Effect.exit(options.decide(id, requests, { request: spare, count: ahead })).pipe(
@@ -152,7 +151,7 @@ export const make = (options: Options) => {
    * Decides what is queued for `id`, batch after batch, until nothing is. The first batch may be
    * empty: a refill of the spares, reserved like `template`.
    */
-  const drain = (id: string, state: KeyState, queue: Array<Pending>, clock: Clock.Clock, template: AcquireRequest): Effect.Effect<void> => {
+  const drain = (id: string, state: KeyState, queue: Array<Pending>, clock: Clock.Clock, template: RateRequest): Effect.Effect<void> => {
     let batch: Array<Pending> = []
     return Effect.gen(function*() {
       do {
@@ -180,7 +179,7 @@ export const make = (options: Options) => {
    * set and its hand-off installed in one uninterruptible step (an interruption between them would
    * leave the key queued for ever); only the waiting is interruptible.
    */
-  const submit = (id: string, request: AcquireRequest): Effect.Effect<AcquireOutcome, StoreError> =>
+  const submit = (id: string, request: RateRequest): Effect.Effect<RateOutcome, StoreError> =>
     Effect.uninterruptibleMask((restore) => Effect.clockWith((clock) => {
       const state = stateOf(id)
       if (reservesAhead(request)) {
@@ -195,7 +194,7 @@ export const make = (options: Options) => {
         }
       }
       if (state.queue !== undefined) {
-        const done = Handoff.make<AcquireOutcome, StoreError>()
+        const done = Handoff.make<RateOutcome, StoreError>()
         state.queue.push({ request, done })
         return restore(done.await)
       }
@@ -221,7 +220,7 @@ export const make = (options: Options) => {
    * A slot reserved ahead for `request`, taken at once without an effect, or undefined: none is
    * ready, or the pool is due a refill, which `submit` starts.
    */
-  const takeNow = (id: string, request: AcquireRequest, clock: Clock.Clock): Admitted | undefined => {
+  const takeNow = (id: string, request: RateRequest, clock: Clock.Clock): Admitted | undefined => {
     if (!reservesAhead(request)) return undefined
     const state = keys.get(id)
     if (state === undefined || (state.queue === undefined && state.spares.refillDue())) return undefined

@@ -113,7 +113,7 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
     const leftToAsk = deadline - (yield* Clock.currentTimeMillis)
     if (Number.isFinite(bound) && leftToAsk <= 0) return yield* Effect.as(giveBack, "late" as const)
     const request = { limiter: b.spec, key, cost, leaseId, maxWaitMs: mode === "try" ? 0 : Math.max(0, leftToAsk), queue: mode === "wait" }
-    const answer = yield* restore(detached(b.observe(b.store.acquire(request)), Number.isFinite(bound) ? leftToAsk : Infinity, () => giveBack)).pipe(
+    const answer = yield* restore(detached(b.observe(b.store.acquireLease(request)), Number.isFinite(bound) ? leftToAsk : Infinity, () => giveBack)).pipe(
       // A failed call leaves no trace: whatever it may have been granted before its reply was lost goes
       // back (a defect included; an interrupted caller's is given back by `detached`).
       Effect.tapErrorCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.void : giveBack)

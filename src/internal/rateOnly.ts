@@ -7,7 +7,7 @@ import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import type { StoreError } from "../Errors.js"
 import type { Permit } from "../RateLimiter.js"
-import type { AcquireOutcome } from "../Store.js"
+import type { RateOutcome } from "../Store.js"
 import { type Call, failed, instrument, pastDeadline, permit, refund, refused } from "./call.js"
 import { detached } from "./detach.js"
 import { staleAfterMs, waitForSlot } from "./slot.js"
@@ -19,8 +19,8 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
       const started = clock.unsafeCurrentTimeMillis()
       const waited = () => clock.unsafeCurrentTimeMillis() - started
       const mark = b.store.backoffs.mark()
-      const request = { limiter: b.spec, key, cost, leaseId: undefined, maxWaitMs: mode === "try" ? 0 : timeoutMs ?? Infinity, queue: false }
-      const decided = (outcome: AcquireOutcome): Effect.Effect<Permit, E | StoreError> => {
+      const request = { limiter: b.spec, key, cost, maxWaitMs: mode === "try" ? 0 : timeoutMs ?? Infinity }
+      const decided = (outcome: RateOutcome): Effect.Effect<Permit, E | StoreError> => {
         // The store's answer came late enough that the slot lies past the deadline: it goes back.
         if (outcome._tag === "Admitted" && pastDeadline(call, outcome, waited())) {
           return Effect.zipRight(refund(call, outcome), refused(call, call.late()))
@@ -48,9 +48,9 @@ const decide = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError> =>
       }
       const onFailure = (error: StoreError) => failed(call, error, waited())
       // Answered at once (a slot reserved ahead, the memory engine): no store call to bound.
-      const now = b.store.acquireNow?.(request, clock)
+      const now = b.store.acquireRateNow?.(request, clock)
       if (now !== undefined) return decided(now)
-      const ask = b.observe(b.store.acquire(request))
+      const ask = b.observe(b.store.acquireRate(request))
       // Without a wait to bound (tryAcquire, a timeout of 0, none at all) the round trip is bounded by the
       // store's own timeout; the caller can still be interrupted, and a slot decided for it then is not
       // given back (stricter, never looser).

@@ -17,7 +17,7 @@ import * as Effect from "effect/Effect"
 import * as Scope from "effect/Scope"
 import * as Duration from "effect/Duration"
 import type { Permit } from "../RateLimiter.js"
-import type { AcquireOutcome, AcquireRequest } from "../Store.js"
+import type { AcquireOutcome, RateRequest } from "../Store.js"
 import { type Call, instrument, traced } from "./call.js"
 
 /** What the store decided for a shadow call: counted, noted on the span, and a granted lease handed to `onLease`. */
@@ -68,21 +68,15 @@ const decide = (call: Call<unknown>, scope: Scope.Scope | undefined): Effect.Eff
   Effect.suspend(() => {
     const { b, key, cost } = call
     const leaseId = scope === undefined ? undefined : randomUUID()
-    const request: AcquireRequest = {
-      limiter: b.spec,
-      key,
-      cost,
-      leaseId,
-      maxWaitMs: 0,
-      queue: false
-    }
+    const request: RateRequest = { limiter: b.spec, key, cost, maxWaitMs: 0 }
     // Held in the caller's scope; released at once when the scope closed before the grant arrived
     // (a finalizer added to a closed scope runs at once).
     const onLease = (id: string) =>
       scope === undefined
         ? Effect.void
         : Scope.addFinalizer(scope, b.background(Effect.ignore(b.observe(b.store.release(b.spec, key, id)))))
-    const decided = b.observe(b.store.acquire(request)).pipe(
+    const asked = leaseId === undefined ? b.store.acquireRate(request) : b.store.acquireLease({ ...request, leaseId, queue: false })
+    const decided = b.observe(asked).pipe(
       Effect.flatMap((outcome) => record(call, outcome, leaseId, onLease)),
       Effect.ignore,
       (effect) => traced(effect, "rate_sync.shadow", b.spec.name, cost)

@@ -72,8 +72,8 @@ export const waitForSlot = <E>(
   const placeAgain = (replaced: boolean): Effect.Effect<Waited, StoreError> => {
     const since = b.store.backoffs.mark()
     const left = deadline - clock.unsafeCurrentTimeMillis()
-    const request = { limiter: b.spec, key, cost: call.cost, leaseId: undefined, maxWaitMs: call.mode === "try" ? 0 : Math.max(0, left), queue: false }
-    const ask = b.observe(b.store.acquire(request))
+    const request = { limiter: b.spec, key, cost: call.cost, maxWaitMs: call.mode === "try" ? 0 : Math.max(0, left) }
+    const ask = b.observe(b.store.acquireRate(request))
     const answer = Number.isFinite(left)
       ? restore(detached(ask, left, Exit.match({ onFailure: () => Effect.void, onSuccess: (late) => refund(call, late) })))
       : Effect.asSome(restore(ask))

@@ -9,9 +9,8 @@
  * from no pool.
  */
 import * as Metrics from "../Metrics.js"
-import type { AcquireOutcome, AcquireRequest } from "../Store.js"
+import type { Admitted, RateOutcome, RateRequest } from "../Store.js"
 
-type Admitted = Extract<AcquireOutcome, { _tag: "Admitted" }>
 
 /** The most spare slots a key's pool holds. */
 const MAX_SPARES = 512
@@ -36,9 +35,9 @@ export interface Spares {
    * ago); stale ones are dropped and counted. `heldSince(mark)` tells a backoff learned of since a
    * spare was reserved: then the whole pool is dropped.
    */
-  readonly take: (request: AcquireRequest, now: number, heldSince: ((mark: number) => boolean) | undefined) => Admitted | undefined
+  readonly take: (request: RateRequest, now: number, heldSince: ((mark: number) => boolean) | undefined) => Admitted | undefined
   /** Adds the admitted `outcomes` of a batch answered at local time `at`, reserved after backoff mark `mark`. */
-  readonly add: (outcomes: ReadonlyArray<AcquireOutcome>, at: number, mark: number) => void
+  readonly add: (outcomes: ReadonlyArray<RateOutcome>, at: number, mark: number) => void
   /** Half the last batch's spares are gone: time to refill. */
   readonly refillDue: () => boolean
   /** Notes that the key was asked for at `now`; after a quiet spell, the pool starts from none. */
@@ -63,7 +62,7 @@ export const make = (marginMs: number): Spares => {
   let lastAt = -Infinity
   const left = () => spares.length - head
   /** How late a spare may still be used: lateness under an interval adds no admission to any window. */
-  const lateFor = (request: AcquireRequest): number => {
+  const lateFor = (request: RateRequest): number => {
     const rate = request.limiter.rate
     return Math.min(marginMs / 2, Math.max(LATE_MS, rate?._tag === "TokenBucket" ? rate.intervalMs : 0))
   }

@@ -3,24 +3,31 @@
  * atomic; time comes from the Effect `Clock` it was built with, so tests run it on `TestClock`.
  */
 import * as Clock from "effect/Clock"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Gcra from "../internal/gcra.js"
 import * as Holds from "../internal/holds.js"
 import * as Leases from "../internal/leases.js"
+import * as Wakeups from "../internal/wakeups.js"
 import * as Window from "../internal/window.js"
 import { capacity, type LimiterSpec, stateKey } from "../LimiterSpec.js"
-import { type AcquireOutcome, type AcquireRequest, type StateView, type Store, StoreFactory } from "../Store.js"
+import {
+  type AcquireOutcome,
+  type Admitted,
+  type LeaseRequest,
+  type RateLimited,
+  type RateOutcome,
+  type RateRequest,
+  type StateView,
+  type Store,
+  StoreFactory
+} from "../Store.js"
 
 interface KeyState {
   tat: number
   readonly log: Array<Window.Entry>
   blockedUntil: number
   leases: Leases.LeaseTable | undefined
-  released: Deferred.Deferred<void> | undefined
   /** After this instant nothing in the state differs from a fresh one, so it can be dropped. */
   staleAt: number
 }
@@ -36,6 +43,8 @@ const SWEEP_PER_OPERATION = 2
 /** A memory store also tells how many keys it holds, so its footprint can be checked. */
 export interface MemoryStore extends Store {
   readonly size: () => number
+  /** How many keys have waiters subscribed to their releases, and how many places in line are kept. */
+  readonly waiters: () => { readonly subscribed: number; readonly queued: number }
 }
 
 export const make = (options: MemoryStoreOptions = {}): Effect.Effect<MemoryStore> =>
@@ -48,19 +57,14 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   const states = new Map<string, KeyState>()
   const margin = options.timingMarginMs ?? 0
   const holds = Holds.make()
-
-  const signal = (state: KeyState) => {
-    if (state.released !== undefined) {
-      Deferred.unsafeDone(state.released, Exit.void)
-      state.released = undefined
-    }
-  }
+  const wakeups = Wakeups.make()
 
   const sweep = (at: number) => {
     for (let i = 0; i < SWEEP_PER_OPERATION && states.size > 0; i++) {
       const [key, state] = states.entries().next().value!
       states.delete(key)
-      if (state.staleAt <= at) signal(state)
+      // Leases expired with the state: whoever waits for one may ask again.
+      if (state.staleAt <= at) wakeups.signal(key)
       else states.set(key, state)
     }
   }
@@ -70,7 +74,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
     const id = stateKey(limiter.name, key)
     let state = states.get(id)
     if (state === undefined) {
-      state = { tat: -Infinity, log: [], blockedUntil: -Infinity, leases: undefined, released: undefined, staleAt: at }
+      state = { tat: -Infinity, log: [], blockedUntil: -Infinity, leases: undefined, staleAt: at }
       states.set(id, state)
     }
     const rate = limiter.rate
@@ -89,52 +93,35 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
 
   const expiresAt = (limiter: LimiterSpec, at: number) => at + (limiter.concurrency?.leaseTtlMs ?? 0)
 
-  /** One atomic decision: synchronous, so `acquireNow` always answers. */
-  const decide = (request: AcquireRequest): AcquireOutcome => {
+  type RateDecision = Gcra.Decision | Window.Decision | undefined
 
-    const { cost, leaseId, limiter, maxWaitMs } = request
-    const at = now()
-    const state = stateOf(limiter, request.key, at)
-    const rate = limiter.rate
-    const leases = limiter.concurrency !== undefined && leaseId !== undefined
-      ? (state.leases ??= Leases.empty())
-      : undefined
+  /** The rate decision, not yet written: a slot beyond the bound only moves further away. */
+  const reserve = (request: RateRequest, state: KeyState, at: number): RateDecision => {
+    const rate = request.limiter.rate
+    if (rate?._tag === "TokenBucket") return Gcra.reserve(state.tat, at, rate, request.cost, request.maxWaitMs)
+    if (rate?._tag === "SlidingWindow") {
+      return Window.reserve(state.log, at, state.blockedUntil, Window.span(rate, margin), request.cost, request.maxWaitMs)
+    }
+    return undefined
+  }
 
-    // The rate decision comes first: a slot beyond the deadline only moves further away,
-    // so such a request fails at once even while it would also wait for a lease.
-    let decision: Gcra.Decision | Window.Decision | undefined
-    if (rate?._tag === "TokenBucket") decision = Gcra.reserve(state.tat, at, rate, cost, maxWaitMs)
-    else if (rate?._tag === "SlidingWindow") {
-      decision = Window.reserve(state.log, at, state.blockedUntil, Window.span(rate, margin), cost, maxWaitMs)
+  const rateLimited = (request: RateRequest, state: KeyState, at: number, retryAfterMs: number): RateLimited => {
+    touch(state, request.limiter)
+    return {
+      _tag: "RateLimited",
+      retryAfterMs,
+      limit: capacity(request.limiter.rate) ?? 0,
+      remaining: remainingOf(state, at, request.limiter)
     }
-    if (decision !== undefined && !decision.admitted && rate !== undefined) {
-      if (leases !== undefined && leaseId !== undefined && Leases.release(leases, leaseId)) signal(state)
-      touch(state, limiter)
-      return {
-        _tag: "RateLimited",
-        retryAfterMs: decision.retryAfterMs,
-        limit: capacity(rate) ?? 0,
-        remaining: remainingOf(state, at, limiter)
-      }
-    }
-    if (leases !== undefined && leaseId !== undefined && limiter.concurrency !== undefined) {
-      if (!Leases.canGrant(leases, leaseId, limiter.concurrency.max)) {
-        if (request.queue) Leases.enqueue(leases, leaseId, expiresAt(limiter, at))
-        touch(state, limiter)
-        const soonest = Leases.soonestExpiry(leases)
-        return {
-          _tag: "ConcurrencyFull",
-          expiresInMs: soonest === undefined ? undefined : soonest - at,
-          held: leases.holders.size,
-          limit: limiter.concurrency.max
-        }
-      }
-      Leases.grant(leases, leaseId, expiresAt(limiter, at))
-    }
+  }
+
+  /** Writes an admitted rate decision (none for a limiter without a rate). */
+  const admit = (request: RateRequest, state: KeyState, at: number, decision: RateDecision): Admitted => {
+    const { limiter } = request
     let reservation: { slotMs: number; tatMs: number } | undefined
     if (decision?.admitted === true) {
       if ("tatMs" in decision) state.tat = decision.tatMs
-      else Window.append(state.log, decision.slotMs, cost)
+      else Window.append(state.log, decision.slotMs, request.cost)
       reservation = { slotMs: decision.slotMs, tatMs: "tatMs" in decision ? decision.tatMs : 0 }
     }
     touch(state, limiter)
@@ -142,9 +129,39 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
       _tag: "Admitted",
       waitMs: decision?.admitted === true ? decision.waitMs : 0,
       reservation,
-      limit: capacity(rate),
-      remaining: rate === undefined ? undefined : remainingOf(state, at, limiter)
+      limit: capacity(limiter.rate),
+      remaining: limiter.rate === undefined ? undefined : remainingOf(state, at, limiter)
     }
+  }
+
+  /** One atomic decision: synchronous, so `acquireRateNow` always answers. */
+  const acquireRate = (request: RateRequest): RateOutcome => {
+    const at = now()
+    const state = stateOf(request.limiter, request.key, at)
+    const decision = reserve(request, state, at)
+    return decision?.admitted === false ? rateLimited(request, state, at, decision.retryAfterMs) : admit(request, state, at, decision)
+  }
+
+  /** The rate first (a request refused it takes no lease, and gives up one it held), then the lease. */
+  const acquireLease = (request: LeaseRequest): AcquireOutcome => {
+    const { leaseId, limiter } = request
+    const at = now()
+    const state = stateOf(limiter, request.key, at)
+    const leases = (state.leases ??= Leases.empty())
+    const decision = reserve(request, state, at)
+    if (decision?.admitted === false) {
+      if (Leases.release(leases, leaseId)) wakeups.signal(stateKey(limiter.name, request.key))
+      return rateLimited(request, state, at, decision.retryAfterMs)
+    }
+    const max = limiter.concurrency?.max ?? Infinity
+    if (!Leases.canGrant(leases, leaseId, max)) {
+      if (request.queue) Leases.enqueue(leases, leaseId, expiresAt(limiter, at))
+      touch(state, limiter)
+      const soonest = Leases.soonestExpiry(leases)
+      return { _tag: "ConcurrencyFull", expiresInMs: soonest === undefined ? undefined : soonest - at, held: leases.holders.size, limit: max }
+    }
+    Leases.grant(leases, leaseId, expiresAt(limiter, at))
+    return admit(request, state, at, decision)
   }
 
   return {
@@ -152,8 +169,9 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
     engine: "memory",
     timingMarginMs: margin,
 
-    acquire: (request) => Effect.sync(() => decide(request)),
-    acquireNow: (request) => decide(request),
+    acquireRate: (request) => Effect.sync(() => acquireRate(request)),
+    acquireRateNow: acquireRate,
+    acquireLease: (request) => Effect.sync(() => acquireLease(request)),
 
     release: (limiter, key, leaseId) =>
       Effect.sync(() => {
@@ -161,7 +179,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
         if (state.leases === undefined) return
         const hadLease = Leases.release(state.leases, leaseId)
         // A waiter leaving the line can also let the next one in.
-        if (hadLease || state.leases.waiting.size > 0) signal(state)
+        if (hadLease || state.leases.waiting.size > 0) wakeups.signal(stateKey(limiter.name, key))
         touch(state, limiter)
       }),
 
@@ -240,14 +258,15 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
         }
       }),
 
-    releases: (limiter, key) =>
-      Effect.sync(() => {
-        const state = stateOf(limiter, key, now())
-        state.released ??= Deferred.unsafeMake<void>(FiberId.none)
-        return Deferred.await(state.released)
-      }),
+    releases: (limiter, key) => wakeups.subscribe(stateKey(limiter.name, key)),
 
-    size: () => states.size
+    size: () => states.size,
+
+    waiters: () => {
+      let queued = 0
+      for (const state of states.values()) queued += state.leases?.waiting.size ?? 0
+      return { subscribed: wakeups.size(), queued }
+    }
   }
 }
 

@@ -37,7 +37,7 @@ import type { ConfigurationError } from "../Errors.js"
 import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
 import type { PostgresStoreConfig } from "../Settings.js"
-import { type StateView, type Store, StoreFactory } from "../Store.js"
+import { admittedFree, type StateView, type Store, StoreFactory } from "../Store.js"
 import * as Stores from "../Stores.js"
 import { resolvePostgres } from "../Settings.js"
 import * as Backoff from "./backoff.js"
@@ -142,17 +142,13 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
 
       cleanup: (olderThan) => Maintenance.cleanup(ctx, olderThan, bucket.forgetAll),
 
-      acquire: (request) =>
-        request.limiter.concurrency !== undefined && request.leaseId !== undefined
-          ? leases.acquire(request, request.leaseId)
-          : request.limiter.rate === undefined
-          ? Effect.succeed({ _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined })
-          : submit(rateId(request.limiter, request.key), request),
+      acquireRate: (request) =>
+        request.limiter.rate === undefined ? Effect.succeed(admittedFree) : submit(rateId(request.limiter, request.key), request),
 
-      acquireNow: (request, clock) =>
-        request.leaseId === undefined && request.limiter.rate !== undefined
-          ? takeNow(rateId(request.limiter, request.key), request, clock)
-          : undefined,
+      acquireRateNow: (request, clock) =>
+        request.limiter.rate === undefined ? admittedFree : takeNow(rateId(request.limiter, request.key), request, clock),
+
+      acquireLease: leases.acquire,
 
       release: leases.release,
 
@@ -212,7 +208,8 @@ const outsideTransactions = (store: PostgresStore): PostgresStore => {
   return {
     ...store,
     cleanup: (olderThan) => own(store.cleanup(olderThan)),
-    acquire: (request) => own(store.acquire(request)),
+    acquireRate: (request) => own(store.acquireRate(request)),
+    acquireLease: (request) => own(store.acquireLease(request)),
     release: (limiter, key, leaseId) => own(store.release(limiter, key, leaseId)),
     renew: (limiter, key, leaseId) => own(store.renew(limiter, key, leaseId)),
     refund: (limiter, key, cost, reservation) => own(store.refund(limiter, key, cost, reservation)),

@@ -8,7 +8,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Gcra from "../internal/gcra.js"
 import type { TokenBucket } from "../LimiterSpec.js"
-import type { AcquireOutcome, AcquireRequest, Reservation } from "../Store.js"
+import type { RateOutcome, RateRequest, Reservation } from "../Store.js"
 import * as Plan from "./bucketPlan.js"
 import { Conflict } from "./conflicts.js"
 import { ceilMicros, type Context, nextVersion } from "./context.js"
@@ -31,10 +31,10 @@ export interface Bucket {
   readonly attempt: (
     id: string,
     rate: TokenBucket,
-    batch: ReadonlyArray<AcquireRequest>,
+    batch: ReadonlyArray<RateRequest>,
     useCache: boolean,
     spares: number
-  ) => Effect.Effect<Array<AcquireOutcome>, Conflict | SqlError>
+  ) => Effect.Effect<Array<RateOutcome>, Conflict | SqlError>
   /** What `state` shows of the bucket. */
   readonly view: (id: string, rate: TokenBucket) => Effect.Effect<
     { readonly limit: number; readonly remaining: number; readonly resetAfterMs: number; readonly nextSlotAfterMs: number },
@@ -93,7 +93,7 @@ export const make = (ctx: Context): Bucket => {
       if (units === 0 && blind) return yield* attempt(id, rate, batch, false, spares)
       if (units === 0) {
         const remaining = Gcra.remaining(state.tat, state.now, rate)
-        return plan.map((step): AcquireOutcome => ({
+        return plan.map((step): RateOutcome => ({
           _tag: "RateLimited",
           retryAfterMs: step.admitted ? 0 : step.wait,
           limit: rate.burst,
@@ -129,7 +129,7 @@ export const make = (ctx: Context): Bucket => {
       remember(id, { tat: row.tat, version: row.version, serverMs: row.now, localMs: performance.now() })
       // The same instant the database used: the batch started at max(old tat, now).
       const began = row.tat - micros / 1000
-      return plan.map((step, index): AcquireOutcome => {
+      return plan.map((step, index): RateOutcome => {
         if (!step.admitted) {
           return { _tag: "RateLimited", retryAfterMs: step.wait, limit: rate.burst, remaining: 0 }
         }

@@ -13,7 +13,7 @@ import * as Effect from "effect/Effect"
 import type { StoreError } from "../Errors.js"
 import * as Wakeups from "../internal/wakeups.js"
 import { capacity, type LimiterSpec, stateKey } from "../LimiterSpec.js"
-import type { AcquireOutcome, AcquireRequest } from "../Store.js"
+import { type AcquireOutcome, admittedFree, type LeaseRequest, type RateOutcome, type RateRequest } from "../Store.js"
 import { type Conflict, isSqlError, retrying } from "./conflicts.js"
 import type { Context } from "./context.js"
 import { notifyKey, rateId, slotIds } from "./keys.js"
@@ -28,7 +28,7 @@ interface Held {
 }
 
 /** How the rate of a lease's limiter is decided inside its transaction (the bucket's or the window's attempt). */
-export type RateAttempt = (id: string, request: AcquireRequest) => Effect.Effect<ReadonlyArray<AcquireOutcome>, Conflict | SqlError>
+export type RateAttempt = (id: string, request: RateRequest) => Effect.Effect<ReadonlyArray<RateOutcome>, Conflict | SqlError>
 
 export const make = (ctx: Context, rateAttempt: RateAttempt) => {
   const { bounded, sql, toError } = ctx
@@ -51,12 +51,12 @@ export const make = (ctx: Context, rateAttempt: RateAttempt) => {
 
   // It commits only after a write that read the instant C (the claim's, or the rate's and the ttl's),
   // so with synchronous_commit = false ASYNC_COMMIT holds at its COMMIT; every other end rolls back.
-  const attempt = (request: AcquireRequest, leaseId: string) =>
+  const attempt = (request: LeaseRequest) =>
     sql.withTransaction(Effect.gen(function*() {
-      const { key, limiter } = request
+      const { key, leaseId, limiter } = request
       const token = randomInt(1, 2_147_483_647)
       const slot = yield* slots.claim(limiter, slotIds(limiter, key), token)
-      let outcome: AcquireOutcome = { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined }
+      let outcome: AcquireOutcome = admittedFree
       if (limiter.rate !== undefined) {
         const [decided] = yield* rateAttempt(rateId(limiter, key), request)
         if (decided?._tag === "RateLimited") {
@@ -75,8 +75,8 @@ export const make = (ctx: Context, rateAttempt: RateAttempt) => {
       Effect.catchAllDefect((defect) => isSqlError(defect) ? Effect.fail(defect) : Effect.die(defect))
     )
 
-  const acquire = (request: AcquireRequest, leaseId: string): Effect.Effect<AcquireOutcome, StoreError> => {
-    const { key, limiter } = request
+  const acquire = (request: LeaseRequest): Effect.Effect<AcquireOutcome, StoreError> => {
+    const { key, leaseId, limiter } = request
     const local = stateKey(limiter.name, key)
     const max = limiter.concurrency?.max ?? 0
     const line = lines.get(local)
@@ -85,7 +85,7 @@ export const make = (ctx: Context, rateAttempt: RateAttempt) => {
       if (request.queue && !line.includes(leaseId)) line.push(leaseId)
       return Effect.succeed({ _tag: "ConcurrencyFull", expiresInMs: undefined, held: max, limit: max })
     }
-    return retrying(ctx, limiter, attempt(request, leaseId)).pipe(
+    return retrying(ctx, limiter, attempt(request)).pipe(
       bounded,
       Effect.map((outcome) => {
         if (leaveLine(local, leaseId) && lines.has(local)) signal(notifyKey(limiter, key))

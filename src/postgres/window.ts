@@ -8,7 +8,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Window from "../internal/window.js"
 import type { SlidingWindow } from "../LimiterSpec.js"
-import type { AcquireOutcome, AcquireRequest } from "../Store.js"
+import type { RateOutcome, RateRequest } from "../Store.js"
 import { Conflict } from "./conflicts.js"
 import { ceilMicros, type Context, nextVersion } from "./context.js"
 import { ringIds } from "./keys.js"
@@ -25,7 +25,7 @@ const logOf = (ring: ReadonlyArray<{ at: number }>): Array<Window.Entry> =>
   ring.filter((r) => r.at > -Infinity).map((r) => ({ at: r.at, count: 1 })).sort((a, b) => a.at - b.at)
 
 export interface SlidingWindowRows {
-  readonly attempt: (header: string, policy: SlidingWindow, batch: ReadonlyArray<AcquireRequest>) => Effect.Effect<Array<AcquireOutcome>, Conflict | SqlError>
+  readonly attempt: (header: string, policy: SlidingWindow, batch: ReadonlyArray<RateRequest>) => Effect.Effect<Array<RateOutcome>, Conflict | SqlError>
   /** What `state` shows of the window. */
   readonly view: (header: string, policy: SlidingWindow) => Effect.Effect<
     { readonly limit: number; readonly remaining: number; readonly resetAfterMs: number; readonly nextSlotAfterMs: number },
@@ -69,7 +69,7 @@ export const make = (ctx: Context): SlidingWindowRows => {
       })
       const used = (now: number) => logOf(ring).filter((e) => e.at > now - spanned.windowMs).length
       if (written.size === 0) {
-        return plan.map((step): AcquireOutcome => ({
+        return plan.map((step): RateOutcome => ({
           _tag: "RateLimited",
           retryAfterMs: step.admitted ? 0 : step.retryAfterMs,
           limit: policy.limit,
@@ -98,7 +98,7 @@ export const make = (ctx: Context): SlidingWindowRows => {
       // The batch was planned at the read's time and written at the header's instant: every entry
       // moved by the same amount, so the entries keep their spacing and none lies before the write.
       const shift = Math.max(0, row.now - state.now)
-      return plan.map((step): AcquireOutcome =>
+      return plan.map((step): RateOutcome =>
         step.admitted
           ? {
             _tag: "Admitted",

@@ -20,7 +20,7 @@ import { digest, isWellFormed, wtf8 } from "../internal/keys.js"
 import * as Wakeups from "../internal/wakeups.js"
 import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
 import type { RedisStoreConfig } from "../Settings.js"
-import { type AcquireRequest, type StateView, type Store, StoreFactory } from "../Store.js"
+import { admittedFree, type RateRequest, type StateView, type Store, StoreFactory } from "../Store.js"
 import * as Stores from "../Stores.js"
 import * as Connections from "./connections.js"
 import * as Errors from "./errors.js"
@@ -148,16 +148,20 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
         return Effect.tryPromise({ try: shared === undefined ? send : () => asOwn(target, send), catch: (cause) => toError(cause, target) })
       })
 
-    const strings = (reply: unknown) =>
-      isStrings(reply) ? Effect.succeed(reply) : Effect.fail(toError(new Error(`unexpected script reply ${JSON.stringify(reply)}`)))
+    const unexpected = (reply: unknown) => Effect.fail(toError(new Error(`unexpected script reply ${JSON.stringify(reply)}`)))
+    const strings = (reply: unknown) => isStrings(reply) ? Effect.succeed(reply) : unexpected(reply)
 
     /** A script's outcomes, 7 strings each. */
     const outcomes = (reply: unknown) => Effect.map(strings(reply), Replies.outcomes)
 
     /** The batch's outcomes, then one per slot reserved ahead. */
-    const rateOutcomes = (requests: number) => (reply: unknown) => Effect.map(strings(reply), (flat) => Replies.rateOutcomes(flat, requests))
+    const rateOutcomes = (requests: number) => (reply: unknown) =>
+      Effect.flatMap(strings(reply), (flat) => {
+        const decided = Replies.rateOutcomes(flat, requests)
+        return decided === undefined ? unexpected(reply) : Effect.succeed(decided)
+      })
 
-    const maxWaitArg = (request: AcquireRequest) => String(Number.isFinite(request.maxWaitMs) ? request.maxWaitMs * 1_000 : -1)
+    const maxWaitArg = (request: RateRequest) => String(Number.isFinite(request.maxWaitMs) ? request.maxWaitMs * 1_000 : -1)
 
     // The waiters of this process on one key share a script call.
     const coalescer = Coalesce.make({
@@ -182,24 +186,21 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
       subscriber,
       waiters: () => ({ subscribed: wakeups.size() }),
 
-      acquire: (request) => {
-        if (request.limiter.concurrency !== undefined && request.leaseId !== undefined) {
-          return run(SCRIPTS.acquireLease, request.limiter, request.key, [
-            String(request.cost),
-            request.leaseId,
-            maxWaitArg(request),
-            request.queue ? "1" : "0"
-          ]).pipe(Effect.flatMap(outcomes), Effect.map((all) => all[0]!))
-        }
-        return request.limiter.rate === undefined
-          ? Effect.succeed({ _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined })
-          : coalescer.submit(stateKey(request.limiter.name, request.key), request)
-      },
+      acquireRate: (request) =>
+        request.limiter.rate === undefined
+          ? Effect.succeed(admittedFree)
+          : coalescer.submit(stateKey(request.limiter.name, request.key), request),
 
-      acquireNow: (request, clock) =>
-        request.leaseId === undefined && request.limiter.rate !== undefined
-          ? coalescer.takeNow(stateKey(request.limiter.name, request.key), request, clock)
-          : undefined,
+      acquireRateNow: (request, clock) =>
+        request.limiter.rate === undefined ? admittedFree : coalescer.takeNow(stateKey(request.limiter.name, request.key), request, clock),
+
+      acquireLease: (request) =>
+        run(SCRIPTS.acquireLease, request.limiter, request.key, [
+          String(request.cost),
+          request.leaseId,
+          maxWaitArg(request),
+          request.queue ? "1" : "0"
+        ]).pipe(Effect.flatMap(outcomes), Effect.map((all) => all[0]!)),
 
       release: (limiter, key, leaseId) =>
         run(SCRIPTS.release, limiter, key, [leaseId]).pipe(

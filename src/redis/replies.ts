@@ -2,7 +2,7 @@
  * The Lua scripts' replies as outcomes: flat arrays of strings (what every Redis client returns
  * alike), 7 per outcome.
  */
-import type { AcquireOutcome } from "../Store.js"
+import type { AcquireOutcome, RateOutcome } from "../Store.js"
 
 export const optionalNumber = (s: string | undefined): number | undefined => (s === undefined || s === "" ? undefined : Number(s))
 
@@ -28,10 +28,16 @@ export const outcomes = (flat: ReadonlyArray<string>): Array<AcquireOutcome> =>
 /**
  * The batch's `requests` outcomes, then one per slot reserved ahead ({"B", count, first wait,
  * interval, now, tat, version, limit, remaining}). Only the last of those carries the version
- * written: a refund gives back only the newest reservation, as for separate requests.
+ * written: a refund gives back only the newest reservation, as for separate requests. Undefined for
+ * a reply that is not a rate script's (a lease's outcome in it).
  */
-export const rateOutcomes = (flat: ReadonlyArray<string>, requests: number): Array<AcquireOutcome> => {
-  const decided = Array.from({ length: requests }, (_, i) => outcome(flat, i))
+export const rateOutcomes = (flat: ReadonlyArray<string>, requests: number): Array<RateOutcome> | undefined => {
+  const decided: Array<RateOutcome> = []
+  for (let i = 0; i < requests; i++) {
+    const next = outcome(flat, i)
+    if (next._tag === "ConcurrencyFull") return undefined
+    decided.push(next)
+  }
   const [tag, count, first, interval, now, tat, version, limit, remaining] = flat.slice(requests * 7)
   if (tag !== "B") return decided
   const n = Number(count)

@@ -283,11 +283,18 @@ export const makeController: Effect.Effect<FaultController> = Effect.sync(() => 
       engine: store.engine,
       timingMarginMs: store.timingMarginMs,
       backoffs: store.backoffs,
-      acquire: (request) =>
+      acquireRate: (request) =>
+        intercept(
+          store,
+          { op: "acquire", limiter: request.limiter.name, key: request.key, leaseId: undefined },
+          store.acquireRate(request),
+          fail
+        ),
+      acquireLease: (request) =>
         intercept(
           store,
           { op: "acquire", limiter: request.limiter.name, key: request.key, leaseId: request.leaseId },
-          store.acquire(request),
+          store.acquireLease(request),
           fail
         ),
       release: (limiter, key, leaseId) =>
