@@ -17,6 +17,7 @@ import * as ExecutionStrategy from "effect/ExecutionStrategy"
 import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import type { AcquireOutcome } from "../Store.js"
 import { type Admitted, type Call, failed, instrument, pastDeadline, permit, refund, refused } from "./call.js"
@@ -28,27 +29,36 @@ const RECHECK_MS = 1_000
 
 type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
+/** What every step of one acquire shares. */
+interface Attempt<E> {
+  readonly call: Call<E>
+  readonly leaseId: string
+  readonly started: number
+  /** When the caller stops waiting (`Infinity` for never). */
+  readonly deadline: number
+  readonly restore: Restore
+  /** The caller's scope, where a granted lease is held. */
+  readonly scope: Scope.Scope
+}
+
 /** Gives the lease (or place in line) back now; if the store cannot take it now, in the background. */
 const releaseNow = (call: Call<unknown>, leaseId: string) =>
   call.b.observe(call.b.store.release(call.b.spec, call.key, leaseId)).pipe(
     Effect.catchAll(() => call.b.orphans.add(call.key, leaseId))
   )
 
+/** Renews every third of the ttl until the store says the lease is gone; a failed renewal is tried again next time. */
 const renewal = (call: Call<unknown>, leaseId: string): Effect.Effect<void> => {
   const { b, key } = call
-  const ttl = b.spec.concurrency?.leaseTtlMs ?? 0
-  const loop: Effect.Effect<void> = Effect.sleep(Duration.millis(ttl / 3)).pipe(
-    Effect.zipRight(b.observe(b.store.renew(b.spec, key, leaseId))),
-    Effect.flatMap((renewed) =>
-      renewed
-        ? loop
-        : Metric.increment(b.metrics.leasesLost).pipe(
-          Effect.zipRight(Effect.logWarning(`rate-sync: limiter "${b.spec.name}" lost an expired lease`))
-        )
-    ),
-    Effect.catchAll(() => loop)
+  const period = Duration.millis((b.spec.concurrency?.leaseTtlMs ?? 0) / 3)
+  const renew = Effect.orElseSucceed(b.observe(b.store.renew(b.spec, key, leaseId)), () => true)
+  const lost = Metric.increment(b.metrics.leasesLost).pipe(
+    Effect.zipRight(Effect.logWarning(`rate-sync: limiter "${b.spec.name}" lost an expired lease`))
   )
-  return loop
+  return Effect.sleep(period).pipe(
+    Effect.zipRight(Effect.repeat(renew, Schedule.spaced(period).pipe(Schedule.whileInput((renewed: boolean) => renewed)))),
+    Effect.zipRight(lost)
+  )
 }
 
 /** Holds a granted lease in a scope of its own inside `parent`: renewed while open, released when closed. */
@@ -65,17 +75,10 @@ const holdLease = (call: Call<unknown>, leaseId: string, parent: Scope.Scope) =>
  * After the store granted the lease: hold it, then wait for the rate slot (placed again after a
  * backoff learned of meanwhile), giving both back (without waiting for the store) if interrupted.
  */
-const admitted = <E>(
-  call: Call<E>,
-  leaseId: string,
-  outcome: Admitted,
-  scope: Scope.Scope,
-  restore: Restore,
-  started: number,
-  mark: number,
-  deadline: number
-) =>
+const admitted = <E>({ call, leaseId, restore, scope, started, ...attempt }: Attempt<E>, outcome: Admitted, mark: number) =>
   Effect.gen(function*() {
+    // A tryAcquire does not wait for its slot.
+    const deadline = call.mode === "try" ? started : attempt.deadline
     const lease = yield* holdLease(call, leaseId, scope)
     const closeLease = call.b.background(Scope.close(lease, Exit.void))
     const waited = yield* Effect.either(waitForSlot(call, outcome, mark, deadline, restore, yield* Effect.clock).pipe(Effect.onInterrupt(() => closeLease)))
@@ -91,7 +94,7 @@ const admitted = <E>(
  * One ask of the store. "again": the caller waited for a release and asks again; "late": its deadline
  * passed while the store was deciding.
  */
-const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Restore, first: boolean) =>
+const ask = <E>({ call, deadline, leaseId, restore }: Attempt<E>, first: boolean) =>
   Effect.scoped(Effect.gen(function*() {
     const { b, cost, key, mode } = call
     const giveBack = b.orphans.add(key, leaseId)
@@ -144,7 +147,7 @@ const ask = <E>(call: Call<E>, leaseId: string, deadline: number, restore: Resto
  * before it is handed over: renewal runs every third of the ttl from here, and the lease may already
  * have expired. False when it had: it is not held, and must not be used.
  */
-const confirm = (call: Call<unknown>, leaseId: string, replyMs: number, deadline: number, restore: Restore) =>
+const confirm = <E>({ call, deadline, leaseId, restore }: Attempt<E>, replyMs: number) =>
   Effect.gen(function*() {
     if (replyMs < (call.b.spec.concurrency?.leaseTtlMs ?? Infinity) / 3) return true
     const giveBack = call.b.orphans.add(call.key, leaseId)
@@ -165,10 +168,11 @@ const decide = <E>(call: Call<E>) =>
     const leaseId = randomUUID()
     return yield* Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
+        const attempt: Attempt<E> = { call, leaseId, started, deadline, restore, scope }
         for (let first = true;; first = false) {
           const askedAt = yield* Clock.currentTimeMillis
           const mark = call.b.store.backoffs.mark()
-          const step = yield* Effect.either(ask(call, leaseId, deadline, restore, first))
+          const step = yield* Effect.either(ask(attempt, first))
           const at = yield* Clock.currentTimeMillis
           if (Either.isLeft(step)) return yield* failed(call, step.left, at - started)
           const outcome = step.right
@@ -180,7 +184,7 @@ const decide = <E>(call: Call<E>) =>
               yield* Effect.zipRight(refund(call, outcome), call.b.orphans.add(call.key, leaseId))
               return yield* refused(call, call.late())
             }
-            const confirmed = yield* Effect.either(confirm(call, leaseId, at - askedAt, deadline, restore))
+            const confirmed = yield* Effect.either(confirm(attempt, at - askedAt))
             if (Either.isLeft(confirmed)) return yield* failed(call, confirmed.left, at - started)
             if (confirmed.right === "late") {
               yield* refund(call, outcome)
@@ -193,7 +197,7 @@ const decide = <E>(call: Call<E>) =>
               const max = call.b.spec.concurrency?.max ?? 0
               return yield* refused(call, call.refuse({ _tag: "ConcurrencyFull", expiresInMs: undefined, held: max, limit: max }, 0))
             }
-            return yield* admitted(call, leaseId, outcome, scope, restore, started, mark, call.mode === "try" ? started : deadline)
+            return yield* admitted(attempt, outcome, mark)
           }
           const overDeadline = outcome._tag === "RateLimited" ? outcome.retryAfterMs - (deadline - at) : 0
           return yield* refused(call, call.refuse(outcome, Math.max(0, overDeadline)))
