@@ -66,6 +66,8 @@ export interface PostgresStore extends Store {
   readonly waiters: () => { readonly subscribed: number; readonly queued: number }
   /** Whether the LISTEN connection is open and hears this store's NOTIFY (for tests and tools; see `Listener.Status`). */
   readonly listening: () => Listener.Status
+  /** The token bucket's writes so far and the keys they carried: more keys than writes where several went in one (for tests and tools). */
+  readonly bucketWrites: () => { readonly writes: number; readonly items: number }
   /**
    * Deletes the rows no limiter has touched for `olderThan` (at least a minute) and whose state lies
    * that far in the past: the documented cleanup, as an operation. It is the only statement of the
@@ -95,12 +97,13 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
     const ctx = Context.make({ name, config, sql, table, channel: channelOf(table), base: yield* Context.readBase(sql), toError })
     const { bounded, margin } = ctx
 
-    const bucket = Bucket.make(ctx)
+    const closed = new StoreUnavailable({ store: name, engine: "postgres", reason: "closed", message: "the store was closed" })
+    const bucket = Bucket.make(ctx, scope, closed)
     const window = Window.make(ctx)
     const backoffs = yield* Backoff.make(ctx)
     const leases = Leases.make(ctx, (id, request) => {
       const rate = request.limiter.rate!
-      return rate._tag === "TokenBucket" ? bucket.attempt(id, rate, [request], false, 0) : window.attempt(id, rate, [request])
+      return rate._tag === "TokenBucket" ? bucket.attempt(id, rate, [request], { useCache: false, spares: 0, inTransaction: true }) : window.attempt(id, rate, [request])
     })
 
     const { listen, status } = Listening.make(ctx, {
@@ -122,14 +125,14 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
         const rate = limiter.rate!
         let attempts = 0
         const attempt = Effect.suspend(() =>
-          rate._tag === "TokenBucket" ? bucket.attempt(id, rate, batch, attempts++ === 0, ahead.count) : window.attempt(id, rate, batch)
+          rate._tag === "TokenBucket" ? bucket.attempt(id, rate, batch, { useCache: attempts++ === 0, spares: ahead.count, inTransaction: false }) : window.attempt(id, rate, batch)
         )
         return bounded(retrying(ctx, limiter, attempt)).pipe(
           // A process that waits for a slot must hear of other processes' backoffs from then on.
           Effect.tap((outcomes) => outcomes.some((o) => o._tag === "Admitted" && o.waitMs > 0) ? listen : Effect.void)
         )
       },
-      closed: new StoreUnavailable({ store: name, engine: "postgres", reason: "closed", message: "the store was closed" })
+      closed
     })
 
     const store: PostgresStore = {
@@ -139,6 +142,7 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
       sql,
       waiters: leases.waiters,
       listening: status,
+      bucketWrites: bucket.load,
 
       cleanup: (olderThan) => Maintenance.cleanup(ctx, olderThan, bucket.forgetAll),
 

@@ -6,12 +6,15 @@
  */
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import type { StoreError } from "../Errors.js"
 import * as Gcra from "../internal/gcra.js"
 import type { TokenBucket } from "../LimiterSpec.js"
 import type { RateOutcome, RateRequest, Reservation } from "../Store.js"
 import * as Plan from "./bucketPlan.js"
+import * as Writes from "./bucketWrites.js"
 import { Conflict } from "./conflicts.js"
-import { ceilMicros, type Context, nextVersion } from "./context.js"
+import { ceilMicros, type Context } from "./context.js"
 
 /** Bounds the per-key cache of the last row written, which saves the read before a write. */
 const MAX_CACHED = 10_000
@@ -24,6 +27,18 @@ interface Cached {
   readonly localMs: number
 }
 
+export interface Attempt {
+  /** Plan on the row this process last wrote, when no other process is known to write the key. */
+  readonly useCache: boolean
+  /** Slots to reserve ahead, after the batch. */
+  readonly spares: number
+  /**
+   * Inside a transaction of the caller's (a lease's): written on its connection, alone. Otherwise
+   * the write may go with other keys' in one statement.
+   */
+  readonly inTransaction: boolean
+}
+
 export interface Bucket {
   /** The row as it is: tat (-Infinity when none), version, and the server's now. */
   readonly read: (id: string) => Effect.Effect<{ readonly tat: number; readonly version: number | null; readonly now: number }, SqlError>
@@ -32,9 +47,8 @@ export interface Bucket {
     id: string,
     rate: TokenBucket,
     batch: ReadonlyArray<RateRequest>,
-    useCache: boolean,
-    spares: number
-  ) => Effect.Effect<Array<RateOutcome>, Conflict | SqlError>
+    options: Attempt
+  ) => Effect.Effect<Array<RateOutcome>, Conflict | SqlError | StoreError>
   /** What `state` shows of the bucket. */
   readonly view: (id: string, rate: TokenBucket) => Effect.Effect<
     { readonly limit: number; readonly remaining: number; readonly resetAfterMs: number; readonly nextSlotAfterMs: number },
@@ -42,13 +56,17 @@ export interface Bucket {
   >
   /** Gives back `cost` units of the newest reservation, if nobody wrote after it. */
   readonly refund: (id: string, rate: TokenBucket, cost: number, reservation: Reservation) => Effect.Effect<void, SqlError>
+  /** The writes so far, and the keys they carried (several keys go in one statement under load). */
+  readonly load: () => { readonly writes: number; readonly items: number }
   /** Forgets what the cache holds of `id` (written elsewhere), or of every key. */
   readonly forget: (id: string) => void
   readonly forgetAll: () => void
 }
 
-export const make = (ctx: Context): Bucket => {
-  const { C, NEXT, NEXT_S, T, AT, NOW, FROM_SETTING, margin, sql } = ctx
+/** `closed`: what writes still queued learn when the store closes under them. */
+export const make = (ctx: Context, scope: Scope.Scope, closed: StoreError): Bucket => {
+  const { NEXT, T, AT, NOW, FROM_SETTING, margin, sql } = ctx
+  const writer = Writes.make(ctx, scope, closed)
   const cache = new Map<string, Cached>()
   /** Keys where another process wrote since our cached write: reading first is cheaper there. */
   const contendedUntil = new Map<string, number>()
@@ -62,8 +80,6 @@ export const make = (ctx: Context): Bucket => {
     contendedUntil.set(id, performance.now() + 1_000)
     if (contendedUntil.size > MAX_CACHED) contendedUntil.delete(contendedUntil.keys().next().value!)
   }
-  const TAT = ctx.atOf("last_acquisition_at")
-  const UPDATED = ctx.atOf("updated_at")
 
   const read = (id: string) =>
     Effect.gen(function*() {
@@ -73,8 +89,9 @@ export const make = (ctx: Context): Bucket => {
       return { tat: row.tat ?? -Infinity, version: row.version, now: row.now }
     })
 
-  const attempt: Bucket["attempt"] = (id, rate, batch, useCache, spares) =>
+  const attempt: Bucket["attempt"] = (id, rate, batch, options) =>
     Effect.gen(function*() {
+      const { spares, useCache } = options
       const uncontended = useCache && (contendedUntil.get(id) ?? 0) < performance.now()
       const cached = uncontended ? cache.get(id) : undefined
       // A key this process knows nothing of is most likely idle: plan as if it were and write in one
@@ -90,7 +107,7 @@ export const make = (ctx: Context): Bucket => {
       const plan = Plan.plan(rate, margin, state.tat, state.now, batch, spares)
       const newest = Plan.newest(plan)
       const units = newest < 0 ? 0 : Plan.units(plan)
-      if (units === 0 && blind) return yield* attempt(id, rate, batch, false, spares)
+      if (units === 0 && blind) return yield* attempt(id, rate, batch, { ...options, useCache: false })
       if (units === 0) {
         const remaining = Gcra.remaining(state.tat, state.now, rate)
         return plan.map((step): RateOutcome => ({
@@ -104,23 +121,8 @@ export const make = (ctx: Context): Bucket => {
       // The plan also holds if another process wrote meanwhile, as long as the debt it finds still
       // lets every admitted request start within its own bound.
       const slack = Plan.slack(rate, plan, batch)
-      // Read after the row's lock, a moment before the SET's instant: a debt within the slack then
-      // is within it at the write too.
-      const stillValid = Number.isFinite(slack)
-        ? sql`s.last_acquisition_at <= clock_timestamp() + ${slack}::float8 * interval '1 millisecond'`
-        : sql.literal("TRUE")
-      const added = sql`${micros}::float8 * interval '1 microsecond'`
-      // A row created here is written as the version after the one the plan expected, as if created
-      // empty and then written, so that another writer's plan against no row does not match it.
-      const expected = state.version ?? 1
-      const rows = yield* sql<{ tat: number; version: number; now: number }>`
-        INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
-        SELECT ${id}, c.t + ${added}, ${nextVersion(expected)}, c.t FROM ${C}
-        ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, version, updated_at) = (
-          SELECT GREATEST(s.last_acquisition_at, c.t) + ${added}, ${NEXT_S}, c.t FROM ${C})
-        WHERE ${blind ? stillValid : sql`(s.version = ${expected} OR ${stillValid})`}
-        RETURNING ${TAT} AS tat, version, ${UPDATED} AS now`
-      const row = rows[0]
+      const write = { id, micros, expected: state.version ?? 1, blind, slack }
+      const row = yield* (options.inTransaction ? writer.alone(write) : writer.submit(write))
       if (row === undefined) {
         cache.delete(id)
         if (cached !== undefined || blind) contended(id)
@@ -168,6 +170,7 @@ export const make = (ctx: Context): Bucket => {
     view,
     attempt,
     refund,
+    load: writer.load,
     forget: (id) => {
       cache.delete(id)
     },

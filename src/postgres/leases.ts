@@ -28,7 +28,7 @@ interface Held {
 }
 
 /** How the rate of a lease's limiter is decided inside its transaction (the bucket's or the window's attempt). */
-export type RateAttempt = (id: string, request: RateRequest) => Effect.Effect<ReadonlyArray<RateOutcome>, Conflict | SqlError>
+export type RateAttempt = (id: string, request: RateRequest) => Effect.Effect<ReadonlyArray<RateOutcome>, Conflict | SqlError | StoreError>
 
 export const make = (ctx: Context, rateAttempt: RateAttempt) => {
   const { bounded, sql, toError } = ctx
