@@ -165,22 +165,30 @@ local function take(cost, wait)
   return ms(at - base), '0', '', fmt(math.max(0, limit - redis.call('ZCARD', LOG)))
 end
 
--- every key lives exactly as long as its state differs from a fresh key's
+-- every key lives exactly as long as its state differs from a fresh key's; only the keys this
+-- limiter uses are read and set (a window's log, leases' keys), the rest expire as they were set
 local function expire_all()
   local stale = 0
+  local used = {S}
   local v = redis.call('HMGET', S, 'a', 'n', 'i', 'b')
   if v[1] then stale = math.max(stale, tonumber(v[1]) + tonumber(v[2]) * tonumber(v[3])) end
   if v[4] then stale = math.max(stale, tonumber(v[4])) end
-  local last = redis.call('ZRANGE', LOG, -1, -1, 'WITHSCORES')
-  if last[2] then stale = math.max(stale, tonumber(last[2]) + window) end
-  local holder = redis.call('ZRANGE', H, -1, -1, 'WITHSCORES')
-  if holder[2] then stale = math.max(stale, tonumber(holder[2])) end
-  for _, e in ipairs(redis.call('HVALS', QE)) do stale = math.max(stale, tonumber(e)) end
+  if kind == 'sw' then
+    used[#used + 1] = LOG
+    local last = redis.call('ZRANGE', LOG, -1, -1, 'WITHSCORES')
+    if last[2] then stale = math.max(stale, tonumber(last[2]) + window) end
+  end
+  if maxc > 0 then
+    used[#used + 1], used[#used + 2], used[#used + 3] = H, Q, QE
+    local holder = redis.call('ZRANGE', H, -1, -1, 'WITHSCORES')
+    if holder[2] then stale = math.max(stale, tonumber(holder[2])) end
+    for _, e in ipairs(redis.call('HVALS', QE)) do stale = math.max(stale, tonumber(e)) end
+  end
   if stale <= now then
-    redis.call('DEL', S, LOG, H, Q, QE)
+    redis.call('DEL', unpack(used))
   else
     local at = math.ceil(stale / 1000) + 1
-    for _, k in ipairs(KEYS) do redis.call('PEXPIREAT', k, at) end
+    for _, k in ipairs(used) do redis.call('PEXPIREAT', k, at) end
   end
 end
 `
