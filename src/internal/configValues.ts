@@ -24,6 +24,10 @@ export const describe = (actual: unknown): string => {
   }
 }
 
+/** Anything TOML calls a table: an object, not an array or a date. */
+export const isTable = (u: unknown): u is Readonly<Record<string, unknown>> =>
+  typeof u === "object" && u !== null && !Array.isArray(u) && !(u instanceof Date)
+
 /** A lone UTF-16 surrogate: a string holding one cannot be written to a store as it is (UTF-8 replaces it). */
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
