@@ -6,6 +6,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
+import type * as MetricLabel from "effect/MetricLabel"
 import { CostExceedsCapacity, InvalidCost, type StoreError, type StoreUnavailable } from "../Errors.js"
 import { capacity, type LimiterSpec } from "../LimiterSpec.js"
 import type * as Metrics from "../Metrics.js"
@@ -89,7 +90,13 @@ export const refund = (call: Call<unknown>, outcome: AcquireOutcome): Effect.Eff
  * Effect's built-in tracer, which exports spans nowhere. Under it an acquire makes no span: building
  * one costs about a third of an in-memory acquire. Any installed tracer (OpenTelemetry, say) gets them.
  */
-const untraced = Effect.runSync(Effect.tracer)
+export const untraced = Effect.runSync(Effect.tracer)
+
+/** Counts a granted permit, with the labels the caller's fiber adds (`Effect.tagMetrics`). */
+export const counted = (b: Bound, granted: Permit, labels: ReadonlyArray<MetricLabel.MetricLabel>) => {
+  b.metrics.acquisitions.unsafeUpdate(1, labels)
+  b.metrics.waitTime.unsafeUpdate(Duration.toMillis(granted.waited), labels)
+}
 
 /** Checks the cost, then counts a granted permit and, under an installed tracer, wraps the call in a span. */
 export const instrument = <E, R>(call: Call<unknown>, decide: Effect.Effect<Permit, E, R>) => {
@@ -99,12 +106,10 @@ export const instrument = <E, R>(call: Call<unknown>, decide: Effect.Effect<Perm
     ? decide
     : Effect.fail(invalid)
   return decided.pipe(
-    // Both metrics in one step, with the labels the caller's fiber adds (`Effect.tagMetrics`).
+    // Both metrics in one step.
     Effect.flatMap((granted) =>
       Effect.withFiberRuntime<Permit>((fiber) => {
-        const labels = fiber.getFiberRef(FiberRef.currentMetricLabels)
-        b.metrics.acquisitions.unsafeUpdate(1, labels)
-        b.metrics.waitTime.unsafeUpdate(Duration.toMillis(granted.waited), labels)
+        counted(b, granted, fiber.getFiberRef(FiberRef.currentMetricLabels))
         return Effect.succeed(granted)
       })
     ),
