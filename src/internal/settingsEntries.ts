@@ -54,7 +54,9 @@ export const RedisStoreConfig = Schema.Struct({
   pool_max_size: withDefault(ranged(ranges.redis.pool_max_size), 1),
   timing_margin_ms: withDefault(ranged(ranges.redis.timing_margin_ms), 10),
   connect_timeout_ms: withDefault(ranged(ranges.redis.connect_timeout_ms), 5_000),
-  command_timeout_ms: withDefault(ranged(ranges.redis.command_timeout_ms), 2_000)
+  command_timeout_ms: withDefault(ranged(ranges.redis.command_timeout_ms), 2_000),
+  /** A Redis Cluster: `url` holds seed nodes, comma-separated (the others are found from them). */
+  cluster: withDefault(BooleanLike, false)
 })
 
 export const LimiterConfig = Schema.Struct({

@@ -12,7 +12,7 @@
 import { createHash, randomUUID } from "node:crypto"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import type { Redis } from "ioredis"
+import type { Cluster, Redis } from "ioredis"
 import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
 import * as Holds from "../internal/holds.js"
@@ -45,9 +45,10 @@ const SCRIPTS = {
 }
 
 export interface RedisStore extends Store {
-  /** The store's command connections and its subscriber, for tests and tools. */
-  readonly clients: ReadonlyArray<Redis>
-  readonly subscriber: Redis
+  /** The store's command connections (each a `Cluster` on a Redis Cluster), for tests and tools. */
+  readonly clients: ReadonlyArray<Connections.Client>
+  /** The subscriber's connection now, if any (on a cluster, to one node), for tests and tools. */
+  readonly subscriber: () => Redis | undefined
   /** How many keys have waiters subscribed to their releases (for tests and tools). */
   readonly waiters: () => { readonly subscribed: number }
 }
@@ -66,15 +67,16 @@ const hashOf = (text: string): number => {
 
 
 /**
- * Builds the store. With `shared`, an ioredis client the program already has, the store sends its
- * commands on it (and leaves it open when the store closes) and subscribes on a duplicate of it that
- * it owns; `url` and `pool_max_size` are then unused. Its commands are not queued while the client
- * is down whatever its own options say: they fail at once with `StoreUnavailable`, as on the store's
- * own connections, and a reply is awaited at most `command_timeout_ms`.
+ * Builds the store. With `shared`, an ioredis client (or `Cluster`) the program already has, the store
+ * sends its commands on it (and leaves it open when the store closes) and subscribes on a connection
+ * of its own (a duplicate of the client, or to one of the cluster's nodes); `url`, `cluster` and
+ * `pool_max_size` are then unused. Its commands are not queued while the client is down whatever its
+ * own options say: they fail at once with `StoreUnavailable`, as on the store's own connections, and
+ * a reply is awaited at most `command_timeout_ms`.
  */
-export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
+export const make = (name: string, config: RedisStoreConfig, shared?: Connections.Client) =>
   Effect.gen(function*() {
-    const { clients, subscriber, toError, asOwn } = yield* Connections.connect(name, config, shared)
+    const { clients, subscriber, toError, send } = yield* Connections.connect(name, config, shared)
 
     const channel = `${config.key_prefix}released`
     const backoffChannel = `${config.key_prefix}backoff`
@@ -90,23 +92,19 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
     }
     /** Tells this store's own backoff messages from others': it recorded those when it made them. */
     const origin = randomUUID().slice(0, 8)
-    subscriber.on("message", (from: string, message: string) => {
-      if (from === channel) return wakeups.signal(message)
-      // "retry after ms:origin:state id"
-      const first = message.indexOf(":")
-      const second = message.indexOf(":", first + 1)
-      if (from !== backoffChannel || first < 0 || second < 0 || message.slice(first + 1, second) === origin) return
-      held(message.slice(second + 1), Number(message.slice(0, first)))
+    subscriber.listen({
+      channels: [channel, backoffChannel],
+      onMessage: (from, message) => {
+        if (from === channel) return wakeups.signal(message)
+        // "retry after ms:origin:state id"
+        const first = message.indexOf(":")
+        const second = message.indexOf(":", first + 1)
+        if (from !== backoffChannel || first < 0 || second < 0 || message.slice(first + 1, second) === origin) return
+        held(message.slice(second + 1), Number(message.slice(0, first)))
+      },
+      // Releases published while the subscriber was away were missed: every waiter checks again.
+      onSubscribed: () => wakeups.signalAll()
     })
-    const subscribe = () => {
-      subscriber.subscribe(channel, backoffChannel).then(
-        // Releases published while the subscriber was away were missed: every waiter checks again.
-        () => wakeups.signalAll(),
-        () => {}
-      )
-    }
-    subscriber.on("ready", subscribe)
-    if (subscriber.status === "ready") subscribe()
 
     // Values cross the wire relative to this offset (whole µs), so they stay small and exact.
     // It is not a time anyone relies on: only differences of the server's own instants are.
@@ -141,11 +139,11 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
           typeof root === "string" ? `${root}${suffix}` : Buffer.concat([root, Buffer.from(suffix)])
         )
         const target = client(state)
-        const send = () =>
+        const command = () =>
           target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
             Errors.messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
           )
-        return Effect.tryPromise({ try: shared === undefined ? send : () => asOwn(target, send), catch: (cause) => toError(cause, target) })
+        return Effect.tryPromise({ try: () => send(target, command), catch: (cause) => toError(cause, target) })
       })
 
     const unexpected = (reply: unknown) => Effect.fail(toError(new Error(`unexpected script reply ${JSON.stringify(reply)}`)))
@@ -183,7 +181,7 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
       engine: "redis",
       timingMarginMs: config.timing_margin_ms,
       clients,
-      subscriber,
+      subscriber: subscriber.connection,
       waiters: () => ({ subscribed: wakeups.size() }),
 
       acquireRate: (request) =>
@@ -258,11 +256,11 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Redis) =>
 
 /**
  * The production `StoreFactory` (`Stores.layer`), its Redis stores over `client`, an ioredis client
- * the program already has: one connection for the program and its limiters. Each store sends its
- * commands on it (its `url` and `pool_max_size` unused, a `${VAR}` in the url not read) and
- * subscribes on a duplicate it owns; closing the limiters leaves `client` open.
+ * or `Cluster` the program already has: one connection (per node) for the program and its limiters.
+ * Each store sends its commands on it (its `url`, `cluster` and `pool_max_size` unused, a `${VAR}` in
+ * the url not read) and subscribes on a connection it owns; closing the limiters leaves `client` open.
  */
-export const layerWith = (client: Redis): Layer.Layer<StoreFactory> =>
+export const layerWith = (client: Redis | Cluster): Layer.Layer<StoreFactory> =>
   Layer.succeed(
     StoreFactory,
     Stores.make({ redis: (name, config) => make(name, { ...config, url: typeof config.url === "string" ? config.url : "" }, client) })
