@@ -23,8 +23,6 @@ export type Client = Redis | Cluster
 export interface Connections {
   readonly clients: ReadonlyArray<Client>
   readonly subscriber: Subscriber.Subscriber
-  /** Whether the store talks to a Redis Cluster. */
-  readonly cluster: boolean
   /** A failure of a command or connection as the library's error. */
   readonly toError: (cause: unknown, client?: Client) => StoreUnavailable | StoreTimeout | StoreMisconfigured
   /**
@@ -55,7 +53,7 @@ export const clusterAuth = (seeds: ReadonlyArray<string>): RedisOptions => {
   return {}
 }
 
-/** How a subscriber connects to a cluster node: no resubscription of its own (the store subscribes), no timeout while listening. */
+/** Every subscriber connection: no resubscription of its own (the store subscribes on each ready), no timeout while listening. */
 const subscriberOptions: RedisOptions = { maxRetriesPerRequest: null, commandTimeout: undefined, autoResubscribe: false }
 
 /**
@@ -178,7 +176,7 @@ export const connect = (
       )
     )
 
-    return { clients, subscriber, cluster, toError, send }
+    return { clients, subscriber, toError, send }
   })
 
 /**
