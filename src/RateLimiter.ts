@@ -17,12 +17,11 @@ import type {
   ConsumeError,
   CostExceedsCapacity,
   InvalidCost,
-  InvalidOption,
   LeaseNeedsScope,
   RateLimitExceeded,
   StoreError
 } from "./Errors.js"
-import { LimiterNotFound } from "./Errors.js"
+import { type InvalidOption, LimiterNotFound } from "./Errors.js"
 import * as internal from "./internal/limiter.js"
 import type { LimiterSpec } from "./LimiterSpec.js"
 import type { Store } from "./Store.js"
@@ -40,6 +39,21 @@ export interface TryAcquireOptions {
   readonly key?: string | undefined
   readonly cost?: number | undefined
 }
+
+/** One limit of several taken at once (`acquireAll`): a limiter, and the key and cost to take of it. */
+export interface AcquireAllEntry {
+  readonly limiter: string
+  readonly key?: string | undefined
+  readonly cost?: number | undefined
+}
+
+export interface AcquireAllOptions {
+  /** The one wait bound of all the entries; by default the least of their limiters' `timeout`. */
+  readonly timeout?: Duration.DurationInput | undefined
+}
+
+/** What a call of several limits can fail with, besides the refusal of one of them and its store's errors. */
+type EntriesError = LimiterNotFound | InvalidOption | CostExceedsCapacity | InvalidCost
 
 export interface Permit {
   readonly limiter: string
@@ -107,6 +121,32 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
     limiter: string,
     options?: TryAcquireOptions
   ) => Effect.Effect<Permit, LookupError | RateLimitExceeded | CostExceedsCapacity | InvalidCost | StoreError | LeaseNeedsScope>
+  /**
+   * Several limits at once: a permit of every entry (in their order), or none consumed. The entries
+   * of one store are decided in one atomic store call; what one store took is given back when
+   * another refuses or fails, or the caller is interrupted (a token bucket takes back only its newest
+   * reservation: one written over stays consumed, stricter). Waits for the latest slot among them,
+   * within one timeout; a refusal names its limiter and key (`AcquireTimeout`). Each limiter and key
+   * once; limiters with `max_concurrent` fail with `InvalidOption` (take their lease with `acquire`).
+   * Its permits hold nothing: the scope is that of `acquire`, for code written the same way.
+   */
+  readonly acquireAll: (
+    entries: ReadonlyArray<AcquireAllEntry>,
+    options?: AcquireAllOptions
+  ) => Effect.Effect<ReadonlyArray<Permit>, EntriesError | AcquireTimeout | StoreError, Scope.Scope>
+  /** `acquireAll` with no scope. */
+  readonly consumeAll: (
+    entries: ReadonlyArray<AcquireAllEntry>,
+    options?: AcquireAllOptions
+  ) => Effect.Effect<ReadonlyArray<Permit>, EntriesError | AcquireTimeout | StoreError>
+  /** Never waits: a permit of every entry free now, or `RateLimitExceeded` naming the first store's refusal, none consumed. */
+  readonly tryAcquireAll: (
+    entries: ReadonlyArray<AcquireAllEntry>
+  ) => Effect.Effect<ReadonlyArray<Permit>, EntriesError | RateLimitExceeded | StoreError, Scope.Scope>
+  /** `tryAcquireAll` with no scope. */
+  readonly tryConsumeAll: (
+    entries: ReadonlyArray<AcquireAllEntry>
+  ) => Effect.Effect<ReadonlyArray<Permit>, EntriesError | RateLimitExceeded | StoreError>
   /** Runs an effect holding a permit. */
   readonly withPermit: (
     limiter: string,
@@ -134,6 +174,18 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
 
   static readonly tryConsume = (limiter: string, options?: TryAcquireOptions) =>
     Effect.flatMap(RateLimiter, (service) => service.tryConsume(limiter, options))
+
+  static readonly acquireAll = (entries: ReadonlyArray<AcquireAllEntry>, options?: AcquireAllOptions) =>
+    Effect.flatMap(RateLimiter, (service) => service.acquireAll(entries, options))
+
+  static readonly consumeAll = (entries: ReadonlyArray<AcquireAllEntry>, options?: AcquireAllOptions) =>
+    Effect.flatMap(RateLimiter, (service) => service.consumeAll(entries, options))
+
+  static readonly tryAcquireAll = (entries: ReadonlyArray<AcquireAllEntry>) =>
+    Effect.flatMap(RateLimiter, (service) => service.tryAcquireAll(entries))
+
+  static readonly tryConsumeAll = (entries: ReadonlyArray<AcquireAllEntry>) =>
+    Effect.flatMap(RateLimiter, (service) => service.tryConsumeAll(entries))
 
   static readonly withPermit = (limiter: string, options?: AcquireOptions) =>
   <A, E, R>(self: Effect.Effect<A, E, R>) =>

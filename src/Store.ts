@@ -70,6 +70,22 @@ export type RateOutcome = Admitted | RateLimited
 /** What a store answers for a lease (with its rate slot). */
 export type AcquireOutcome = Admitted | RateLimited | ConcurrencyFull
 
+/**
+ * What a store answers for several rate slots taken together (`acquireAll`): every one, in the
+ * requests' order, or the request that refused, with nothing written.
+ */
+export type CompositeOutcome =
+  | {
+    readonly _tag: "Admitted"
+    readonly outcomes: ReadonlyArray<Admitted>
+    /**
+     * Per request, the cost `refund` is given to undo it: its cost, and for a token bucket placed
+     * after its own earliest slot also the units by which its arrival time moved ahead.
+     */
+    readonly refundCosts: ReadonlyArray<number>
+  }
+  | { readonly _tag: "Refused"; readonly index: number; readonly refusal: RateLimited }
+
 /** A limiter without a rate policy: every rate request is admitted at once, with nothing written. */
 export const admittedFree: Admitted = { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: undefined, remaining: undefined }
 
@@ -112,6 +128,14 @@ export interface Store {
    * a busy key, where an effect's cost is most of the call's.
    */
   readonly acquireRateNow?: (request: RateRequest, clock: Clock.Clock) => RateOutcome | undefined
+  /**
+   * Reserves the rate slots of several requests (of distinct limiter and key pairs) in one atomic
+   * decision: all at one instant, the latest of the requests' own earliest slots and no sooner than
+   * `afterMs` after the store decides; or, when that instant lies beyond a request's `maxWaitMs`,
+   * none, with nothing written. Optional: without it a caller asks request by request and gives back
+   * what a later refusal leaves taken (`internal/acquireAllStores.ts`).
+   */
+  readonly acquireAll?: (requests: ReadonlyArray<RateRequest>, afterMs: number) => Effect.Effect<CompositeOutcome, StoreError>
   /**
    * Grants a lease of a limiter with `max_concurrent`, and its rate slot in the same decision when it
    * has a rate: the rate is decided first (a slot beyond the bound is refused whatever the leases),

@@ -22,8 +22,9 @@ import {
 } from "../Errors.js"
 import type { LimiterSpec } from "../LimiterSpec.js"
 import * as Metrics from "../Metrics.js"
-import type { AcquireOptions, LimiterState, Permit, RateLimiter, TryAcquireOptions } from "../RateLimiter.js"
+import type { AcquireAllEntry, AcquireOptions, LimiterState, Permit, RateLimiter, TryAcquireOptions } from "../RateLimiter.js"
 import type { Store } from "../Store.js"
+import * as AcquireAll from "./acquireAll.js"
 import type { Bound, Call } from "./call.js"
 import { leased } from "./leased.js"
 import * as Options from "./options.js"
@@ -112,53 +113,72 @@ export const make = (options: {
         ? Effect.fail(error)
         : Effect.as(Metric.increment(b.metrics.failOpen), degraded(b, key, cost, waitedMs))
 
-    /** A call that waits (acquire, consume), with its options checked. */
+    /** A call that waits (acquire, consume). */
+    const waitingCall = (b: Bound, key: string, cost: number, timeoutMs: number | undefined): Call<AcquireTimeout> => {
+      const timedOut = (retryAfterMs: number | undefined) =>
+        new AcquireTimeout({
+          limiter: b.spec.name,
+          key,
+          timeout: Duration.millis(timeoutMs ?? 0),
+          retryAfter: retryAfterMs === undefined ? undefined : Duration.millis(retryAfterMs)
+        })
+      return {
+        b,
+        key,
+        cost,
+        timeoutMs,
+        mode: "wait",
+        degrade: admitDegraded,
+        refuse: (refusal, overDeadlineMs) => timedOut(refusal._tag === "RateLimited" ? overDeadlineMs : undefined),
+        late: () => timedOut(undefined)
+      }
+    }
+
+    /** A call that waits, with its options checked. */
     const waiting = (b: Bound, options: AcquireOptions | undefined): Either.Either<Call<AcquireTimeout>, InvalidOption> =>
       Either.all([Options.key(options?.key), Options.timeout(options?.timeout, b.spec.timeoutMs)]).pipe(
         Either.mapLeft(invalid(b)),
-        Either.map(([key, timeoutMs]): Call<AcquireTimeout> => {
-          const timedOut = (retryAfterMs: number | undefined) =>
-            new AcquireTimeout({
-              limiter: b.spec.name,
-              key,
-              timeout: Duration.millis(timeoutMs ?? 0),
-              retryAfter: retryAfterMs === undefined ? undefined : Duration.millis(retryAfterMs)
-            })
-          return {
-            b,
-            key,
-            cost: options?.cost === undefined ? 1 : options.cost,
-            timeoutMs,
-            mode: "wait",
-            degrade: admitDegraded,
-            refuse: (refusal, overDeadlineMs) => timedOut(refusal._tag === "RateLimited" ? overDeadlineMs : undefined),
-            late: () => timedOut(undefined)
-          }
-        })
+        Either.map(([key, timeoutMs]) => waitingCall(b, key, options?.cost === undefined ? 1 : options.cost, timeoutMs))
       )
 
+    /** A call that never waits (tryAcquire, tryConsume). */
+    const tryingCall = (b: Bound, key: string, cost: number): Call<RateLimitExceeded> => ({
+      b,
+      key,
+      cost,
+      timeoutMs: 0,
+      mode: "try",
+      degrade: admitDegraded,
+      refuse: (refusal) =>
+        new RateLimitExceeded({
+          limiter: b.spec.name,
+          key,
+          // Only a release frees a lease; the expiry of the soonest one is the latest it can take.
+          retryAfter: Duration.millis(
+            refusal._tag === "RateLimited" ? refusal.retryAfterMs : Math.max(0, refusal.expiresInMs ?? 0)
+          ),
+          limit: refusal.limit,
+          remaining: refusal._tag === "RateLimited" ? refusal.remaining : 0
+        }),
+      late: () => new RateLimitExceeded({ limiter: b.spec.name, key, retryAfter: Duration.zero, limit: 0, remaining: 0 })
+    })
+
     const trying = (b: Bound, options: TryAcquireOptions | undefined): Either.Either<Call<RateLimitExceeded>, InvalidOption> =>
-      Either.map(Either.mapLeft(Options.key(options?.key), invalid(b)), (key): Call<RateLimitExceeded> => ({
-        b,
-        key,
-        cost: options?.cost === undefined ? 1 : options.cost,
-        timeoutMs: 0,
-        mode: "try",
-        degrade: admitDegraded,
-        refuse: (refusal) =>
-          new RateLimitExceeded({
-            limiter: b.spec.name,
-            key,
-            // Only a release frees a lease; the expiry of the soonest one is the latest it can take.
-            retryAfter: Duration.millis(
-              refusal._tag === "RateLimited" ? refusal.retryAfterMs : Math.max(0, refusal.expiresInMs ?? 0)
-            ),
-            limit: refusal.limit,
-            remaining: refusal._tag === "RateLimited" ? refusal.remaining : 0
-          }),
-        late: () =>
-          new RateLimitExceeded({ limiter: b.spec.name, key, retryAfter: Duration.zero, limit: 0, remaining: 0 })
-      }))
+      Either.map(Either.mapLeft(Options.key(options?.key), invalid(b)), (key) => tryingCall(b, key, options?.cost === undefined ? 1 : options.cost))
+
+    /** Several limits at once: the entries and the one timeout checked, then one call per entry. */
+    const composite = <E>(
+      entries: ReadonlyArray<AcquireAllEntry>,
+      timeout: unknown,
+      call: (member: AcquireAll.Member, timeoutMs: number | undefined) => Call<E>
+    ): Effect.Effect<ReadonlyArray<Permit>, E | AcquireAll.EntryError | StoreError> =>
+      Effect.suspend((): Effect.Effect<ReadonlyArray<Permit>, E | AcquireAll.EntryError | StoreError> => {
+        const checked = Either.flatMap(AcquireAll.check(entries, (name) => bound.get(name), names), (members) =>
+          Either.map(AcquireAll.timeoutOf(members, timeout), (timeoutMs) => members.map((member) => call(member, timeoutMs))))
+        return Either.isLeft(checked) ? Effect.fail(checked.left) : AcquireAll.run(checked.right)
+      })
+    const waitingAll = (m: AcquireAll.Member, timeoutMs: number | undefined) => waitingCall(m.b, m.key, m.cost, timeoutMs)
+    const tryingAll = (m: AcquireAll.Member) => tryingCall(m.b, m.key, m.cost)
 
     /** Looks the limiter up and checks the call's options, then runs it. */
     const withCall = <C, A, E, R>(
@@ -219,6 +239,10 @@ export const make = (options: {
           (b) => Either.all([keyOf(b, options), Either.mapLeft(Options.retryAfter(options?.retryAfter), invalid(b))]),
           ([key, retryAfterMs], b) => b.observe(b.store.backoff(b.spec, key, retryAfterMs))
         ),
+      acquireAll: (entries, options) => composite(entries, options?.timeout, waitingAll),
+      consumeAll: (entries, options) => composite(entries, options?.timeout, waitingAll),
+      tryAcquireAll: (entries) => composite(entries, undefined, tryingAll),
+      tryConsumeAll: (entries) => composite(entries, undefined, tryingAll),
       limiters: names
     }
     return service

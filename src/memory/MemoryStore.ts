@@ -5,6 +5,7 @@
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Composite from "../internal/acquireAllPlan.js"
 import * as Gcra from "../internal/gcra.js"
 import * as Holds from "../internal/holds.js"
 import * as Leases from "../internal/leases.js"
@@ -14,6 +15,7 @@ import { capacity, type LimiterSpec, stateKey } from "../LimiterSpec.js"
 import {
   type AcquireOutcome,
   type Admitted,
+  type CompositeOutcome,
   type LeaseRequest,
   type RateLimited,
   type RateOutcome,
@@ -69,8 +71,9 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
     }
   }
 
-  const stateOf = (limiter: LimiterSpec, key: string, at: number): KeyState => {
-    sweep(at)
+  /** A key's state at `at`; `sweeping` false when the operation already holds other keys' states, which a sweep could drop. */
+  const stateOf = (limiter: LimiterSpec, key: string, at: number, sweeping = true): KeyState => {
+    if (sweeping) sweep(at)
     const id = stateKey(limiter.name, key)
     let state = states.get(id)
     if (state === undefined) {
@@ -142,6 +145,19 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
     return decision?.admitted === false ? rateLimited(request, state, at, decision.retryAfterMs) : admit(request, state, at, decision)
   }
 
+  /** Every request checked against its state first, nothing written; then all written at one instant, or none. */
+  const acquireAll = (requests: ReadonlyArray<RateRequest>, afterMs: number): CompositeOutcome => {
+    const at = now()
+    sweep(at)
+    const states = requests.map((request) => stateOf(request.limiter, request.key, at, false))
+    const plan = Composite.plan(requests, states, at, afterMs, margin)
+    if (plan._tag === "Refused") {
+      const { index, retryAfterMs } = plan
+      return { _tag: "Refused", index, refusal: rateLimited(requests[index]!, states[index]!, at, retryAfterMs) }
+    }
+    return { _tag: "Admitted", outcomes: requests.map((request, i) => admit(request, states[i]!, at, plan.placed[i])), refundCosts: plan.refundCosts }
+  }
+
   /** The rate first (a request refused it takes no lease, and gives up one it held), then the lease. */
   const acquireLease = (request: LeaseRequest): AcquireOutcome => {
     const { leaseId, limiter } = request
@@ -172,6 +188,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
     acquireRate: (request) => Effect.sync(() => acquireRate(request)),
     acquireRateNow: acquireRate,
     acquireLease: (request) => Effect.sync(() => acquireLease(request)),
+    acquireAll: (requests, afterMs) => Effect.sync(() => acquireAll(requests, afterMs)),
 
     release: (limiter, key, leaseId) =>
       Effect.sync(() => {

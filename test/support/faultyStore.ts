@@ -278,6 +278,7 @@ export const makeController: Effect.Effect<FaultController> = Effect.sync(() => 
 
   const wrap = (store: Store): Store => {
     inner.push(store)
+    const acquireAll = store.acquireAll
     return {
       name: store.name,
       engine: store.engine,
@@ -297,6 +298,21 @@ export const makeController: Effect.Effect<FaultController> = Effect.sync(() => 
           store.acquireLease(request),
           fail
         ),
+      // Several keys' rate slots in one call: an acquire, numbered with the others; only where the store has it.
+      ...(acquireAll === undefined ? {} : {
+        acquireAll: (requests, afterMs) =>
+          intercept(
+            store,
+            {
+              op: "acquire",
+              limiter: requests.map((request) => request.limiter.name).join(","),
+              key: requests.map((request) => request.key).join(","),
+              leaseId: undefined
+            },
+            acquireAll(requests, afterMs),
+            fail
+          )
+      } satisfies Pick<Store, "acquireAll">),
       release: (limiter, key, leaseId) =>
         intercept(store, { op: "release", limiter: limiter.name, key, leaseId }, store.release(limiter, key, leaseId), fail),
       renew: (limiter, key, leaseId) =>
