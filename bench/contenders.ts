@@ -1,7 +1,7 @@
 /**
  * What `npm run bench` measures: this library on each store and in each PostgreSQL mode, the peers
  * people would pick instead (installed from npm, used through their public APIs), and the physical
- * floors (the cheapest single round trip the same driver can make).
+ * floors (one round trip per call of the same driver, doing the least a limiter could).
  */
 import * as ExperimentalLimiter from "@effect/experimental/RateLimiter"
 import * as ExperimentalRedis from "@effect/experimental/RateLimiter/Redis"
@@ -19,6 +19,11 @@ export interface Workload {
   readonly callers: number
   /** 1: every call on one hot key; more: each call on a key drawn at random from that many. */
   readonly keys: number
+  /**
+   * Set for a workload whose every round starts with none of its keys stored: before each key's name
+   * go this prefix and the round's number, and the memory stores (state in this process) start anew.
+   */
+  readonly keyPrefix?: string
 }
 
 export interface Contender {
@@ -31,16 +36,40 @@ export interface Contender {
   readonly stop: () => Promise<void>
 }
 
-const keyOf = (workload: Workload) => workload.keys === 1 ? "hot" : `k${Math.floor(Math.random() * workload.keys)}`
+/** The PostgreSQL tables the contenders write, each its own (a workload's keys start unstored for every one). */
+const TABLES = {
+  acquire: "rate_sync_bench_acquire",
+  consume: "rate_sync_bench_consume",
+  asyncCommit: "rate_sync_bench_async_commit",
+  unlogged: "rate_sync_bench_unlogged",
+  flexible: "rlflx_bench",
+  floorSync: "rate_sync_bench_floor_sync",
+  floorAsync: "rate_sync_bench_floor_async"
+} as const
+
+/** The bench's own tables: dropped when it ends, so runs do not grow the database. */
+export const POSTGRES_TABLES: ReadonlyArray<string> = Object.values(TABLES)
+
+/** The next call's key, as cheap as a key can be made: the hot key's name is made once. */
+const keyChooser = (workload: Workload): () => string => {
+  const prefix = workload.keyPrefix ?? ""
+  if (workload.keys === 1) {
+    const hot = `${prefix}hot`
+    return () => hot
+  }
+  const many = `${prefix}k`
+  return () => many + Math.floor(Math.random() * workload.keys)
+}
 
 /** A Promise-based caller loop, `workload.callers` at once. */
 const promiseLoops = async (workload: Workload, seconds: number, call: (key: string) => Promise<unknown>) => {
   const latencies: Array<number> = []
+  const keyOf = keyChooser(workload)
   const end = performance.now() + seconds * 1000
   await Promise.all(Array.from({ length: workload.callers }, async () => {
     while (performance.now() < end) {
       const started = performance.now()
-      await call(keyOf(workload))
+      await call(keyOf())
       latencies.push(performance.now() - started)
     }
   }))
@@ -55,11 +84,12 @@ const promiseLoops = async (workload: Workload, seconds: number, call: (key: str
 const fiberLoops = <E, R>(workload: Workload, seconds: number, call: (key: string) => Effect.Effect<unknown, E, R>) =>
   Effect.suspend(() => {
     const latencies: Array<number> = []
+    const keyOf = keyChooser(workload)
     const end = performance.now() + seconds * 1000
     const caller = Effect.gen(function*() {
       while (performance.now() < end) {
         const started = performance.now()
-        yield* call(keyOf(workload))
+        yield* call(keyOf())
         latencies.push(performance.now() - started)
       }
     })
@@ -121,13 +151,15 @@ export const effectExperimental = (
 }
 
 export const flexibleMemory = (): Contender => {
-  const limiter = new RateLimiterMemory({ points: 1_000_000_000, duration: 1 })
+  let limiter: RateLimiterMemory | undefined
   return {
     name: "rate-limiter-flexible RateLimiterMemory",
     store: "memory",
     kind: "peer",
-    start: async () => {},
-    run: (workload, seconds) => promiseLoops(workload, seconds, (key) => limiter.consume(key)),
+    start: async () => {
+      limiter = new RateLimiterMemory({ points: 1_000_000_000, duration: 1 })
+    },
+    run: (workload, seconds) => promiseLoops(workload, seconds, (key) => limiter!.consume(key)),
     stop: async () => {}
   }
 }
@@ -142,7 +174,7 @@ export const flexiblePostgres = (url: string): Contender => {
     start: () =>
       new Promise<void>((resolve, reject) => {
         limiter = new RateLimiterPostgres(
-          { storeClient: pool, tableName: "rlflx_bench", points: 1_000_000_000, duration: 1 },
+          { storeClient: pool, tableName: TABLES.flexible, points: 1_000_000_000, duration: 1 },
           (error?: unknown) => (error ? reject(error) : resolve())
         )
       }),
@@ -151,9 +183,9 @@ export const flexiblePostgres = (url: string): Contender => {
   }
 }
 
-export const flexibleRedis = (url: string): Contender => {
+export const flexibleRedis = (url: string, keyPrefix: string): Contender => {
   const client = new Redis(url, { enableOfflineQueue: false })
-  const limiter = new RateLimiterRedis({ storeClient: client, keyPrefix: `rlflx-bench-${process.pid}`, points: 1_000_000_000, duration: 1 })
+  const limiter = new RateLimiterRedis({ storeClient: client, keyPrefix, points: 1_000_000_000, duration: 1 })
   return {
     name: "rate-limiter-flexible RateLimiterRedis",
     store: "redis",
@@ -168,21 +200,23 @@ export const flexibleRedis = (url: string): Contender => {
   }
 }
 
-/** The floor on PostgreSQL: one single-statement UPDATE ... RETURNING per call, through `pg`. */
+/**
+ * The floor on PostgreSQL: one single-statement upsert per call through `pg`, the least a limiter
+ * that writes once per call could do, a key's first use included (it creates the row).
+ */
 export const postgresFloor = (url: string, synchronousCommit: boolean): Contender => {
   const pool = new pg.Pool({ connectionString: url, max: 10, ...(synchronousCommit ? {} : { options: "-c synchronous_commit=off" }) })
+  const table = synchronousCommit ? TABLES.floorSync : TABLES.floorAsync
   return {
-    name: `floor: UPDATE ... RETURNING, synchronous_commit = ${synchronousCommit ? "on" : "off"}`,
+    name: `floor: INSERT ... ON CONFLICT DO UPDATE, synchronous_commit = ${synchronousCommit ? "on" : "off"}`,
     store: "postgres",
     kind: "floor",
     start: async () => {
-      await pool.query("CREATE TABLE IF NOT EXISTS rate_sync_bench_floor (k text PRIMARY KEY, n bigint NOT NULL)")
-      await pool.query(
-        "INSERT INTO rate_sync_bench_floor SELECT 'k' || i, 0 FROM generate_series(0, 9999) i UNION ALL SELECT 'hot', 0 ON CONFLICT DO NOTHING"
-      )
+      await pool.query(`CREATE TABLE IF NOT EXISTS ${table} (k text PRIMARY KEY, n bigint NOT NULL)`)
     },
     run: (workload, seconds) =>
-      promiseLoops(workload, seconds, (key) => pool.query("UPDATE rate_sync_bench_floor SET n = n + 1 WHERE k = $1 RETURNING n", [key])),
+      promiseLoops(workload, seconds, (key) =>
+        pool.query(`INSERT INTO ${table} AS t VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET n = t.n + 1 RETURNING n`, [key])),
     stop: () => pool.end()
   }
 }
@@ -205,38 +239,28 @@ export const redisFloor = (url: string): Contender => {
   }
 }
 
-export const all = (postgresUrl: string, redisUrl: string): Array<Contender> => {
-  const prefix = `rate-sync-bench:${Date.now().toString(36)}:`
+/** Every contender; on Redis, every key they write starts with `redisPrefix`. */
+export const all = (postgresUrl: string, redisUrl: string, redisPrefix: string): Array<Contender> => {
+  const postgres = (table: string) => ({ engine: "postgres" as const, url: postgresUrl, auto_create: true, table_name: table })
   return [
     rateSync("rate-sync Effect.scoped(acquire)", "memory", { engine: "memory" }),
     rateSync("rate-sync consume", "memory", { engine: "memory" }, "consume"),
     flexibleMemory(),
     effectExperimental("@effect/experimental RateLimiter (memory store)", "memory", ExperimentalLimiter.layerStoreMemory),
-    rateSync("rate-sync Effect.scoped(acquire)", "postgres", { engine: "postgres", url: postgresUrl, auto_create: true }),
-    rateSync("rate-sync consume", "postgres", { engine: "postgres", url: postgresUrl, auto_create: true }, "consume"),
-    rateSync("rate-sync acquire, synchronous_commit = false", "postgres", {
-      engine: "postgres",
-      url: postgresUrl,
-      auto_create: true,
-      synchronous_commit: false
-    }),
-    rateSync("rate-sync acquire, unlogged = true", "postgres", {
-      engine: "postgres",
-      url: postgresUrl,
-      auto_create: true,
-      unlogged: true,
-      table_name: "rate_sync_bench_unlogged"
-    }),
+    rateSync("rate-sync Effect.scoped(acquire)", "postgres", postgres(TABLES.acquire)),
+    rateSync("rate-sync consume", "postgres", postgres(TABLES.consume), "consume"),
+    rateSync("rate-sync acquire, synchronous_commit = false", "postgres", { ...postgres(TABLES.asyncCommit), synchronous_commit: false }),
+    rateSync("rate-sync acquire, unlogged = true", "postgres", { ...postgres(TABLES.unlogged), unlogged: true }),
     flexiblePostgres(postgresUrl),
     postgresFloor(postgresUrl, true),
     postgresFloor(postgresUrl, false),
-    rateSync("rate-sync Effect.scoped(acquire)", "redis", { engine: "redis", url: redisUrl, key_prefix: prefix }),
-    rateSync("rate-sync consume", "redis", { engine: "redis", url: redisUrl, key_prefix: `${prefix}c:` }, "consume"),
-    flexibleRedis(redisUrl),
+    rateSync("rate-sync Effect.scoped(acquire)", "redis", { engine: "redis", url: redisUrl, key_prefix: `${redisPrefix}a:` }),
+    rateSync("rate-sync consume", "redis", { engine: "redis", url: redisUrl, key_prefix: `${redisPrefix}c:` }, "consume"),
+    flexibleRedis(redisUrl, `${redisPrefix}rlflx`),
     effectExperimental(
       "@effect/experimental RateLimiter (Redis store)",
       "redis",
-      ExperimentalRedis.layerStore({ ...redisOptions(redisUrl), prefix: `${prefix}fx:` })
+      ExperimentalRedis.layerStore({ ...redisOptions(redisUrl), prefix: `${redisPrefix}fx:` })
     ),
     redisFloor(redisUrl)
   ]

@@ -76,3 +76,78 @@ export const seriesChart = (title: string, bucketMs: number, counts: ReadonlyArr
     `</svg>`
   ].join("\n") + "\n"
 }
+
+export interface Line {
+  readonly label: string
+  /** [x, y] pairs; points with a y of 0 or less are left out (a log scale has no place for them). */
+  readonly points: ReadonlyArray<readonly [number, number]>
+  readonly color: string
+  readonly dashed: boolean
+  readonly bold: boolean
+}
+
+/** Grid lines of a log scale from 10^`low` to 10^`high`: each power of ten, and its 2x and 5x, lighter. */
+const logGrid = (low: number, high: number) => {
+  const out: Array<{ readonly value: number; readonly major: boolean }> = []
+  for (let p = low; p <= high; p++) {
+    out.push({ value: 10 ** p, major: true })
+    if (p < high) out.push({ value: 2 * 10 ** p, major: false }, { value: 5 * 10 ** p, major: false })
+  }
+  return out
+}
+
+/** Lines on log scales both ways (keys from 1 to millions, rates over several orders of magnitude), a legend below. */
+export const lineChart = (title: string, xUnit: string, yUnit: string, xTicks: ReadonlyArray<number>, lines: ReadonlyArray<Line>): string => {
+  const left = 80
+  const top = 40
+  const plotW = 560
+  const plotH = 280
+  const legendTop = top + plotH + 50
+  const width = left + plotW + 40
+  const height = legendTop + lines.length * 18 + 10
+  const ys = lines.flatMap((l) => l.points.map(([, y]) => y)).filter((y) => y > 0)
+  // Powers of ten: the decades the values span, with a little room at either end.
+  const yLow = ys.length === 0 ? 0 : Math.floor(Math.log10(Math.min(...ys) / 1.2))
+  const yHigh = ys.length === 0 ? 1 : Math.ceil(Math.log10(Math.max(...ys) * 1.2))
+  // A third of a decade of room either side of the first and last key counts.
+  const xLow = Math.log10(Math.min(...xTicks)) - 0.3
+  const xHigh = Math.log10(Math.max(...xTicks)) + 0.3
+  const px = (x: number) => left + (plotW * (Math.log10(x) - xLow)) / (xHigh - xLow)
+  const py = (y: number) => top + plotH - (plotH * (Math.log10(y) - yLow)) / (yHigh - yLow)
+  const out: Array<string> = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="white"/>`,
+    `<text x="10" y="22" font-size="15" font-weight="bold">${escape(title)}</text>`,
+    `<rect x="${left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="#888"/>`
+  ]
+  for (const { major, value } of logGrid(yLow, yHigh)) {
+    out.push(
+      `<line x1="${left}" y1="${py(value).toFixed(1)}" x2="${left + plotW}" y2="${py(value).toFixed(1)}" stroke="${major ? "#d8d8d8" : "#efefef"}"/>`,
+      `<text x="${left - 6}" y="${(py(value) + 4).toFixed(1)}" text-anchor="end"${major ? "" : ` fill="#777" font-size="10"`}>${format(value)}</text>`
+    )
+  }
+  for (const x of xTicks) {
+    out.push(
+      `<line x1="${px(x).toFixed(1)}" y1="${top}" x2="${px(x).toFixed(1)}" y2="${top + plotH}" stroke="#e3e3e3"/>`,
+      `<text x="${px(x).toFixed(1)}" y="${top + plotH + 16}" text-anchor="middle">${format(x)}</text>`
+    )
+  }
+  out.push(
+    `<text x="${left + plotW / 2}" y="${top + plotH + 34}" text-anchor="middle" fill="#555">${escape(xUnit)}, log scale</text>`,
+    `<text x="16" y="${top + plotH / 2}" text-anchor="middle" fill="#555" transform="rotate(-90 16 ${top + plotH / 2})">${escape(yUnit)}, log scale</text>`
+  )
+  lines.forEach((line, i) => {
+    const points = line.points.filter(([, y]) => y > 0)
+    const stroke = `stroke="${line.color}" stroke-width="${line.bold ? 2.5 : 1.5}"${line.dashed ? ` stroke-dasharray="6 4"` : ""}`
+    const path = points.map(([x, y], j) => `${j === 0 ? "M" : "L"}${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(" ")
+    const legendY = legendTop + i * 18
+    out.push(
+      `<path d="${path}" fill="none" ${stroke}/>`,
+      ...points.map(([x, y]) => `<circle cx="${px(x).toFixed(1)}" cy="${py(y).toFixed(1)}" r="3" fill="${line.color}"/>`),
+      `<line x1="${left}" y1="${legendY - 4}" x2="${left + 30}" y2="${legendY - 4}" ${stroke}/>`,
+      `<text x="${left + 38}" y="${legendY}"${line.bold ? ` font-weight="bold"` : ""}>${escape(line.label)}</text>`
+    )
+  })
+  out.push(`</svg>`)
+  return out.join("\n") + "\n"
+}
