@@ -61,13 +61,26 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   const holds = Holds.make()
   const wakeups = Wakeups.make()
 
+  /**
+   * Walks the keys round and round, a few per operation. One iterator kept across operations: a
+   * fresh one from the front (moving each entry checked to the back) skips every entry deleted since
+   * the map last compacted, so each operation cost in proportion to the keys held (a million idle
+   * keys took minutes to make).
+   */
+  let cursor: Iterator<[string, KeyState]> | undefined
   const sweep = (at: number) => {
     for (let i = 0; i < SWEEP_PER_OPERATION && states.size > 0; i++) {
-      const [key, state] = states.entries().next().value!
+      cursor ??= states.entries()
+      const next = cursor.next()
+      if (next.done === true) {
+        cursor = undefined
+        continue
+      }
+      const [key, state] = next.value
+      if (state.staleAt > at) continue
       states.delete(key)
       // Leases expired with the state: whoever waits for one may ask again.
-      if (state.staleAt <= at) wakeups.signal(key)
-      else states.set(key, state)
+      wakeups.signal(key)
     }
   }
 
