@@ -19,7 +19,9 @@ export const slowSuites = [
   // Starts each framework example as a process of its own, twice (20-30 s on a busy machine).
   "test/frameworksExamples.test.ts",
   // Starts examples/http.ts as processes of its own (11-14 s).
-  "test/httpExample.test.ts"
+  "test/httpExample.test.ts",
+  // The whole compliance suite again, on a Redis Cluster of three masters it starts (about 50 s).
+  "test/compliance/redis-cluster.test.ts"
 ]
 
 /** What both runs share. */
