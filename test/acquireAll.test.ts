@@ -4,7 +4,7 @@
  * is a typed error that takes nothing. Memory on TestClock (examples, and properties against a model
  * and the bounds), then PostgreSQL, Redis and one call over memory, PostgreSQL and Redis, live.
  */
-import { describe, expect, it } from "@effect/vitest"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
@@ -16,14 +16,20 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Predicate from "effect/Predicate"
 import * as TestClock from "effect/TestClock"
+import pg from "pg"
+import { inject } from "vitest"
 import * as Gcra from "../src/internal/gcra.js"
 import * as WindowAlgorithm from "../src/internal/window.js"
 import * as MemoryStore from "../src/memory/MemoryStore.js"
 import { type Permit, RateLimiter } from "../src/RateLimiter.js"
 import * as RateSync from "../src/RateSync.js"
-import type { SettingsInput } from "../src/Settings.js"
+import { slotOf } from "../src/redis/composite.js"
+import type { SettingsInput, StoreConfigInput } from "../src/Settings.js"
+import { type Admitted, type Store, StoreFactory } from "../src/Store.js"
+import * as Stores from "../src/Stores.js"
 import { type Admission, rateExcess, windowPeak } from "./compliance/bounds.js"
 import * as FaultyStore from "./support/faultyStore.js"
+import { installed, onNode, type RedisCluster, startRedisCluster } from "./support/redisCluster.js"
 
 /** Two memory stores: "m1" asked before "m2". */
 const memory = (limiters: SettingsInput["limiters"]) =>
@@ -80,6 +86,21 @@ describe("acquireAll on memory (TestClock)", () => {
       yield* TestClock.adjust("1 millis")
       expect(yield* remaining("user", "ann")).toBe(2)
     }).pipe(Effect.provide(memory(limiters))))
+
+  // Found by the bounds property: placed at 0 and used at 500, first's unit would share a window with the next caller's at 500.
+  it.effect("a member placed before another store pushed the common slot is placed again at it, however little the push", () =>
+    Effect.gen(function*() {
+      yield* RateLimiter.consume("second")
+      const composite = yield* Effect.fork(RateLimiter.consumeAll([{ limiter: "first" }, { limiter: "second" }]))
+      yield* TestClock.adjust("1 millis")
+      const single = yield* Effect.fork(RateLimiter.consume("first"))
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(composite)).map((p) => p.slotMs)).toEqual([500, 500])
+      expect((yield* Fiber.join(single)).slotMs).toBe(1_000)
+    }).pipe(Effect.provide(memory({
+      first: { store: "m1", algorithm: "sliding_window", limit: 1, window_seconds: 0.5 },
+      second: { store: "m2", algorithm: "sliding_window", limit: 1, window_seconds: 0.5 }
+    }))))
 
   it.effect("one timeout for all: a member whose slot lies beyond it refuses, named in AcquireTimeout, and nothing is taken", () =>
     Effect.gen(function*() {
@@ -193,6 +214,42 @@ describe("acquireAll when a store fails (memory behind injected faults, TestCloc
         expect(yield* remaining("first")).toBe(2)
       }).pipe(Effect.provide(layer))
     }))
+})
+
+describe("acquireAll on a store that places its members one by one (TestClock)", () => {
+  /** The memory engine asked member by member, as a Redis Cluster is when the keys live on several nodes. */
+  const oneByOne: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
+    make: (name) =>
+      Effect.map(MemoryStore.make({ name }), (store): Store => ({
+        ...store,
+        acquireAll: (requests, afterMs) =>
+          Effect.gen(function*() {
+            const outcomes: Array<Admitted> = []
+            for (const [index, request] of requests.entries()) {
+              const decided = yield* store.acquireAll([request], afterMs)
+              if (decided._tag === "Refused") return { ...decided, index }
+              outcomes.push(decided.outcomes[0]!)
+            }
+            return { _tag: "Admitted", outcomes, refundCosts: requests.map((r) => r.cost) } as const
+          })
+      }))
+  })
+
+  it.effect("members placed apart by more than their staleness allowance are asked again, for the latest slot", () =>
+    Effect.gen(function*() {
+      yield* RateLimiter.consume("slow")
+      const fiber = yield* Effect.fork(RateLimiter.consumeAll([{ limiter: "fast" }, { limiter: "slow" }]))
+      yield* TestClock.adjust("1 second")
+      const [fast, slow] = yield* Fiber.join(fiber)
+      expect(fast!.slotMs).toBe(slow!.slotMs)
+      // fast's first slot (at 0) went back: its unit is taken once, at the second.
+      expect(yield* remaining("fast")).toBe(1)
+    }).pipe(Effect.provide(
+      RateSync.layer({
+        stores: { m: { engine: "memory" } },
+        limiters: { fast: { store: "m", rate_per_second: 100, burst: 2 }, slow: { store: "m", rate_per_second: 1 } }
+      }).pipe(Layer.provide(oneByOne))
+    )))
 })
 
 // ---- properties on memory, TestClock ---------------------------------------------------------
@@ -405,4 +462,218 @@ describe("acquireAll bounds on memory (TestClock)", () => {
       }).pipe(Effect.provide(layerOf(tables))),
     { fastCheck: { numRuns: 60 } }
   )
+})
+
+// ---- live: PostgreSQL, Redis, and all three engines in one call ---------------------------------
+
+const databaseUrl = inject("databaseUrl")
+const redisUrl = inject("redisUrl")
+const clusterAvailable = await installed()
+let cluster: RedisCluster | undefined
+beforeAll(async () => {
+  if (clusterAvailable) cluster = await startRedisCluster(3, 0)
+}, 60_000)
+afterAll(async () => {
+  await cluster?.stop()
+})
+let fresh = 0
+const freshName = (prefix: string) => `${prefix}_${process.pid}_${Date.now().toString(36)}_${fresh++}`
+
+type Engine = "pg" | "redis" | "mem"
+
+/** One store of each engine asked for, and limiters on them. */
+const live = (engines: ReadonlyArray<Engine>, limiters: SettingsInput["limiters"]) => {
+  const table = freshName("acquire_all")
+  const stores: Record<string, StoreConfigInput> = {}
+  for (const engine of engines) {
+    if (engine === "pg") stores["pg"] = { engine: "postgres", url: databaseUrl, table_name: table, auto_create: true }
+    if (engine === "redis") stores["redis"] = { engine: "redis", url: redisUrl, key_prefix: `${table}:` }
+    if (engine === "mem") stores["mem"] = { engine: "memory" }
+  }
+  return { table, layer: RateSync.layer({ stores, limiters }).pipe(Layer.provide(Stores.layer)) }
+}
+
+/** Rows of the PostgreSQL table whose id starts with `prefix`. */
+const rowsLike = (table: string, prefix: string) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => new pg.Client({ connectionString: databaseUrl })),
+    (client) =>
+      Effect.promise(async () => {
+        await client.connect()
+        const result = await client.query(`SELECT count(*)::int AS n FROM public.${table} WHERE group_id LIKE $1`, [`${prefix}%`])
+        return Number(result.rows[0]?.n)
+      }),
+    (client) => Effect.promise(() => client.end())
+  )
+
+/** Admissions at the stores' slots, by limiter and key. */
+const slotsOf = (permits: ReadonlyArray<Permit>, into: Map<string, Array<Admission>>) => {
+  for (const p of permits) {
+    if (p.slotMs === undefined) continue
+    const id = `${p.limiter}:${p.key}`
+    into.set(id, [...(into.get(id) ?? []), { slot: p.slotMs, cost: p.cost }])
+  }
+}
+
+/** What the engines of one store share: refusal, the common slot, interruption, concurrency without deadlocks. */
+const engineSuite = (engine: "pg" | "redis") => {
+  const on = (limiters: Record<string, Record<string, unknown>>) =>
+    live([engine], Object.fromEntries(Object.entries(limiters).map(([name, table]) => [name, { ...table, store: engine }])))
+  const limiters = {
+    a: { rate_per_second: 0.5, burst: 2 },
+    b: { rate_per_second: 1, burst: 1 },
+    w: { algorithm: "sliding_window", limit: 1, window_seconds: 10 }
+  }
+
+  it.live("a refusal of any member consumes nothing; the refusal names the member", () => {
+    const { layer, table } = on(limiters)
+    return Effect.gen(function*() {
+      yield* RateLimiter.tryConsumeAll([{ limiter: "a", key: "k" }, { limiter: "b", key: "k" }, { limiter: "w", key: "k" }])
+      const refused = yield* flipped(RateLimiter.tryConsumeAll([{ limiter: "a", key: "fresh" }, { limiter: "b", key: "fresh" }, { limiter: "w", key: "k" }]))
+      expect(refused).toMatchObject({ _tag: "RateLimitExceeded", limiter: "w", key: "k" })
+      yield* Effect.sleep("50 millis")
+      expect(yield* remaining("a", "fresh")).toBe(2)
+      expect(yield* remaining("b", "fresh")).toBe(1)
+      // Nothing written at all: the rows a refusal locked are rolled back.
+      if (engine === "pg") expect(yield* rowsLike(table, "r:a:fresh")).toBe(0)
+      const byB = yield* flipped(RateLimiter.tryConsumeAll([{ limiter: "a", key: "k" }, { limiter: "b", key: "k" }]))
+      expect(byB).toMatchObject({ _tag: "RateLimitExceeded", limiter: "b" })
+      yield* Effect.sleep("50 millis")
+      expect(yield* remaining("a", "k")).toBe(1)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("waits for the latest slot among the members: every member at one instant", () => {
+    const { layer } = on(limiters)
+    return Effect.gen(function*() {
+      yield* RateLimiter.consume("b")
+      const permits = yield* RateLimiter.consumeAll([{ limiter: "a" }, { limiter: "b" }], { timeout: "3 seconds" })
+      // b's next unit was about a second away; a waited for it too, and is placed at it.
+      expect(Duration.toMillis(permits[0]!.waited)).toBeGreaterThan(800)
+      expect(permits[0]!.slotMs).toBeCloseTo(permits[1]!.slotMs!, 0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a caller interrupted while it waits gives every member back", () => {
+    const { layer } = on(limiters)
+    return Effect.gen(function*() {
+      yield* RateLimiter.consume("b")
+      const fiber = yield* Effect.fork(RateLimiter.consumeAll([{ limiter: "a", cost: 2 }, { limiter: "b" }]))
+      yield* Effect.sleep("300 millis")
+      expect(yield* remaining("a")).toBe(0)
+      yield* Fiber.interrupt(fiber)
+      yield* Effect.sleep("100 millis")
+      expect(yield* remaining("a")).toBe(2)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("composites with their members in opposite orders and single calls run together: no deadlock, every member's bound holds", () => {
+    const { layer } = on({ x: { rate_per_second: 20, burst: 2 }, y: { rate_per_second: 20, burst: 2 }, z: { algorithm: "sliding_window", limit: 3, window_seconds: 0.5 } })
+    return Effect.gen(function*() {
+      const admitted = new Map<string, Array<Admission>>()
+      const entries = [[{ limiter: "x" }, { limiter: "y" }, { limiter: "z" }], [{ limiter: "z" }, { limiter: "y" }, { limiter: "x" }]] as const
+      yield* Effect.forEach(Array.from({ length: 24 }, (_, i) => i), (i) =>
+        Effect.gen(function*() {
+          const permits = i % 3 === 2
+            ? [yield* RateLimiter.consume(i % 2 === 0 ? "x" : "z", { timeout: "5 seconds" })]
+            : yield* RateLimiter.consumeAll(entries[i % 2]!, { timeout: "5 seconds" })
+          slotsOf(permits, admitted)
+        }), { concurrency: "unbounded", discard: true })
+      expect(rateExcess(admitted.get("x:")!, 20, 2)).toBeLessThanOrEqual(1e-3)
+      expect(rateExcess(admitted.get("y:")!, 20, 2)).toBeLessThanOrEqual(1e-3)
+      expect(windowPeak(admitted.get("z:")!, 500)).toBeLessThanOrEqual(3)
+    }).pipe(Effect.provide(layer))
+  }, 30_000)
+}
+
+describe("acquireAll on PostgreSQL", () => engineSuite("pg"))
+
+describe.skipIf(redisUrl === "")("acquireAll on Redis", () => engineSuite("redis"))
+
+describe.skipIf(redisUrl === "")("acquireAll over memory, PostgreSQL and Redis in one call", () => {
+  const limiters = {
+    local: { store: "mem", rate_per_second: 0.5, burst: 2 },
+    shared: { store: "pg", rate_per_second: 0.5, burst: 2 },
+    slow: { store: "pg", rate_per_second: 1, burst: 1 },
+    quota: { store: "redis", algorithm: "sliding_window", limit: 2, window_seconds: 10 },
+    edge: { store: "redis", rate_per_second: 0.5, burst: 2 }
+  }
+  const all = (key: string) => [{ limiter: "local", key }, { limiter: "shared", key }, { limiter: "edge", key }, { limiter: "quota", key }]
+
+  it.live("every store admits, or what the first stores took is given back when the last refuses", () => {
+    const { layer } = live(["mem", "pg", "redis"], limiters)
+    return Effect.gen(function*() {
+      const permits = yield* RateLimiter.tryConsumeAll(all("ann"))
+      expect(permits.map((p) => [p.limiter, p.degraded])).toEqual([["local", false], ["shared", false], ["edge", false], ["quota", false]])
+      yield* RateLimiter.tryConsume("quota", { key: "bob", cost: 2 })
+      // bob's quota is spent: Redis, asked last, refuses, and memory's and PostgreSQL's units go back.
+      const refused = yield* flipped(RateLimiter.tryConsumeAll(all("bob")))
+      expect(refused).toMatchObject({ _tag: "RateLimitExceeded", limiter: "quota", key: "bob" })
+      yield* Effect.sleep("100 millis")
+      expect([yield* remaining("local", "bob"), yield* remaining("shared", "bob"), yield* remaining("edge", "bob")]).toEqual([2, 2, 2])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("waits for the latest slot of the three stores, and an interruption meanwhile gives every store's back", () => {
+    const { layer } = live(["mem", "pg", "redis"], limiters)
+    return Effect.gen(function*() {
+      yield* RateLimiter.consume("slow")
+      const members = [{ limiter: "local", cost: 2 }, { limiter: "slow" }, { limiter: "edge", cost: 2 }, { limiter: "quota", cost: 2 }]
+      const fiber = yield* Effect.fork(RateLimiter.consumeAll(members))
+      yield* Effect.sleep("300 millis")
+      expect([yield* remaining("local"), yield* remaining("edge"), yield* remaining("quota")]).toEqual([0, 0, 0])
+      yield* Fiber.interrupt(fiber)
+      yield* Effect.sleep("100 millis")
+      expect([yield* remaining("local"), yield* remaining("edge"), yield* remaining("quota")]).toEqual([2, 2, 2])
+      // Not interrupted, the call waits for PostgreSQL's slot, about a second after the first.
+      const permits = yield* RateLimiter.consumeAll(members, { timeout: "3 seconds" })
+      expect(Duration.toMillis(permits[0]!.waited)).toBeGreaterThan(300)
+      expect(permits.map((p) => p.degraded)).toEqual([false, false, false, false])
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe.skipIf(!clusterAvailable)("acquireAll on a Redis Cluster (3 masters, started by the test)", () => {
+  const onCluster = (prefix: string) =>
+    RateSync.layer({
+      stores: { c: { engine: "redis", url: cluster!.seeds, cluster: true, key_prefix: prefix } },
+      limiters: {
+        a: { store: "c", rate_per_second: 0.5, burst: 2 },
+        b: { store: "c", rate_per_second: 1, burst: 1 },
+        f: { store: "c", rate_per_second: 20, burst: 2 },
+        q: { store: "c", algorithm: "sliding_window", limit: 1, window_seconds: 10 }
+      }
+    }).pipe(Layer.provide(Stores.layer))
+
+  it.live("the hash slot of a key is the cluster's own", () =>
+    Effect.promise(async () => {
+      const keys = ["foo", "{user1000}.following", "rs:{api:ann}:s", "a{}b", "{}{x}", "pre{fix}:{api:k}:log", "{ü}:s"]
+      for (const key of keys) {
+        expect(slotOf(key), key).toBe(Number(await onNode(cluster!.nodes[0]!.url, (redis) => redis.cluster("KEYSLOT", key))))
+      }
+    }))
+
+  // Each limiter and key is a hash tag of its own: the members live on several masters, asked one by one.
+  it.live("keys on several masters: a refusal gives back what the others took, and the members are placed at one slot", () =>
+    Effect.gen(function*() {
+      yield* RateLimiter.tryConsumeAll([{ limiter: "a", key: "k1" }, { limiter: "q", key: "k1" }])
+      const refused = yield* flipped(RateLimiter.tryConsumeAll([{ limiter: "a", key: "k2" }, { limiter: "b", key: "k2" }, { limiter: "q", key: "k1" }]))
+      expect(refused).toMatchObject({ _tag: "RateLimitExceeded", limiter: "q", key: "k1" })
+      yield* Effect.sleep("100 millis")
+      expect([yield* remaining("a", "k2"), yield* remaining("b", "k2")]).toEqual([2, 1])
+      yield* RateLimiter.consume("b", { key: "k3" })
+      // f's first slot, at once, lay further from b's than f's staleness allowance (one 50 ms interval): placed again at b's.
+      const permits = yield* RateLimiter.consumeAll([{ limiter: "f", key: "k3" }, { limiter: "b", key: "k3" }], { timeout: "3 seconds" })
+      expect(Math.abs(permits[0]!.slotMs! - permits[1]!.slotMs!)).toBeLessThan(50)
+      expect(Duration.toMillis(permits[0]!.waited)).toBeGreaterThan(800)
+    }).pipe(Effect.provide(onCluster(`rsaa:${process.pid}:`))))
+
+  // A key_prefix with a hash tag of its own puts every key of the store in one slot: one script for all.
+  it.live("keys in one slot: one script decides all, and a refusal consumes nothing", () =>
+    Effect.gen(function*() {
+      yield* RateLimiter.tryConsumeAll([{ limiter: "a" }, { limiter: "q" }])
+      expect(yield* flipped(RateLimiter.tryConsumeAll([{ limiter: "b" }, { limiter: "q" }]))).toMatchObject({ limiter: "q" })
+      yield* Effect.sleep("100 millis")
+      expect([yield* remaining("a"), yield* remaining("b")]).toEqual([1, 1])
+    }).pipe(Effect.provide(onCluster(`{rsaa${process.pid}}:`))))
 })

@@ -10,9 +10,11 @@
  * The members are to be used at one instant, the latest slot among them (see acquireAllPlan.ts): a
  * group is asked for slots no sooner than the latest placed so far (`afterMs`; a member of a store
  * without `acquireAll` is asked only once that instant has come). When a group's store puts its
- * slots later than asked, those of groups placed before are used late by as much; once that is more
- * than a group's staleness allowance (slot.ts), the group gives its slots back and is placed again.
- * The round trips of the calls themselves make every member later too, as a single call's does.
+ * slots later than asked, those of groups placed before would be used late by as much, and a slot
+ * used late can put more than the limit into a window: those groups give their slots back and are
+ * placed again. (The staleness allowance of a single call, slot.ts, is for a timer that fired late,
+ * not for this.) The round trips of the calls themselves make every member later too, as a single
+ * call's round trip does.
  */
 import type * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
@@ -35,9 +37,12 @@ export interface Group<E> {
   readonly members: ReadonlyArray<Call<E>>
   /** The store places them at an instant asked for (`acquireAll`); else one member, asked when due. */
   readonly aligns: boolean
-  /** The least of the members' staleness allowances. */
+  /** The least of the members' staleness allowances: how late after the common slot they may still wake. */
   readonly staleAfterMs: number
 }
+
+/** Slots further apart than this (ms) are not at one instant; closer, it is the stores' rounding. */
+const ALIGNED_MS = 0.001
 
 /** A group's slots, reserved. */
 export interface Held<E> {
@@ -177,14 +182,19 @@ export const place = <E>(c: Composite<E>): Effect.Effect<Placement<E>, E | Store
           const overDeadline = c.timeoutMs === undefined ? 0 : Math.max(0, outcome.refusal.retryAfterMs - Math.max(0, left))
           return yield* leave(refused(call, call.refuse(outcome.refusal, overDeadline)))
         }
-        const waitMs = Math.max(0, ...outcome.outcomes.map((o) => o.waitMs))
+        const waits = outcome.outcomes.flatMap((o) => (o.reservation === undefined ? [] : [o.waitMs]))
+        const waitMs = Math.max(0, ...waits)
         pushed += Math.max(0, waitMs - afterMs)
-        held.set(group, { group, outcomes: outcome.outcomes, refundCosts: outcome.refundCosts, mark, pushedAt: pushed })
-        done.add(group)
+        const placed: Held<E> = { group, outcomes: outcome.outcomes, refundCosts: outcome.refundCosts, mark, pushedAt: pushed }
         // Counted from the answer's receipt: the store decided before, so the slots are never early.
         target = Math.max(target, clock.unsafeCurrentTimeMillis() + waitMs)
+        // A store that had to ask its members one by one (a Redis Cluster, keys on several nodes) may
+        // have placed them apart: asked again, for the latest of them.
+        if (waitMs - Math.min(waitMs, ...waits) > ALIGNED_MS) return yield* refunds(placed)
+        held.set(group, placed)
+        done.add(group)
         for (const other of [...held.values()]) {
-          if (pushed - other.pushedAt > other.group.staleAfterMs) {
+          if (pushed - other.pushedAt > ALIGNED_MS) {
             held.delete(other.group)
             done.delete(other.group)
             // Given back before it is asked again, so that the store can take the slots back.

@@ -20,19 +20,11 @@ import {
   type RateLimited,
   type RateOutcome,
   type RateRequest,
-  type StateView,
   type Store,
   StoreFactory
 } from "../Store.js"
-
-interface KeyState {
-  tat: number
-  readonly log: Array<Window.Entry>
-  blockedUntil: number
-  leases: Leases.LeaseTable | undefined
-  /** After this instant nothing in the state differs from a fresh one, so it can be dropped. */
-  staleAt: number
-}
+import * as View from "./view.js"
+import type { KeyState } from "./view.js"
 
 export interface MemoryStoreOptions {
   readonly name?: string | undefined
@@ -44,6 +36,7 @@ const SWEEP_PER_OPERATION = 2
 
 /** A memory store also tells how many keys it holds, so its footprint can be checked. */
 export interface MemoryStore extends Store {
+  readonly acquireAll: NonNullable<Store["acquireAll"]>
   readonly size: () => number
   /** How many keys have waiters subscribed to their releases, and how many places in line are kept. */
   readonly waiters: () => { readonly subscribed: number; readonly queued: number }
@@ -127,7 +120,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
       _tag: "RateLimited",
       retryAfterMs,
       limit: capacity(request.limiter.rate) ?? 0,
-      remaining: remainingOf(state, at, request.limiter)
+      remaining: View.remainingOf(state, at, request.limiter)
     }
   }
 
@@ -146,7 +139,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
       waitMs: decision?.admitted === true ? decision.waitMs : 0,
       reservation,
       limit: capacity(limiter.rate),
-      remaining: limiter.rate === undefined ? undefined : remainingOf(state, at, limiter)
+      remaining: limiter.rate === undefined ? undefined : View.remainingOf(state, at, limiter)
     }
   }
 
@@ -256,36 +249,9 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
     },
 
     state: (limiter, key) =>
-      Effect.sync((): StateView => {
+      Effect.sync(() => {
         const at = now()
-        const state = stateOf(limiter, key, at)
-        const rate = limiter.rate
-        const leases = state.leases
-        const base = {
-          leasesHeld: leases?.holders.size ?? 0,
-          maxConcurrent: limiter.concurrency?.max,
-          waiting: leases?.waiting.size ?? 0
-        }
-        if (rate === undefined) {
-          return { ...base, limit: undefined, remaining: undefined, resetAfterMs: 0, nextSlotAfterMs: 0 }
-        }
-        if (rate._tag === "TokenBucket") {
-          return {
-            ...base,
-            limit: rate.burst,
-            remaining: Gcra.remaining(state.tat, at, rate),
-            resetAfterMs: Gcra.resetAfter(state.tat, at),
-            nextSlotAfterMs: Gcra.nextSlotAfter(state.tat, at, rate)
-          }
-        }
-        const last = state.log[state.log.length - 1]
-        return {
-          ...base,
-          limit: rate.limit,
-          remaining: remainingOf(state, at, limiter),
-          resetAfterMs: Math.max(0, last === undefined ? 0 : last.at + rate.windowMs + margin - at, state.blockedUntil - at),
-          nextSlotAfterMs: Window.earliestSlot(state.log, Math.max(at, state.blockedUntil), Window.span(rate, margin), 1) - at
-        }
+        return View.view(stateOf(limiter, key, at), at, limiter, margin)
       }),
 
     releases: (limiter, key) => wakeups.subscribe(stateKey(limiter.name, key)),
@@ -298,13 +264,6 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
       return { subscribed: wakeups.size(), queued }
     }
   }
-}
-
-const remainingOf = (state: KeyState, at: number, limiter: LimiterSpec): number => {
-  const rate = limiter.rate
-  if (rate === undefined) return 0
-  if (rate._tag === "TokenBucket") return Gcra.remaining(state.tat, at, rate)
-  return Math.max(0, rate.limit - Window.used(state.log))
 }
 
 /** Serves every configured store from memory, whatever its engine: the test double for a whole fleet. */

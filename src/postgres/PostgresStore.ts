@@ -23,7 +23,7 @@
  * no conflicts and, under load, less than one round trip per admission.
  *
  * This module assembles the store from its parts, over one shared context (context.ts: client,
- * table, time fragments, margin): bucket.ts (with its pure plan, bucketPlan.ts), window.ts,
+ * table, time fragments, margin): bucket.ts (with its pure plan, bucketPlan.ts), window.ts, composite.ts (several keys at once),
  * leases.ts over slots.ts, backoff.ts, maintenance.ts, setup.ts (table and grants), keys.ts (row ids), client.ts
  * (the pool), conflicts.ts (optimistic retries), listener.ts (LISTEN) and errors.ts.
  */
@@ -43,6 +43,7 @@ import { resolvePostgres } from "../Settings.js"
 import * as Backoff from "./backoff.js"
 import * as Bucket from "./bucket.js"
 import * as Client from "./client.js"
+import * as Composite from "./composite.js"
 import { retrying } from "./conflicts.js"
 import * as Context from "./context.js"
 import type * as Errors from "./errors.js"
@@ -60,6 +61,7 @@ export { createTableSql } from "./setup.js"
 const MAX_BATCH = 256
 
 export interface PostgresStore extends Store {
+  readonly acquireAll: NonNullable<Store["acquireAll"]>
   /** The pool's client, for tests and tools. */
   readonly sql: SqlClient
   /** How many keys have waiters subscribed to their releases, and how many are in this process's lines (for tests and tools). */
@@ -100,6 +102,7 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
     const closed = new StoreUnavailable({ store: name, engine: "postgres", reason: "closed", message: "the store was closed" })
     const bucket = Bucket.make(ctx, scope, closed)
     const window = Window.make(ctx)
+    const composite = Composite.make(ctx, bucket.forget)
     const backoffs = yield* Backoff.make(ctx)
     const leases = Leases.make(ctx, (id, request) => {
       const rate = request.limiter.rate!
@@ -153,6 +156,12 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
         request.limiter.rate === undefined ? admittedFree : takeNow(rateId(request.limiter, request.key), request, clock),
 
       acquireLease: leases.acquire,
+
+      acquireAll: (requests, afterMs) =>
+        composite.acquireAll(requests, afterMs).pipe(
+          // As the coalescer's writes: a process that waits for a slot must hear of other processes' backoffs.
+          Effect.tap((outcome) => outcome._tag === "Admitted" && outcome.outcomes.some((o) => o.waitMs > 0) ? listen : Effect.void)
+        ),
 
       release: leases.release,
 
@@ -214,6 +223,7 @@ const outsideTransactions = (store: PostgresStore): PostgresStore => {
     cleanup: (olderThan) => own(store.cleanup(olderThan)),
     acquireRate: (request) => own(store.acquireRate(request)),
     acquireLease: (request) => own(store.acquireLease(request)),
+    acquireAll: (requests, afterMs) => own(store.acquireAll(requests, afterMs)),
     release: (limiter, key, leaseId) => own(store.release(limiter, key, leaseId)),
     renew: (limiter, key, leaseId) => own(store.renew(limiter, key, leaseId)),
     refund: (limiter, key, cost, reservation) => own(store.refund(limiter, key, cost, reservation)),

@@ -21,8 +21,16 @@ interface Reading {
 }
 
 /** The admissions a ring holds, oldest first. */
-const logOf = (ring: ReadonlyArray<{ at: number }>): Array<Window.Entry> =>
+export const logOf = (ring: ReadonlyArray<{ at: number }>): Array<Window.Entry> =>
   ring.filter((r) => r.at > -Infinity).map((r) => ({ at: r.at, count: 1 })).sort((a, b) => a.at - b.at)
+
+/** An admission of `cost` at `slotMs` takes the ring's oldest rows, which no longer count then: each is set to it in `ring` and `written`. */
+export const claimOldest = (ring: ReadonlyArray<{ id: string; at: number }>, cost: number, slotMs: number, written: Map<string, number>): void => {
+  for (const row of [...ring].sort((a, b) => a.at - b.at).slice(0, cost)) {
+    row.at = slotMs
+    written.set(row.id, slotMs)
+  }
+}
 
 export interface SlidingWindowRows {
   readonly attempt: (header: string, policy: SlidingWindow, batch: ReadonlyArray<RateRequest>) => Effect.Effect<Array<RateOutcome>, Conflict | SqlError>
@@ -59,12 +67,7 @@ export const make = (ctx: Context): SlidingWindowRows => {
       const plan = batch.map((request) => {
         const decision = Window.reserve(logOf(ring), state.now, state.blockedUntil, spanned, request.cost, request.maxWaitMs)
         if (!decision.admitted) return decision
-        // The oldest entries no longer count at the new slot: their rows take it.
-        const oldest = [...ring].sort((a, b) => a.at - b.at).slice(0, request.cost)
-        for (const row of oldest) {
-          row.at = decision.slotMs
-          written.set(row.id, decision.slotMs)
-        }
+        claimOldest(ring, request.cost, decision.slotMs, written)
         return decision
       })
       const used = (now: number) => logOf(ring).filter((e) => e.at > now - spanned.windowMs).length

@@ -22,6 +22,7 @@ import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
 import type { RedisStoreConfig } from "../Settings.js"
 import { admittedFree, type RateRequest, type StateView, type Store, StoreFactory } from "../Store.js"
 import * as Stores from "../Stores.js"
+import * as Composite from "./composite.js"
 import * as Connections from "./connections.js"
 import * as Errors from "./errors.js"
 import * as Replies from "./replies.js"
@@ -36,6 +37,7 @@ const script = (lua: string): Script => ({ lua, sha: createHash("sha1").update(l
 
 const SCRIPTS = {
   acquireLease: script(Scripts.acquireLease),
+  acquireAll: script(Scripts.acquireAll),
   acquireRates: script(Scripts.acquireRates),
   release: script(Scripts.release),
   renew: script(Scripts.renew),
@@ -115,12 +117,25 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Connection
      */
     const client = (state: string) => clients.length === 1 ? clients[0]! : clients[hashOf(state) % clients.length]!
 
+    /** A key's keys, with these suffixes. A key with lone surrogates is sent as WTF-8 bytes: as a string it would be sent as UTF-8, one key for many. */
+    const keysOf = (state: string, suffixes: ReadonlyArray<string>) => {
+      const root = isWellFormed(state) ? `${config.key_prefix}{${state}}` : Buffer.concat([Buffer.from(`${config.key_prefix}{`), wtf8(state), Buffer.from("}")])
+      return suffixes.map((suffix) => typeof root === "string" ? `${root}${suffix}` : Buffer.concat([root, Buffer.from(suffix)]))
+    }
+
+    /** EVALSHA, sent as EVAL when the server answers NOSCRIPT. */
+    const evaluate = (which: Script, target: Connections.Client, keys: ReadonlyArray<string | Buffer>, args: ReadonlyArray<string>) => {
+      const command = () =>
+        target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
+          Errors.messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
+        )
+      return Effect.tryPromise({ try: () => send(target, command), catch: (cause) => toError(cause, target) })
+    }
+
     const run = (which: Script, limiter: LimiterSpec, key: string, extra: ReadonlyArray<string>) =>
       Effect.suspend(() => {
         const state = stateKey(limiter.name, key)
         const sid = signalId(state)
-        // A key with lone surrogates is sent as WTF-8 bytes: as a string it would be sent as UTF-8, one key for many.
-        const root = isWellFormed(state) ? `${config.key_prefix}{${state}}` : Buffer.concat([Buffer.from(`${config.key_prefix}{`), wtf8(state), Buffer.from("}")])
         const rate = limiter.rate
         const args = [
           String(base),
@@ -135,15 +150,7 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Connection
           channel,
           ...extra
         ]
-        const keys = [":s", ":log", ":h", ":q", ":qe"].map((suffix) =>
-          typeof root === "string" ? `${root}${suffix}` : Buffer.concat([root, Buffer.from(suffix)])
-        )
-        const target = client(state)
-        const command = () =>
-          target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
-            Errors.messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
-          )
-        return Effect.tryPromise({ try: () => send(target, command), catch: (cause) => toError(cause, target) })
+        return evaluate(which, client(state), keysOf(state, [":s", ":log", ":h", ":q", ":qe"]), args)
       })
 
     const unexpected = (reply: unknown) => Effect.fail(toError(new Error(`unexpected script reply ${JSON.stringify(reply)}`)))
@@ -191,6 +198,20 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Connection
 
       acquireRateNow: (request, clock) =>
         request.limiter.rate === undefined ? admittedFree : coalescer.takeNow(stateKey(request.limiter.name, request.key), request, clock),
+
+      acquireAll: Composite.make({
+        base,
+        marginMs: config.timing_margin_ms,
+        cluster: Connections.isCluster(clients[0]!),
+        keysOf: (limiter, key) => {
+          const state = stateKey(limiter.name, key)
+          const [s, log] = keysOf(state, [":s", ":log"])
+          return { keys: [s!, log!], target: client(state) }
+        },
+        evaluate: (target, keys, args) => evaluate(SCRIPTS.acquireAll, target, keys, args),
+        refund: (limiter, key, cost, reservation) => store.refund(limiter, key, cost, reservation),
+        unexpected: (reply) => toError(new Error(`unexpected script reply ${JSON.stringify(reply)}`))
+      }),
 
       acquireLease: (request) =>
         run(SCRIPTS.acquireLease, request.limiter, request.key, [

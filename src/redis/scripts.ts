@@ -285,6 +285,76 @@ expire_all()
 return out
 `
 
+/**
+ * Several keys' rate slots at once (`Store.acquireAll`), all or none. KEYS: each member's state and
+ * log (two a member). ARGV 11 how long after now the slots may be at the soonest (µs), 12 how many
+ * members, then 7 a member: kind, interval (µs), burst, limit, window (µs, lengthened by the
+ * margin), cost, max wait (µs, -1 for none). Every member's own earliest wait is found first, with
+ * nothing written; all are then placed at the latest of them, or none is when that lies beyond a
+ * member's max wait: {"R", retry after ms, limit, remaining, the member (from 1), "", "", ""}.
+ * Admitted: 8 strings a member, an outcome's 7 and the cost a refund is given to undo it (a token
+ * bucket placed after its own slot arrives at the common slot: a refund also gives that time back).
+ */
+export const acquireAll = `${prelude}
+local after = tonumber(ARGV[11])
+local count = tonumber(ARGV[12])
+-- makes member j the one the prelude's functions work on
+local function member(j)
+  local o = 12 + (j - 1) * 7
+  S, LOG = KEYS[2 * j - 1], KEYS[2 * j]
+  kind, interval, burst = ARGV[o + 1], tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
+  limit, window = tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+  tolerance, cap, bucket = 0, fmt(limit), nil
+  if kind == 'tb' then tolerance, cap = burst * interval, fmt(burst) end
+  return tonumber(ARGV[o + 6]), tonumber(ARGV[o + 7])
+end
+local waits, at = {}, after
+for j = 1, count do
+  local cost = member(j)
+  if kind == 'sw' then prune_log() end
+  waits[j] = rate_wait(cost)
+  at = math.max(at, waits[j])
+end
+-- whole µs: a window's entry is found again by its score when given back
+at = math.ceil(at)
+local refused = 0
+for j = 1, count do
+  local _, max_wait = member(j)
+  if max_wait >= 0 and at > max_wait and (refused == 0 or waits[j] > waits[refused]) then refused = j end
+end
+if refused > 0 then
+  member(refused)
+  return {'R', ms(at), cap, rate_remaining(), fmt(refused), '', '', ''}
+end
+local out = {}
+for j = 1, count do
+  local cost = member(j)
+  local refund, slot, tat, version, remaining = cost, nil, nil, nil, nil
+  if kind == 'tb' then
+    local t = tat_rel()
+    local from = N
+    if t ~= nil and t > N then from = t end
+    local arrival = math.ceil(N + at)
+    if from < arrival then
+      local b = load_bucket()
+      b.a, b.n, b.i = base + arrival, cost, interval
+      redis.call('HSET', S, 'a', fmt(b.a), 'n', cost, 'i', fmt(interval))
+      version = redis.call('HINCRBY', S, 'w', 1)
+      refund = cost + (arrival - from) / interval
+    else
+      version = write_tat(t, cost)
+    end
+    local written = tat_rel()
+    slot, tat, version, remaining = ms(N + at), ms(written), fmt(version), fmt(remaining_tb(written))
+  else
+    slot, tat, version, remaining = take(cost, at)
+  end
+  expire_all()
+  for _, v in ipairs({'A', ms(at), slot, tat, version, cap, remaining, fmt(refund)}) do out[#out + 1] = v end
+end
+return out
+`
+
 /** ARGV 11 lease id. */
 export const release = `${prelude}
 purge_leases()
@@ -305,13 +375,21 @@ expire_all()
 return renewed
 `
 
-/** ARGV 11 cost, 12 version written by the reservation (token bucket), 13 slot (µs, window). */
+/**
+ * ARGV 11 cost, 12 version written by the reservation (token bucket), 13 slot (µs, window). A token
+ * bucket's cost may have a fraction (`acquireAll`): it goes off the anchor, in whole µs rounded down.
+ */
 export const refund = `${prelude}
 local cost = tonumber(ARGV[11])
 if kind == 'tb' then
   -- only the newest reservation goes back: later ones were spaced from it
   if redis.call('HGET', S, 'w') == ARGV[12] then
-    redis.call('HINCRBY', S, 'n', -cost)
+    local whole = math.floor(cost)
+    redis.call('HINCRBY', S, 'n', -whole)
+    if cost > whole then
+      local b = load_bucket()
+      redis.call('HSET', S, 'a', fmt(b.a - math.floor((cost - whole) * interval)))
+    end
     redis.call('HINCRBY', S, 'w', 1)
   end
 elseif kind == 'sw' then
