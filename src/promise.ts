@@ -32,6 +32,8 @@ import { InvalidOption, LeaseNeedsScope } from "./Errors.js"
 import * as Options from "./internal/options.js"
 import { aborted, fromCause } from "./internal/promiseErrors.js"
 import {
+  type AcquireAllEntry,
+  type AcquireAllOptions,
   type AcquireOptions,
   type BackoffOptions,
   type HeldPermit,
@@ -72,7 +74,16 @@ export {
   type TryAcquireError,
   type TryConsumeError
 } from "./internal/promiseErrors.js"
-export type { AcquireOptions, BackoffOptions, HeldPermit, LimiterState, Permit, TryOptions } from "./internal/promiseTypes.js"
+export type {
+  AcquireAllEntry,
+  AcquireAllOptions,
+  AcquireOptions,
+  BackoffOptions,
+  HeldPermit,
+  LimiterState,
+  Permit,
+  TryOptions
+} from "./internal/promiseTypes.js"
 
 let settings: Settings = { stores: {}, limiters: {} }
 
@@ -228,6 +239,26 @@ export const tryConsume = (limiter: string, options: TryOptions = {}): Promise<P
       Either.isLeft(key) ? new InvalidOption({ limiter, ...key.left }) : new LeaseNeedsScope({ limiter })
     )
   })
+
+/**
+ * Several limits at once: a permit of every entry (in their order), or none consumed. Waits for the
+ * latest slot among them, within one timeout; rejects with `AcquireTimeout` naming the limiter and
+ * key that refused, or `AbortError` when `signal` aborts, every store's reservation given back.
+ * Limiters with `max_concurrent` reject with `InvalidOption`: these permits hold nothing to release.
+ */
+export const acquireAll = (entries: ReadonlyArray<AcquireAllEntry>, options: AcquireAllOptions = {}): Promise<ReadonlyArray<HeldPermit>> =>
+  call(Check.callAll(options, { signal: true }), (owner, signal) =>
+    runIn(owner, RateLimiter.consumeAll(entries, options), signal).then((permits) => permits.map(unheld)))
+
+/** `acquireAll` with plain permits, nothing to release. */
+export const consumeAll = (entries: ReadonlyArray<AcquireAllEntry>, options: AcquireAllOptions = {}): Promise<ReadonlyArray<Permit>> =>
+  call(Check.callAll(options, { signal: true }), (owner, signal) =>
+    runIn(owner, RateLimiter.consumeAll(entries, options), signal).then((permits) => permits.map(toPermit)))
+
+/** Never waits: a permit of every entry free now, or `RateLimitExceeded` (`retryAfter` in ms) naming a limiter that refused, none consumed. */
+export const tryConsumeAll = (entries: ReadonlyArray<AcquireAllEntry>): Promise<ReadonlyArray<Permit>> =>
+  call(Check.callAll(undefined, { signal: false }), (owner) =>
+    runIn(owner, RateLimiter.tryConsumeAll(entries)).then((permits) => permits.map(toPermit)))
 
 /** A read-only view of a key's state; its durations are numbers of milliseconds. */
 export const state = (limiter: string, options: { readonly key?: string | undefined } = {}): Promise<LimiterState> =>

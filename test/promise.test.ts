@@ -501,3 +501,63 @@ describe("rate-sync/promise", () => {
     await held.release()
   })
 })
+
+describe("rate-sync/promise: several limits at once", () => {
+  const setUp = async () => {
+    await RateSync.configureStore("all1", { engine: "memory" })
+    await RateSync.configureStore("all2", { engine: "memory" })
+    await RateSync.configureLimiter("allUser", { store: "all1", rate_per_second: 0.5, burst: 2 })
+    await RateSync.configureLimiter("allSlow", { store: "all1", rate_per_second: 1, burst: 1 })
+    await RateSync.configureLimiter("allDaily", { store: "all2", algorithm: "sliding_window", limit: 1, window_seconds: 86_400 })
+  }
+
+  it("tryConsumeAll, consumeAll and acquireAll: every limit or none; a refusal in ms names the limiter and key", async () => {
+    await setUp()
+    const permits = await RateSync.tryConsumeAll([{ limiter: "allUser", key: "u1" }, { limiter: "allDaily", key: "u1" }])
+    expect(permits.map((p) => [p.limiter, p.key])).toEqual([["allUser", "u1"], ["allDaily", "u1"]])
+    expect(typeof permits[0]!.waited).toBe("number")
+    const refused = await rejection(RateSync.tryConsumeAll([{ limiter: "allUser", key: "u1" }, { limiter: "allDaily", key: "u1" }]))
+    expect(refused).toBeInstanceOf(RateSync.RateLimitExceeded)
+    expect(refused).toMatchObject({ limiter: "allDaily", key: "u1" })
+    expect(refused instanceof RateSync.RateLimitExceeded && typeof refused.retryAfter).toBe("number")
+    await sleep(10)
+    // The refusal took nothing of allUser: one of its two units is still free.
+    expect((await RateSync.state("allUser", { key: "u1" })).remaining).toBe(1)
+    const held = await RateSync.acquireAll([{ limiter: "allUser", key: "u2" }, { limiter: "allDaily", key: "u2" }], { timeout: 1_000 })
+    await Promise.all(held.map((permit) => permit.release()))
+    expect((await RateSync.state("allDaily", { key: "u2" })).remaining).toBe(0)
+    await RateSync.consume("allSlow")
+    const timedOut = await rejection(RateSync.consumeAll([{ limiter: "allUser", key: "u3" }, { limiter: "allSlow" }], { timeout: 10 }))
+    expect(timedOut).toBeInstanceOf(RateSync.AcquireTimeout)
+    expect(timedOut).toMatchObject({ limiter: "allSlow", timeout: 10 })
+  })
+
+  it("an aborted signal stops the wait with AbortError and gives back what every store took", async () => {
+    await setUp()
+    await RateSync.consume("allSlow", { key: "s" })
+    const controller = new AbortController()
+    const waiting = rejection(RateSync.consumeAll([{ limiter: "allUser", key: "s", cost: 2 }, { limiter: "allDaily", key: "s" }, { limiter: "allSlow", key: "s" }], { signal: controller.signal }))
+    await sleep(100)
+    expect((await RateSync.state("allDaily", { key: "s" })).remaining).toBe(0)
+    controller.abort(new Error("user left"))
+    const error = await waiting
+    expect(error).toBeInstanceOf(RateSync.AbortError)
+    await sleep(10)
+    expect((await RateSync.state("allDaily", { key: "s" })).remaining).toBe(1)
+    expect((await RateSync.state("allUser", { key: "s" })).remaining).toBe(2)
+    const already = new AbortController()
+    already.abort()
+    expect(await rejection(RateSync.consumeAll([{ limiter: "allUser" }], { signal: already.signal }))).toBeInstanceOf(RateSync.AbortError)
+  })
+
+  it("bad input rejects with a typed error and takes nothing", async () => {
+    await setUp()
+    expect(await rejection(js(RateSync.consumeAll, []))).toMatchObject({ _tag: "InvalidOption", option: "entries" })
+    expect(await rejection(js(RateSync.tryConsumeAll, "allUser"))).toMatchObject({ _tag: "InvalidOption", option: "entries" })
+    expect(await rejection(js(RateSync.consumeAll, [{ limiter: "allUser" }], "fast"))).toMatchObject({ _tag: "InvalidOption", option: "options" })
+    expect(await rejection(js(RateSync.acquireAll, [{ limiter: "allUser" }], { signal: "stop" }))).toMatchObject({ _tag: "InvalidOption", option: "signal" })
+    expect(await rejection(RateSync.consumeAll([{ limiter: "allUser", key: "b" }, { limiter: "allUser", key: "b" }]))).toMatchObject({ _tag: "InvalidOption", limiter: "allUser" })
+    expect(await rejection(RateSync.tryConsumeAll([{ limiter: "allUser", key: "b" }, { limiter: "missing" }]))).toBeInstanceOf(RateSync.LimiterNotFound)
+    expect((await RateSync.state("allUser", { key: "b" })).remaining).toBe(2)
+  })
+})

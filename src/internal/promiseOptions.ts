@@ -36,10 +36,18 @@ export const call = (
   limiter: unknown,
   options: unknown,
   takes: { readonly signal: boolean }
-): Either.Either<Checked, InvalidOption> => {
+): Either.Either<Checked, InvalidOption> =>
+  typeof limiter === "string"
+    ? withOptions(limiter, options, takes)
+    : Either.left(new InvalidOption({ limiter: "", option: "limiter", found: show(limiter), expected: "a limiter's name (a string)" }))
+
+/** The options object of a call of several limiters (`acquireAll`...): no one limiter to name in an error. */
+export const callAll = (options: unknown, takes: { readonly signal: boolean }): Either.Either<Checked, InvalidOption> =>
+  withOptions("", options, takes)
+
+const withOptions = (limiter: string, options: unknown, takes: { readonly signal: boolean }): Either.Either<Checked, InvalidOption> => {
   const invalid = (option: string, found: unknown, expected: string) =>
-    Either.left(new InvalidOption({ limiter: typeof limiter === "string" ? limiter : "", option, found: show(found), expected }))
-  if (typeof limiter !== "string") return invalid("limiter", limiter, "a limiter's name (a string)")
+    Either.left(new InvalidOption({ limiter, option, found: show(found), expected }))
   if (options === undefined) return Either.right({ limiter, signal: undefined })
   if (!Predicate.isObject(options) || Predicate.isFunction(options) || Array.isArray(options)) {
     return invalid("options", options, "an object ({ key, cost, ... }) or nothing")

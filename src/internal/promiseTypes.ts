@@ -63,6 +63,16 @@ export interface AcquireOptions extends TryOptions {
   readonly signal?: AbortSignal | undefined
 }
 
+/** One limit of several taken at once: a limiter, and the key and cost to take of it. */
+export type { AcquireAllEntry } from "../RateLimiter.js"
+
+export interface AcquireAllOptions {
+  /** The one wait bound of all the entries: ms, or a string such as `"2 seconds"`; by default the least of their limiters' `timeout`. */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** Stops waiting with an `AbortError`, giving back whatever every store had reserved. */
+  readonly signal?: AbortSignal | undefined
+}
+
 export interface BackoffOptions {
   readonly key?: string | undefined
   /** How long no caller gets a slot: a number of milliseconds, or a string such as `"30 seconds"`. */
