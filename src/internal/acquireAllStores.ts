@@ -3,9 +3,10 @@
  * store (`Store.acquireAll`), or, on a store without it, one call per member. Groups are asked in
  * one fixed order (stores in memory first, as their answers cost no round trip and a refusal there
  * writes nothing anywhere; then by store name; members of stores without `acquireAll` last), and
- * what earlier groups took is given back when a later one refuses, fails, or its caller is
- * interrupted. A token bucket can take back only its newest reservation: one another caller wrote
- * after stays consumed (stricter, never looser), as does a PostgreSQL window's entry.
+ * what earlier groups took is given back when a later one refuses or fails (before the caller hears
+ * of it), or the caller is interrupted or out of time (in the background). A token bucket can take
+ * back only its newest reservation: one another caller wrote after stays consumed (stricter, never
+ * looser), as does a PostgreSQL window's entry.
  *
  * The members are to be used at one instant, the latest slot among them (see acquireAllPlan.ts): a
  * group is asked for slots no sooner than the latest placed so far (`afterMs`; a member of a store
@@ -143,19 +144,23 @@ export const place = <E>(c: Composite<E>): Effect.Effect<Placement<E>, E | Store
     let target = clock.unsafeCurrentTimeMillis()
     // How much later than asked the stores placed their groups, summed: the lateness they added.
     let pushed = 0
-    const giveBackAll = Effect.suspend(() => {
-      const all = [...held.values()]
-      held.clear()
-      return Effect.forEach(all, giveBack, { discard: true })
-    })
-    const leave = <A, E2>(effect: Effect.Effect<A, E2>) => Effect.zipRight(giveBackAll, effect)
+    /** Gives back what is held: in the background for a caller interrupted or out of time, else before it hears of the refusal. */
+    const giveBackAll = (background: boolean) =>
+      Effect.suspend(() => {
+        const all = [...held.values()]
+        held.clear()
+        return Effect.forEach(all, background ? giveBack : refunds, { discard: true })
+      })
+    // A refusal or failure consumes nothing once the caller hears of it.
+    const refuse = <A, E2>(effect: Effect.Effect<A, E2>) => Effect.zipRight(giveBackAll(false), effect)
+    const late = <A, E2>(effect: Effect.Effect<A, E2>) => Effect.zipRight(giveBackAll(true), effect)
     // Without a wait to bound (a try, a timeout of 0, none), the round trip is bounded by the store's own timeout.
     const bounded = mode === "wait" && c.timeoutMs !== undefined && c.timeoutMs > 0
     const step = (group: Group<E>): Effect.Effect<void, E | StoreError> =>
       Effect.gen(function*() {
         let afterMs = Math.max(0, target - clock.unsafeCurrentTimeMillis())
         if (!group.aligns && afterMs > 0) {
-          yield* restore(sleepFor(afterMs)).pipe(Effect.onInterrupt(() => giveBackAll))
+          yield* restore(sleepFor(afterMs)).pipe(Effect.onInterrupt(() => giveBackAll(true)))
           afterMs = 0
         }
         const left = deadline - clock.unsafeCurrentTimeMillis()
@@ -166,21 +171,21 @@ export const place = <E>(c: Composite<E>): Effect.Effect<Placement<E>, E | Store
             outcome._tag === "Admitted" ? giveBack({ group, ...outcome, mark, pushedAt: 0 }) : Effect.void
         })
         const answer = yield* restore(detached(ask(group, afterMs, mode === "try" ? 0 : Math.max(0, left)), bounded ? left : Infinity, abandoned)).pipe(
-          Effect.onInterrupt(() => giveBackAll),
+          Effect.onInterrupt(() => giveBackAll(true)),
           Effect.either
         )
         if (Either.isLeft(answer)) {
-          const permits = yield* storeFailed(c, group, answer.left).pipe(Effect.tapError(() => giveBackAll))
+          const permits = yield* storeFailed(c, group, answer.left).pipe(Effect.tapError(() => giveBackAll(answer.left._tag === "StoreTimeout")))
           degraded.push(...permits)
           done.add(group)
           return
         }
-        if (Option.isNone(answer.right)) return yield* leave(refused(group.members[0]!, group.members[0]!.late()))
+        if (Option.isNone(answer.right)) return yield* late(refused(group.members[0]!, group.members[0]!.late()))
         const outcome = answer.right.value
         if (outcome._tag === "Refused") {
           const call = group.members[outcome.index]!
           const overDeadline = c.timeoutMs === undefined ? 0 : Math.max(0, outcome.refusal.retryAfterMs - Math.max(0, left))
-          return yield* leave(refused(call, call.refuse(outcome.refusal, overDeadline)))
+          return yield* refuse(refused(call, call.refuse(outcome.refusal, overDeadline)))
         }
         const waits = outcome.outcomes.flatMap((o) => (o.reservation === undefined ? [] : [o.waitMs]))
         const waitMs = Math.max(0, ...waits)
@@ -206,10 +211,10 @@ export const place = <E>(c: Composite<E>): Effect.Effect<Placement<E>, E | Store
       const group = groups.find((g) => !done.has(g))
       if (group !== undefined) return Effect.zipRight(step(group), Effect.suspend(next))
       // The answers came late enough that the slots lie past the deadline: they go back.
-      const late = [...held.values()].find((h) => bounded && target > deadline && h.outcomes.some((o) => o.waitMs > 0))
-      return late === undefined
+      const past = [...held.values()].find((h) => bounded && target > deadline && h.outcomes.some((o) => o.waitMs > 0))
+      return past === undefined
         ? Effect.succeed({ held: [...held.values()], degraded, target })
-        : leave(refused(late.group.members[0]!, late.group.members[0]!.late()))
+        : late(refused(past.group.members[0]!, past.group.members[0]!.late()))
     }
     return next()
   })
