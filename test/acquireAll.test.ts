@@ -217,10 +217,10 @@ describe("acquireAll when a store fails (memory behind injected faults, TestCloc
 })
 
 describe("acquireAll on a store that places its members one by one (TestClock)", () => {
-  /** The memory engine asked member by member, as a Redis Cluster is when the keys live on several nodes. */
+  /** Stores named "one...": the memory engine asked member by member, as a Redis Cluster is when the keys live on several nodes. */
   const oneByOne: Layer.Layer<StoreFactory> = Layer.succeed(StoreFactory, {
     make: (name) =>
-      Effect.map(MemoryStore.make({ name }), (store): Store => ({
+      Effect.map(MemoryStore.make({ name }), (store): Store => !name.startsWith("one") ? store : ({
         ...store,
         acquireAll: (requests, afterMs) =>
           Effect.gen(function*() {
@@ -246,8 +246,25 @@ describe("acquireAll on a store that places its members one by one (TestClock)",
       expect(yield* remaining("fast")).toBe(1)
     }).pipe(Effect.provide(
       RateSync.layer({
-        stores: { m: { engine: "memory" } },
-        limiters: { fast: { store: "m", rate_per_second: 100, burst: 2 }, slow: { store: "m", rate_per_second: 1 } }
+        stores: { one: { engine: "memory" } },
+        limiters: { fast: { store: "one", rate_per_second: 100, burst: 2 }, slow: { store: "one", rate_per_second: 1 } }
+      }).pipe(Layer.provide(oneByOne))
+    )))
+
+  it.effect("a store asked before them is placed again at that slot too", () =>
+    Effect.gen(function*() {
+      yield* RateLimiter.consume("slow")
+      const fiber = yield* Effect.fork(RateLimiter.consumeAll([{ limiter: "first" }, { limiter: "fast" }, { limiter: "slow" }]))
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(fiber)).map((p) => p.slotMs)).toEqual([1_000, 1_000, 1_000])
+    }).pipe(Effect.provide(
+      RateSync.layer({
+        stores: { atomic: { engine: "memory" }, one: { engine: "memory" } },
+        limiters: {
+          first: { store: "atomic", rate_per_second: 100, burst: 2 },
+          fast: { store: "one", rate_per_second: 100, burst: 2 },
+          slow: { store: "one", rate_per_second: 1 }
+        }
       }).pipe(Layer.provide(oneByOne))
     )))
 })

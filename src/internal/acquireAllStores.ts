@@ -187,17 +187,16 @@ export const place = <E>(c: Composite<E>): Effect.Effect<Placement<E>, E | Store
           const overDeadline = c.timeoutMs === undefined ? 0 : Math.max(0, outcome.refusal.retryAfterMs - Math.max(0, left))
           return yield* refuse(refused(call, call.refuse(outcome.refusal, overDeadline)))
         }
+        return yield* admitted(group, outcome, afterMs, mark)
+      })
+    /** A group's slots: held, and the groups placed before them moved to them when they lie later. */
+    const admitted = (group: Group<E>, outcome: Extract<CompositeOutcome, { _tag: "Admitted" }>, afterMs: number, mark: number) =>
+      Effect.gen(function*() {
         const waits = outcome.outcomes.flatMap((o) => (o.reservation === undefined ? [] : [o.waitMs]))
         const waitMs = Math.max(0, ...waits)
         pushed += Math.max(0, waitMs - afterMs)
-        const placed: Held<E> = { group, outcomes: outcome.outcomes, refundCosts: outcome.refundCosts, mark, pushedAt: pushed }
         // Counted from the answer's receipt: the store decided before, so the slots are never early.
         target = Math.max(target, clock.unsafeCurrentTimeMillis() + waitMs)
-        // A store that had to ask its members one by one (a Redis Cluster, keys on several nodes) may
-        // have placed them apart: asked again, for the latest of them.
-        if (waitMs - Math.min(waitMs, ...waits) > ALIGNED_MS) return yield* refunds(placed)
-        held.set(group, placed)
-        done.add(group)
         for (const other of [...held.values()]) {
           if (pushed - other.pushedAt > ALIGNED_MS) {
             held.delete(other.group)
@@ -206,6 +205,12 @@ export const place = <E>(c: Composite<E>): Effect.Effect<Placement<E>, E | Store
             yield* refunds(other)
           }
         }
+        const placed: Held<E> = { group, outcomes: outcome.outcomes, refundCosts: outcome.refundCosts, mark, pushedAt: pushed }
+        // A store that had to ask its members one by one (a Redis Cluster, keys on several nodes) may
+        // have placed them apart: asked again, for the latest of them.
+        if (waitMs - Math.min(waitMs, ...waits) > ALIGNED_MS) return yield* refunds(placed)
+        held.set(group, placed)
+        done.add(group)
       })
     const next = (): Effect.Effect<Placement<E>, E | StoreError> => {
       const group = groups.find((g) => !done.has(g))
