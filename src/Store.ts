@@ -132,8 +132,11 @@ export interface Store {
    * Reserves the rate slots of several requests (of distinct limiter and key pairs) in one atomic
    * decision: all at one instant, the latest of the requests' own earliest slots and no sooner than
    * `afterMs` after the store decides; or, when that instant lies beyond a request's `maxWaitMs`,
-   * none, with nothing written. Optional: without it a caller asks request by request and gives back
-   * what a later refusal leaves taken (`internal/acquireAllStores.ts`).
+   * none, with nothing written. A store that cannot decide them in one step (a Redis Cluster, keys
+   * on several nodes) may place each at its own slot no sooner than `afterMs`, giving back what it
+   * took when a later one refuses; the caller then asks again for the latest. Optional: without it a
+   * caller asks request by request and gives back what a later refusal leaves taken
+   * (`internal/acquireAllStores.ts`).
    */
   readonly acquireAll?: (requests: ReadonlyArray<RateRequest>, afterMs: number) => Effect.Effect<CompositeOutcome, StoreError>
   /**
