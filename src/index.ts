@@ -7,6 +7,8 @@ export type * from "./LimiterSpec.js"
 export * as MemoryStore from "./memory/MemoryStore.js"
 export * as Metrics from "./Metrics.js"
 export {
+  type AcquireAllEntry,
+  type AcquireAllOptions,
   type AcquireOptions,
   type BackoffOptions,
   type LimiterState,
@@ -20,6 +22,7 @@ export * as Settings from "./Settings.js"
 export type {
   AcquireOutcome,
   Backoffs,
+  CompositeOutcome,
   LeaseRequest,
   RateOutcome,
   RateRequest,
