@@ -21,7 +21,13 @@ export const slowSuites = [
   // Starts examples/http.ts as processes of its own (11-14 s).
   "test/httpExample.test.ts",
   // The whole compliance suite again, on a Redis Cluster of three masters it starts (about 50 s).
-  "test/compliance/redis-cluster.test.ts"
+  "test/compliance/redis-cluster.test.ts",
+  // Starts a 3-master, 3-replica Redis Cluster, moves a slot and kills a master (about 12 s).
+  "test/redisCluster.test.ts",
+  // Statements held behind row locks for over a second each, in real time (about 12 s).
+  "test/postgresLockWait.test.ts",
+  // The model-based fault search (about 37 s); CI also runs it three times as long on its own.
+  "test/model.test.ts"
 ]
 
 /** What both runs share. */
