@@ -25,7 +25,7 @@ export interface Write {
   readonly expected: number
   /** Planned as if the row were idle, with no read: only the slack lets it hold. */
   readonly blind: boolean
-  /** How far (ms) the row's arrival time may lie past the write's instant for the plan to hold (`Infinity`: any). */
+  /** How far (ms) the row's arrival time may lie past the write's instant for the plan to hold (`Infinity`: no bound). */
   readonly slack: number
 }
 
