@@ -3,9 +3,12 @@
  * TypeScript source run through tsx, whose esbuild keepNames wrapper around every closure costs
  * about a fifth of an in-memory acquire. Typed by the source it was built from.
  */
+import { pathToFileURL } from "node:url"
 import type * as Source from "../src/index.js"
 
-const built: typeof Source = await import(new URL("../dist/index.js", import.meta.url).href)
+// RATE_SYNC_DIST: another build's directory (say, one made with `tsc -p tsconfig.build.json --outDir`), to compare two.
+const dist = process.env["RATE_SYNC_DIST"]
+const built: typeof Source = await import(dist === undefined ? new URL("../dist/index.js", import.meta.url).href : pathToFileURL(`${dist}/index.js`).href)
 
 export const { RateLimiter, RateSync, Stores } = built
 export type RateLimiter = Source.RateLimiter

@@ -1,9 +1,11 @@
 /**
- * `npx tsx scripts/steps.ts [--store memory|redis|postgres] [--rate 5000] [--burst N] [--fibers 16]`: how many
+ * `npx tsx scripts/steps.ts [--store memory|redis|postgres] [--rate 5000] [--burst N] [--fibers 16] [--keys 1]
+ * [--timeout 60000|none]`: how many
  * Effect steps (fiber runtime operations, counted by a supervisor) one admission costs on a saturated
  * limiter in one process. Unlike CPU time, the count does not depend on how busy the machine is, so
  * it compares two versions of the hot path on a shared machine. With a rate and burst far above
- * what the callers take (`--rate 1000000 --burst 1000000`), it counts a call that never waits.
+ * what the callers take (`--rate 1000000 --burst 1000000`), it counts a call that never waits; with
+ * `--keys 10000`, each call is on a key drawn at random from that many.
  */
 import { execFileSync } from "node:child_process"
 import { parseArgs } from "node:util"
@@ -18,7 +20,9 @@ const { values } = parseArgs({
     rate: { type: "string", default: "5000" },
     fibers: { type: "string", default: "16" },
     admissions: { type: "string", default: "5000" },
-    burst: { type: "string" }
+    burst: { type: "string" },
+    keys: { type: "string", default: "1" },
+    timeout: { type: "string", default: "60000" }
   }
 })
 
@@ -38,12 +42,18 @@ const layer = RateSync.layer({
   limiters: { l: { store: "s", rate_per_second: Number(values.rate), ...(values.burst === undefined ? {} : { burst: Number(values.burst) }) } }
 }).pipe(Layer.provide(Stores.layer))
 
+const keys = Number(values.keys)
+// Fresh key names on every run: each call on a key drawn from `keys`, none stored at the start.
+const run = Date.now().toString(36)
+const keyOf = () => (keys === 1 ? undefined : `${run}:${Math.floor(Math.random() * keys)}`)
+const timeout = values.timeout === "none" ? undefined : Number(values.timeout)
+
 const admit = (count: number) =>
   Effect.gen(function*() {
     let left = count
     const loop = Effect.whileLoop({
       while: () => left-- > 0,
-      body: () => RateLimiter.consume("l", { timeout: 60_000 }),
+      body: () => RateLimiter.consume("l", { key: keyOf(), ...(timeout === undefined ? {} : { timeout }) }),
       step: () => {}
     })
     yield* Effect.all(Array.from({ length: Number(values.fibers) }, () => loop), { concurrency: "unbounded" })

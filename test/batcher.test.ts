@@ -63,19 +63,26 @@ describe("batcher: writes of different keys together", () => {
   it.effect("up to maxInFlight writes run at once; a failed write fails exactly its own items", () =>
     Effect.gen(function*() {
       const { batcher, open, writes } = yield* setup(2, (items) => items.includes(1))
-      const fibers = yield* Effect.forEach([0, 1, 2, 3, 4], (i) => Effect.fork(Effect.either(batcher.submit(i))))
+      const fibers = [yield* Effect.fork(Effect.either(batcher.submit(0)))]
+      yield* settle
+      fibers.push(yield* Effect.fork(Effect.either(batcher.submit(1))))
+      yield* settle
+      for (const i of [2, 3, 4]) fibers.push(yield* Effect.fork(Effect.either(batcher.submit(i))))
       yield* settle
       expect(writes).toEqual([[0], [1]])
+      expect(batcher.load()).toEqual({ inFlight: 2, queued: 3, writes: 2, items: 2 })
       yield* open
       yield* open
       const results = yield* Effect.forEach(fibers, Fiber.join)
       expect(results.map((r) => r._tag === "Right" ? r.right : r.left)).toEqual(["r0", "failed 1", "r2", "r3", "r4"])
+      expect(writes).toEqual([[0], [1], [2, 3, 4]])
     }))
 
-  it.effect("a waiter interrupted while queued takes nothing from the others; a closed scope fails what is still queued", () =>
+  it.effect("a waiter interrupted while queued is never written; a closed scope fails what is queued or being written", () =>
     Effect.gen(function*() {
-      const { batcher, open, scope } = yield* setup(1)
+      const { batcher, open, scope, writes } = yield* setup(1)
       const first = yield* Effect.fork(batcher.submit(0))
+      yield* settle
       const quitter = yield* Effect.fork(batcher.submit(1))
       const stayer = yield* Effect.fork(batcher.submit(2))
       yield* settle
@@ -84,16 +91,19 @@ describe("batcher: writes of different keys together", () => {
       yield* open
       expect(yield* Fiber.join(first)).toBe("r0")
       expect(yield* Fiber.join(stayer)).toBe("r2")
-      // A write under way in the background when the store closes: its items learn it is closed.
-      const lone = yield* Effect.fork(batcher.submit(3))
+      expect(writes).toEqual([[0], [2]])
+      // The store closes while a write is under way and another item waits: both learn it is closed.
+      const writing = yield* Effect.fork(Effect.either(batcher.submit(3)))
+      yield* settle
       const queued = yield* Effect.fork(Effect.either(batcher.submit(4)))
       yield* settle
-      yield* open
+      expect(batcher.load()).toMatchObject({ inFlight: 1, queued: 1 })
       yield* Scope.close(scope, Exit.void)
-      yield* open
-      expect(yield* Fiber.join(lone)).toBe("r3")
-      const last = yield* Fiber.join(queued)
-      expect(last._tag === "Left" ? last.left : last.right).toBe("closed")
+      for (const fiber of [writing, queued]) {
+        const result = yield* Fiber.join(fiber)
+        expect(result._tag === "Left" ? result.left : result.right).toBe("closed")
+      }
+      expect(batcher.load()).toMatchObject({ inFlight: 0, queued: 0 })
     }))
 
   it.effect("property: every caller gets its own item's result, whatever the arrival pattern", () =>

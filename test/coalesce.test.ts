@@ -4,7 +4,9 @@
  * learned of empties it, so no slot reserved before a backoff is handed out inside it.
  */
 import { describe, expect, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
@@ -102,5 +104,44 @@ describe("slots reserved ahead", () => {
       yield* TestClock.adjust("100 millis")
       expect(coalescer.takeNow("k", request(), clock)).toBeUndefined()
       expect((yield* Metric.value(givenUp)).count).toBeGreaterThan(before)
+    }))
+})
+
+describe("keys remembered", () => {
+  it.effect("idle keys beyond maxKeys are forgotten, a key being decided never is, and its callers are all answered", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const gate = yield* Deferred.make<void>()
+      const decided: Array<string> = []
+      // One writer per key: the busy key's calls never overlap.
+      let busyCalls = 0
+      let mostBusyCalls = 0
+      const coalescer = Coalesce.make({
+        scope,
+        maxBatch: 64,
+        marginMs: 0,
+        maxKeys: 5,
+        decide: (id, batch) =>
+          id === "busy"
+            ? Effect.sync(() => (mostBusyCalls = Math.max(mostBusyCalls, ++busyCalls))).pipe(
+              Effect.zipRight(Deferred.await(gate)),
+              Effect.ensuring(Effect.sync(() => busyCalls--)),
+              Effect.as(batch.map((): RateOutcome => (decided.push(id), { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: 1, remaining: 1 })))
+            )
+            : Effect.succeed(batch.map((): RateOutcome => (decided.push(id), { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: 1, remaining: 1 }))),
+        closed: new StoreUnavailable({ store: "s", engine: "test", message: "closed" })
+      })
+      const busy = yield* Effect.fork(coalescer.submit("busy", request()))
+      yield* Effect.yieldNow()
+      for (let i = 0; i < 200; i++) yield* coalescer.submit(`k${i}`, { ...request(), key: `k${i}` })
+      expect(coalescer.size()).toBeLessThanOrEqual(5)
+      // The busy key kept its queue: a second caller waits in it and is decided after the first.
+      const second = yield* Effect.fork(coalescer.submit("busy", request()))
+      yield* Effect.yieldNow()
+      yield* Deferred.succeed(gate, undefined)
+      expect((yield* Fiber.join(busy))._tag).toBe("Admitted")
+      expect((yield* Fiber.join(second))._tag).toBe("Admitted")
+      expect(decided.filter((id) => id === "busy")).toHaveLength(2)
+      expect(mostBusyCalls).toBe(1)
     }))
 })

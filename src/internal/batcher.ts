@@ -1,9 +1,11 @@
 /**
- * Writes of different keys of one store, batched: a caller that finds fewer than `maxInFlight`
- * writes under way runs its own at once, in its own fiber (a lone caller never waits for a batch);
- * one that finds them all busy queues, and the queued items go together in the next write, as soon
- * as one ends. So a process pays one round trip per batch of keys instead of one per key, and its
- * writes stay in order of arrival. A failed write fails every item in it.
+ * Writes of different keys of one store, batched: up to `maxInFlight` writer fibers, started once
+ * and kept, each taking whatever is queued (up to `maxBatch` items) as soon as it is free. A lone
+ * caller finds a writer idle, whose write starts at once with its item alone (it never waits for a
+ * batch); callers that arrive while every writer is busy queue, and go together in the next write.
+ * So a process pays one round trip per batch of keys instead of one per key, its writes stay in
+ * order of arrival, and no fiber is forked per write (a fork costs more than the rest of a write's
+ * bookkeeping). A failed write fails every item in it.
  *
  * Each key has at most one item here at a time (the per-key coalescer decides a key's requests
  * together), so a write never carries the same key twice.
@@ -14,18 +16,18 @@ import type * as Scope from "effect/Scope"
 import * as Handoff from "./handoff.js"
 
 export interface Options<I, O, E> {
-  /** Where queued writes run: closing it ends them. */
+  /** Where the writers run: closing it ends them, and fails what is queued or being written. */
   readonly scope: Scope.Scope
   readonly maxBatch: number
   readonly maxInFlight: number
   /** Writes `items` at once: one result per item, in order. */
   readonly write: (items: ReadonlyArray<I>) => Effect.Effect<ReadonlyArray<O>, E>
   /**
-   * Bounds a queued write, which runs in the background (a caller's own write is bounded by its
-   * caller), so one stuck write cannot keep its place for ever.
+   * Bounds a write, which runs in a writer of the store's rather than in its callers' fibers, so one
+   * stuck write cannot keep its writer for ever.
    */
   readonly bound: (write: Effect.Effect<ReadonlyArray<O>, E>) => Effect.Effect<ReadonlyArray<O>, E>
-  /** What the items still queued learn when the store is closed under them. */
+  /** What the items queued or being written learn when the store is closed under them. */
   readonly closed: E
 }
 
@@ -42,53 +44,70 @@ interface Pending<I, O, E> {
 
 export const make = <I, O, E>(options: Options<I, O, E>): Batcher<I, O, E> => {
   const queue: Array<Pending<I, O, E>> = []
+  /** Writers waiting for work: waking one lets it take the queue when it runs. */
+  const idle: Array<() => void> = []
+  let writers = 0
   let inFlight = 0
   let writes = 0
   let items = 0
-  const write = (batch: ReadonlyArray<I>) => {
-    writes++
-    items += batch.length
-    return options.write(batch)
-  }
 
   const settle = (batch: ReadonlyArray<Pending<I, O, E>>, exit: Exit.Exit<ReadonlyArray<O>, E>) => {
     for (let i = 0; i < batch.length; i++) batch[i]!.done.done(Exit.map(exit, (results) => results[i]!))
   }
 
-  /** Starts writes of what is queued while fewer than `maxInFlight` are under way. */
-  const kick = (): Effect.Effect<void> =>
+  /** What is queued, once there is something. */
+  const work = Effect.async<Array<Pending<I, O, E>>>((resume) => {
+    const take = () => resume(Effect.sync(() => queue.splice(0, options.maxBatch)))
+    if (queue.length > 0) return take()
+    idle.push(take)
+    return Effect.sync(() => {
+      const at = idle.indexOf(take)
+      if (at >= 0) idle.splice(at, 1)
+    })
+  })
+
+  const writeBatch = (batch: ReadonlyArray<Pending<I, O, E>>) =>
     Effect.suspend(() => {
-      const starts: Array<Effect.Effect<unknown>> = []
-      while (inFlight < options.maxInFlight && queue.length > 0) {
-        const batch = queue.splice(0, options.maxBatch)
-        inFlight++
-        const run = Effect.exit(options.bound(write(batch.map((p) => p.item)))).pipe(
-          Effect.flatMap((exit) => Effect.sync(() => settle(batch, exit))),
-          Effect.onExit(() => Effect.suspend(() => (inFlight--, kick()))),
-          Effect.onInterrupt(() => Effect.sync(() => settle(batch, Exit.fail(options.closed))))
-        )
-        starts.push(Effect.forkIn(Effect.interruptible(run), options.scope))
-      }
-      return starts.length === 0 ? Effect.void : Effect.all(starts, { discard: true })
+      if (batch.length === 0) return Effect.void
+      inFlight++
+      writes++
+      items += batch.length
+      return Effect.exit(options.bound(options.write(batch.map((p) => p.item)))).pipe(
+        Effect.map((exit) => settle(batch, exit)),
+        Effect.onInterrupt(() => Effect.sync(() => settle(batch, Exit.fail(options.closed)))),
+        Effect.ensuring(Effect.sync(() => inFlight--))
+      )
     })
 
-  const submit = (item: I): Effect.Effect<O, E> =>
-    Effect.uninterruptibleMask((restore) =>
-      Effect.suspend(() => {
-        if (inFlight >= options.maxInFlight) {
-          const done = Handoff.make<O, E>()
-          queue.push({ item, done })
-          return restore(done.await)
-        }
-        // Nobody is waiting: the caller writes alone, now, in its own fiber; whoever queues meanwhile
-        // goes in the next write, started when this one ends, however it ends.
-        inFlight++
-        return restore(write([item])).pipe(
-          Effect.onExit(() => Effect.suspend(() => (inFlight--, kick()))),
-          Effect.map((results) => results[0]!)
-        )
+  const writer = Effect.forever(Effect.flatMap(work, writeBatch)).pipe(
+    Effect.onInterrupt(() =>
+      Effect.sync(() => {
+        writers--
+        // The store is closing: what no writer will take learns it.
+        if (writers === 0) settle(queue.splice(0), Exit.fail(options.closed))
       })
     )
+  )
+
+  const submit = (item: I): Effect.Effect<O, E> =>
+    Effect.suspend(() => {
+      const pending: Pending<I, O, E> = { item, done: Handoff.make<O, E>() }
+      queue.push(pending)
+      const wake = idle.pop()
+      wake?.()
+      const start = wake === undefined && writers < options.maxInFlight
+        ? (writers++, Effect.asVoid(Effect.forkIn(Effect.interruptible(writer), options.scope)))
+        : Effect.void
+      // A caller that gives up while its item is still queued takes it out: nothing is written for it.
+      return Effect.zipRight(start, pending.done.await).pipe(
+        Effect.onInterrupt(() =>
+          Effect.sync(() => {
+            const at = queue.indexOf(pending)
+            if (at >= 0) queue.splice(at, 1)
+          })
+        )
+      )
+    })
 
   return { submit, load: () => ({ inFlight, queued: queue.length, writes, items }) }
 }

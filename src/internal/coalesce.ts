@@ -23,6 +23,7 @@ import type * as Scope from "effect/Scope"
 import type { StoreError } from "../Errors.js"
 import type { Admitted, RateOutcome, RateRequest } from "../Store.js"
 import * as Handoff from "./handoff.js"
+import * as RoundRobin from "./roundRobin.js"
 import * as Spares from "./spares.js"
 import * as StoreClock from "./storeClock.js"
 
@@ -60,13 +61,20 @@ export interface Options {
   ) => Effect.Effect<ReadonlyArray<RateOutcome>, StoreError>
   /** What the requests still waiting learn when the store is closed under them. */
   readonly closed: StoreError
+  /** The most keys whose pools are remembered (idle ones beyond it are forgotten); 100,000 unless set. */
+  readonly maxKeys?: number
 }
 
 /** Bounds the keys whose pools are remembered. */
-const MAX_KEYS = 10_000
+const MAX_KEYS = 100_000
+
+/** The most keys looked at for an idle one to evict, per key added. */
+const EVICT_TRIES = 4
 
 export const make = (options: Options) => {
   const keys = new Map<string, KeyState>()
+  const nextKey = RoundRobin.make(keys)
+  const maxKeys = options.maxKeys ?? MAX_KEYS
   const held = options.held
   const storeClock = StoreClock.make()
 
@@ -75,13 +83,10 @@ export const make = (options: Options) => {
     if (state === undefined) {
       state = { queue: undefined, spares: Spares.make(options.marginMs) }
       keys.set(id, state)
-      if (keys.size > MAX_KEYS) {
-        for (const [key, other] of keys) {
-          if (other.queue === undefined) {
-            keys.delete(key)
-            break
-          }
-        }
+      // Evicts an idle key (its spare slots are lost: stricter, never looser), looking at a few at most.
+      for (let i = 0; keys.size > maxKeys && i < EVICT_TRIES; i++) {
+        const entry = nextKey()
+        if (entry !== undefined && entry[1].queue === undefined && entry[1] !== state) keys.delete(entry[0])
       }
     }
     return state
@@ -230,5 +235,8 @@ export const make = (options: Options) => {
     return spare
   }
 
-  return { submit, takeNow }
+  /** How many keys are remembered (for tests and tools). */
+  const size = () => keys.size
+
+  return { submit, takeNow, size }
 }

@@ -22,6 +22,7 @@ import { type LimiterSpec, stateKey } from "../LimiterSpec.js"
 import type { RedisStoreConfig } from "../Settings.js"
 import { admittedFree, type RateRequest, type StateView, type Store, StoreFactory } from "../Store.js"
 import * as Stores from "../Stores.js"
+import * as Buckets from "./buckets.js"
 import * as Composite from "./composite.js"
 import * as Connections from "./connections.js"
 import * as Errors from "./errors.js"
@@ -39,6 +40,7 @@ const SCRIPTS = {
   acquireLease: script(Scripts.acquireLease),
   acquireAll: script(Scripts.acquireAll),
   acquireRates: script(Scripts.acquireRates),
+  acquireBuckets: script(Scripts.acquireBuckets),
   release: script(Scripts.release),
   renew: script(Scripts.renew),
   refund: script(Scripts.refund),
@@ -124,13 +126,15 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Connection
     }
 
     /** EVALSHA, sent as EVAL when the server answers NOSCRIPT. */
-    const evaluate = (which: Script, target: Connections.Client, keys: ReadonlyArray<string | Buffer>, args: ReadonlyArray<string>) => {
+    const evaluatePromise = (which: Script, target: Connections.Client, keys: ReadonlyArray<string | Buffer>, args: ReadonlyArray<string>) => {
       const command = () =>
         target.evalsha(which.sha, keys.length, ...keys, ...args).catch((error: unknown) =>
           Errors.messageOf(error).startsWith("NOSCRIPT") ? target.eval(which.lua, keys.length, ...keys, ...args) : Promise.reject(error)
         )
-      return Effect.tryPromise({ try: () => send(target, command), catch: (cause) => toError(cause, target) })
+      return send(target, command)
     }
+    const evaluate = (which: Script, target: Connections.Client, keys: ReadonlyArray<string | Buffer>, args: ReadonlyArray<string>) =>
+      Effect.tryPromise({ try: () => evaluatePromise(which, target, keys, args), catch: (cause) => toError(cause, target) })
 
     const run = (which: Script, limiter: LimiterSpec, key: string, extra: ReadonlyArray<string>) =>
       Effect.suspend(() => {
@@ -168,19 +172,35 @@ export const make = (name: string, config: RedisStoreConfig, shared?: Connection
 
     const maxWaitArg = (request: RateRequest) => String(Number.isFinite(request.maxWaitMs) ? request.maxWaitMs * 1_000 : -1)
 
+    const scope = yield* Effect.scope
+    const closed = new StoreUnavailable({ store: name, engine: "redis", reason: "closed", message: "the store was closed" })
+    // Token buckets of different keys that are ready together share a script call.
+    const buckets = Buckets.make({
+      base,
+      cluster: Connections.isCluster(clients[0]!),
+      evaluate: (target, keys, args) => evaluatePromise(SCRIPTS.acquireBuckets, target, keys, args),
+      toError,
+      closed
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(buckets.close))
+
     // The waiters of this process on one key share a script call.
     const coalescer = Coalesce.make({
-      scope: yield* Effect.scope,
+      scope,
       maxBatch: MAX_BATCH,
       marginMs: config.timing_margin_ms,
       held: { mark: holds.mark, since: (id, mark, nowMs) => holds.until(signalId(id), mark, nowMs) !== undefined },
-      decide: (_id, batch, ahead) =>
-        run(SCRIPTS.acquireRates, ahead.request.limiter, ahead.request.key, [
-          String(ahead.count),
-          maxWaitArg(ahead.request),
-          ...batch.flatMap((r) => [String(r.cost), maxWaitArg(r)])
-        ]).pipe(Effect.flatMap(rateOutcomes(batch.length))),
-      closed: new StoreUnavailable({ store: name, engine: "redis", reason: "closed", message: "the store was closed" })
+      decide: (id, batch, ahead) => {
+        const { limiter, key } = ahead.request
+        const rate = limiter.rate
+        if (rate?._tag === "TokenBucket") {
+          return buckets.submit(client(id), { key: keysOf(id, [":s"])[0]!, rate, requests: batch, ahead: ahead.count, aheadMaxWaitMs: ahead.request.maxWaitMs })
+        }
+        return run(SCRIPTS.acquireRates, limiter, key, batch.flatMap((r) => [String(r.cost), maxWaitArg(r)])).pipe(
+          Effect.flatMap(rateOutcomes(batch.length))
+        )
+      },
+      closed
     })
 
     const store: RedisStore = {

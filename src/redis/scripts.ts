@@ -238,18 +238,14 @@ return {'A', ms(wait), slot, tat, version, cap, remaining}
 `
 
 /**
- * A batch of rate requests without leases, decided in order (the waiters of one process on one
- * key), then up to a count of unit slots reserved ahead for the process's next callers (token
- * bucket only). ARGV 11 how many ahead, 12 their max wait (µs), then pairs: cost, max
- * wait (µs, -1 for none). Returns 7 strings per request, then, when slots were reserved ahead,
- * {"B", count, wait of the first (ms, below 0 when it had room to spare), interval (ms), now (ms),
- * tat (ms), version, limit, remaining}: unit j waits max(0, first + j * interval), exactly as if each
- * had been its own request, but with one write for all and a reply of constant size.
+ * A batch of sliding-window rate requests without leases, decided in order (the waiters of one
+ * process on one key; token buckets go through `acquireBuckets`). ARGV 11 on: pairs of cost, max
+ * wait (µs, -1 for none). Returns 7 strings per request.
  */
 export const acquireRates = `${prelude}
 if kind == 'sw' then prune_log() end
 local out = {}
-for i = 13, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local cost = tonumber(ARGV[i])
   local max_wait = tonumber(ARGV[i + 1])
   local wait = rate_wait(cost)
@@ -260,28 +256,108 @@ for i = 13, #ARGV, 2 do
     for _, v in ipairs({'A', ms(wait), slot, tat, version, cap, remaining}) do out[#out + 1] = v end
   end
 end
-local ahead = tonumber(ARGV[11])
-if ahead > 0 and kind == 'tb' then
-  local ahead_wait = tonumber(ARGV[12])
-  local tat = tat_rel()
-  local from = N
-  if tat ~= nil and tat > N then from = tat end
-  local first = from + interval - tolerance - N
-  local count = 0
-  -- the free burst is for callers at once: spent ahead only where a rate it refills within the
-  -- margin leaves at least half of it free after them
-  if first > 0 or (interval <= ahead_wait and first + (ahead - 1) * interval <= -tolerance / 2) then
-    while count < ahead and settle(first + count * interval) <= ahead_wait do count = count + 1 end
-  end
-  if count > 0 then
-    local version = write_tat(tat, count)
-    local written = tat_rel()
-    for _, v in ipairs({'B', fmt(count), ms(first), ms(interval), ms(N), ms(written), fmt(version), cap, fmt(remaining_tb(written))}) do
-      out[#out + 1] = v
+expire_all()
+return out
+`
+
+/**
+ * Token-bucket rate slots of one or several keys in one call: each key's batch of requests (the
+ * waiters of a process on it), then its slots reserved ahead, exactly as `acquireRates` decides them,
+ * but with one read and one write per key and no prelude. A process's keys that are ready together
+ * share the call, so many keys cost one round trip and one script run. KEYS: each key's state. ARGV 1
+ * base, then a group per key: interval (µs), burst, how many requests, how many ahead, their max wait
+ * (µs), then pairs: cost, max wait (µs, -1 for none). Returns per key a count of the strings that
+ * follow, then `acquireRates`'s reply for it, or {"E", message} when the key could not be read (not
+ * a hash): that key's error alone.
+ */
+export const acquireBuckets = `
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local base = tonumber(ARGV[1])
+local N = now - base
+local function fmt(x) return string.format('%.17g', x) end
+local function ms(us) return fmt(us / 1000) end
+local out = {}
+local o = 2
+for j = 1, #KEYS do
+  local S = KEYS[j]
+  local interval, burst = tonumber(ARGV[o]), tonumber(ARGV[o + 1])
+  local requests, ahead, ahead_wait = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4])
+  local first_pair = o + 5
+  o = first_pair + 2 * requests
+  local head = #out + 1
+  out[head] = ''
+  local v = redis.pcall('HMGET', S, 'a', 'n', 'i', 'w', 'b')
+  if v.err then
+    out[head + 1], out[head + 2] = 'E', v.err
+  else
+    local tolerance, cap = burst * interval, fmt(burst)
+    local a, n, i, w, b = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4]) or 0, tonumber(v[5])
+    local wrote = false
+    -- tat relative to base, or nil for a fresh key
+    local tat = nil
+    if a then tat = (a - base) + n * i end
+    local function remaining()
+      local debt = 0
+      if tat ~= nil and tat > N then debt = tat - N end
+      return fmt(math.max(0, math.floor((tolerance - debt) / interval + 1e-9)))
+    end
+    -- keeps the anchor while the bucket is busy, so sums stay exact
+    local function take(cost)
+      if tat ~= nil and tat > N and i == interval then
+        n = n + cost
+      else
+        local from = N
+        if tat ~= nil and tat > N then from = math.ceil(tat) end
+        a, n, i = base + from, cost, interval
+      end
+      tat, w, wrote = (a - base) + n * i, w + 1, true
+    end
+    for p = first_pair, o - 1, 2 do
+      local cost, max_wait = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+      local from = N
+      if tat ~= nil and tat > N then from = tat end
+      local wait = from + cost * interval - tolerance - N
+      if wait < 0.001 then wait = 0 end
+      if max_wait >= 0 and wait > max_wait then
+        for _, x in ipairs({'R', ms(wait), cap, remaining(), '', '', ''}) do out[#out + 1] = x end
+      else
+        take(cost)
+        for _, x in ipairs({'A', ms(wait), ms(N + wait), ms(tat), fmt(w), cap, remaining()}) do out[#out + 1] = x end
+      end
+    end
+    if ahead > 0 then
+      local from = N
+      if tat ~= nil and tat > N then from = tat end
+      local first = from + interval - tolerance - N
+      local count = 0
+      -- the free burst is for callers at once: spent ahead only where a rate it refills within the
+      -- margin leaves at least half of it free after them
+      if first > 0 or (interval <= ahead_wait and first + (ahead - 1) * interval <= -tolerance / 2) then
+        while count < ahead do
+          local wait = first + count * interval
+          if wait < 0.001 then wait = 0 end
+          if wait > ahead_wait then break end
+          count = count + 1
+        end
+      end
+      if count > 0 then
+        take(count)
+        -- one write for all: the version moves once, as in acquireRates
+        for _, x in ipairs({'B', fmt(count), ms(first), ms(interval), ms(N), ms(tat), fmt(w), cap, remaining()}) do
+          out[#out + 1] = x
+        end
+      end
+    end
+    if wrote then
+      redis.call('HSET', S, 'a', fmt(a), 'n', fmt(n), 'i', fmt(i), 'w', fmt(w))
+      local stale = a + n * i
+      if b and b > stale then stale = b end
+      redis.call('PEXPIREAT', S, math.ceil(stale / 1000) + 1)
     end
   end
+  out[head] = tostring(#out - head)
 end
-expire_all()
 return out
 `
 

@@ -1,0 +1,90 @@
+/**
+ * Token buckets of different keys decided in one script call (redis/buckets.ts): what one key's
+ * trouble does to the others in its call, how many calls a burst of keys costs, and what a caller
+ * that gives up while queued leaves behind. On a server of the test's own, so its command counts
+ * and pauses disturb no other test.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
+import { Redis } from "ioredis"
+import * as RedisStore from "../src/redis/RedisStore.js"
+import { decodeSettings, toLimiterSpec } from "../src/Settings.js"
+import type { RateRequest } from "../src/Store.js"
+import { startRedisServer } from "./support/redisServer.js"
+
+const prefix = "buckets:"
+
+/** A store on a server of the test's own, its limiter (1/s, burst 100: a key's state lasts a second), and a connection to look with. */
+const setup = Effect.gen(function*() {
+  const started = yield* Effect.acquireRelease(
+    Effect.promise(() => startRedisServer()),
+    (server) => Effect.promise(() => server?.stop() ?? Promise.resolve())
+  )
+  if (started === undefined) return yield* Effect.die("redis-server is not installed")
+  const settings = yield* decodeSettings({
+    // One connection, so every key's call goes on it; no slots reserved ahead.
+    stores: { r: { engine: "redis", url: started.url, key_prefix: prefix, pool_max_size: 1, timing_margin_ms: 0 } },
+    limiters: { api: { store: "r", rate_per_second: 1, burst: 100 } }
+  })
+  const config = settings.stores["r"]
+  if (config?.engine !== "redis") return yield* Effect.die("not a redis store")
+  const store = yield* RedisStore.make("r", config)
+  const limiter = toLimiterSpec("api", settings.limiters["api"]!)
+  const look = yield* Effect.acquireRelease(Effect.sync(() => new Redis(started.url)), (redis) => Effect.promise(() => redis.quit()))
+  const request = (key: string): RateRequest => ({ limiter, key, cost: 1, maxWaitMs: Infinity })
+  const evalshas = () =>
+    Effect.promise(async () => Number(/cmdstat_evalsha:calls=(\d+)/.exec(await look.info("commandstats"))?.[1] ?? 0))
+  return { store, look, request, evalshas }
+})
+
+describe("Redis token buckets, several keys in one call", () => {
+  it.live("twelve keys asked at once cost at most two calls: the first alone, the rest together", () =>
+    Effect.gen(function*() {
+      const { store, request, evalshas } = yield* setup
+      yield* store.acquireRate(request("warm"))
+      const before = yield* evalshas()
+      const outcomes = yield* Effect.forEach(Array.from({ length: 12 }, (_, i) => `k${i}`), (key) => store.acquireRate(request(key)), {
+        concurrency: "unbounded"
+      })
+      expect(outcomes.every((o) => o._tag === "Admitted" && o.waitMs <= 0)).toBe(true)
+      expect((yield* evalshas()) - before).toBeLessThanOrEqual(2)
+    }).pipe(Effect.scoped))
+
+  it.live("a key holding something else fails its own caller alone; the others in its call are decided", () =>
+    Effect.gen(function*() {
+      const { store, look, request } = yield* setup
+      yield* Effect.promise(() => look.set(`${prefix}{api:bad}:s`, "not a hash"))
+      // The first key goes alone; the next ones, bad among them, queue and go in one call.
+      const results = yield* Effect.forEach(["a", "b", "bad", "c", "d"], (key) => Effect.either(store.acquireRate(request(key))), {
+        concurrency: "unbounded"
+      })
+      expect(results.map((r) => Either.isRight(r) ? r.right._tag : r.left._tag)).toEqual([
+        "Admitted",
+        "Admitted",
+        "StoreMisconfigured",
+        "Admitted",
+        "Admitted"
+      ])
+      const bad = results[2]!
+      expect(Either.isLeft(bad) && bad.left.message).toContain("WRONGTYPE")
+    }).pipe(Effect.scoped))
+
+  it.live("a caller that gives up while its key is queued leaves nothing in Redis; the others are decided", () =>
+    Effect.gen(function*() {
+      const { store, look, request } = yield* setup
+      // A paused server holds the first call; the next two queue behind it.
+      yield* Effect.promise(() => look.client("PAUSE", 300, "ALL"))
+      const first = yield* Effect.fork(store.acquireRate(request("first")))
+      yield* Effect.sleep("20 millis")
+      const quitter = yield* Effect.fork(store.acquireRate(request("quitter")))
+      const stayer = yield* Effect.fork(store.acquireRate(request("stayer")))
+      yield* Effect.sleep("20 millis")
+      yield* Fiber.interrupt(quitter)
+      expect((yield* Fiber.join(first))._tag).toBe("Admitted")
+      expect((yield* Fiber.join(stayer))._tag).toBe("Admitted")
+      const keys = yield* Effect.promise(() => look.keys(`${prefix}*`))
+      expect(keys.sort()).toEqual([`${prefix}{api:first}:s`, `${prefix}{api:stayer}:s`])
+    }).pipe(Effect.scoped))
+})
