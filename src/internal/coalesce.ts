@@ -116,9 +116,36 @@ export const make = (options: Options) => {
   }
 
   /**
-   * Decides `requests` (possibly none) for `id`, with slots reserved ahead as the key's demand
-   * warrants; keeps those as spares and serves from them whoever queued meanwhile.
+   * A batch's store call for `requests` (possibly none) on `id`, with slots reserved ahead as the
+   * key's demand warrants, and `absorb`, which turns its answer into the requests' outcomes: keeps
+   * the slots reserved ahead as spares and serves from them whoever queued meanwhile. Undefined
+   * when there is nothing to ask.
    */
+  const prepare = (id: string, state: KeyState, requests: ReadonlyArray<RateRequest>, template: RateRequest, queue: Array<Pending>, clock: Clock.Clock) => {
+    const first = requests[0] ?? template
+    const ahead = reservesAhead(first) ? state.spares.plan(requests.length) : 0
+    if (requests.length === 0 && ahead === 0) return undefined
+    const spare: RateRequest = { limiter: first.limiter, key: first.key, cost: 1, maxWaitMs: options.marginMs }
+    const mark = held?.mark() ?? 0
+    const sentAt = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+    const absorb = (answered: Exit.Exit<ReadonlyArray<RateOutcome>, StoreError>): Exit.Exit<ReadonlyArray<RateOutcome>, StoreError> => {
+      const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
+      const wall = clock.unsafeCurrentTimeMillis()
+      const exit = Exit.isSuccess(answered) ? Exit.succeed(onLocalClock(answered.value, sentAt, at)) : answered
+      if (Exit.isSuccess(exit)) state.spares.add(exit.value.slice(requests.length), at, mark)
+      for (let i = 0; i < queue.length; i++) {
+        const outcome = reservesAhead(queue[i]!.request) ? takeSpare(id, state, queue[i]!.request, at, wall) : undefined
+        if (outcome !== undefined) {
+          queue[i]!.done.done(Exit.succeed(outcome))
+          queue.splice(i--, 1)
+        }
+      }
+      return exit
+    }
+    return { call: options.decide(id, requests, { request: spare, count: ahead }), absorb }
+  }
+
+  /** Decides `requests` (possibly none) for `id`: the store call and what `prepare` makes of its answer. */
   const decideBatch = (
     id: string,
     state: KeyState,
@@ -128,28 +155,8 @@ export const make = (options: Options) => {
     clock: Clock.Clock
   ): Effect.Effect<Exit.Exit<ReadonlyArray<RateOutcome>, StoreError>> =>
     Effect.suspend(() => {
-      const first = requests[0] ?? template
-      const ahead = reservesAhead(first) ? state.spares.plan(requests.length) : 0
-      if (requests.length === 0 && ahead === 0) return Effect.succeed(Exit.succeed([]))
-      const spare: RateRequest = { limiter: first.limiter, key: first.key, cost: 1, maxWaitMs: options.marginMs }
-      const mark = held?.mark() ?? 0
-      const sentAt = Number(clock.unsafeCurrentTimeNanos()) / 1e6
-      return Effect.exit(options.decide(id, requests, { request: spare, count: ahead })).pipe(
-        Effect.map((answered) => {
-          const at = Number(clock.unsafeCurrentTimeNanos()) / 1e6
-          const wall = clock.unsafeCurrentTimeMillis()
-          const exit = Exit.isSuccess(answered) ? Exit.succeed(onLocalClock(answered.value, sentAt, at)) : answered
-          if (Exit.isSuccess(exit)) state.spares.add(exit.value.slice(requests.length), at, mark)
-          for (let i = 0; i < queue.length; i++) {
-            const outcome = reservesAhead(queue[i]!.request) ? takeSpare(id, state, queue[i]!.request, at, wall) : undefined
-            if (outcome !== undefined) {
-              queue[i]!.done.done(Exit.succeed(outcome))
-              queue.splice(i--, 1)
-            }
-          }
-          return exit
-        })
-      )
+      const prepared = prepare(id, state, requests, template, queue, clock)
+      return prepared === undefined ? Effect.succeed(Exit.succeed([])) : Effect.map(Effect.exit(prepared.call), prepared.absorb)
     })
 
   /**
@@ -208,17 +215,20 @@ export const make = (options: Options) => {
       // caller's part ends (interrupted included, when its caller gives up), exactly once.
       const queue: Array<Pending> = []
       state.queue = queue
-      const handOff = Effect.suspend(() =>
-        queue.length > 0
-          ? Effect.asVoid(Effect.forkIn(drain(id, state, queue, clock, request), options.scope))
-          : Effect.sync(() => {
-            state.queue = undefined
-          })
-      )
-      return restore(decideBatch(id, state, [request], request, queue, clock)).pipe(
-        Effect.onExit(() => handOff),
-        Effect.flatMap((exit) => Exit.map(exit, (outcomes) => outcomes[0]!))
-      )
+      /** The caller's outcome, after the key is handed to a drain when others queued meanwhile. */
+      const handOff = (exit: Exit.Exit<RateOutcome, StoreError>): Effect.Effect<RateOutcome, StoreError> => {
+        if (queue.length === 0) {
+          state.queue = undefined
+          return exit
+        }
+        return Effect.zipRight(Effect.forkIn(drain(id, state, queue, clock, request), options.scope), exit)
+      }
+      const { call, absorb } = prepare(id, state, [request], request, queue, clock)!
+      // One match, in the uninterruptible region: it runs however the call ends, interrupted included.
+      return Effect.matchCauseEffect(restore(call), {
+        onFailure: (cause) => handOff(Exit.map(absorb(Exit.failCause(cause)), (outcomes) => outcomes[0]!)),
+        onSuccess: (outcomes) => handOff(Exit.map(absorb(Exit.succeed(outcomes)), (answered) => answered[0]!))
+      })
     }))
 
   /**
