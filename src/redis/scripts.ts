@@ -275,88 +275,87 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local base = tonumber(ARGV[1])
 local N = now - base
-local function fmt(x) return string.format('%.17g', x) end
-local function ms(us) return fmt(us / 1000) end
+local format, floor, ceil, max, tonumber, tostring = string.format, math.floor, math.ceil, math.max, tonumber, tostring
 local out = {}
+local len = 0
 local o = 2
 for j = 1, #KEYS do
   local S = KEYS[j]
   local interval, burst = tonumber(ARGV[o]), tonumber(ARGV[o + 1])
   local requests, ahead, ahead_wait = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4])
-  local first_pair = o + 5
-  o = first_pair + 2 * requests
-  local head = #out + 1
-  out[head] = ''
+  local p = o + 5
+  o = p + 2 * requests
+  local head = len + 1
+  len = head
   local v = redis.pcall('HMGET', S, 'a', 'n', 'i', 'w', 'b')
   if v.err then
     out[head + 1], out[head + 2] = 'E', v.err
+    len = head + 2
   else
-    local tolerance, cap = burst * interval, fmt(burst)
+    local tolerance, cap = burst * interval, format('%.17g', burst)
     local a, n, i, w, b = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]), tonumber(v[4]) or 0, tonumber(v[5])
-    local wrote = false
     -- tat relative to base, or nil for a fresh key
     local tat = nil
     if a then tat = (a - base) + n * i end
-    local function remaining()
-      local debt = 0
-      if tat ~= nil and tat > N then debt = tat - N end
-      return fmt(math.max(0, math.floor((tolerance - debt) / interval + 1e-9)))
-    end
-    -- keeps the anchor while the bucket is busy, so sums stay exact
-    local function take(cost)
-      if tat ~= nil and tat > N and i == interval then
-        n = n + cost
-      else
-        local from = N
-        if tat ~= nil and tat > N then from = math.ceil(tat) end
-        a, n, i = base + from, cost, interval
-      end
-      tat, w, wrote = (a - base) + n * i, w + 1, true
-    end
-    for p = first_pair, o - 1, 2 do
-      local cost, max_wait = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+    local wrote = false
+    -- the requests in order, then (p == o) the slots reserved ahead
+    while p <= o do
+      local spare = p == o
+      local cost, max_wait = 0, -1
+      if not spare then cost, max_wait = tonumber(ARGV[p]), tonumber(ARGV[p + 1]) end
       local from = N
       if tat ~= nil and tat > N then from = tat end
+      if spare and ahead > 0 then
+        local first = from + interval - tolerance - N
+        -- the free burst is for callers at once: spent ahead only where a rate it refills within the
+        -- margin leaves at least half of it free after them
+        if first > 0 or (interval <= ahead_wait and first + (ahead - 1) * interval <= -tolerance / 2) then
+          while cost < ahead do
+            local due = first + cost * interval
+            if due >= 0.001 and due > ahead_wait then break end
+            cost = cost + 1
+          end
+        end
+        if cost > 0 then
+          out[len + 1], out[len + 2], out[len + 3] = 'B', tostring(cost), format('%.17g', first / 1000)
+          out[len + 4], out[len + 5] = format('%.17g', interval / 1000), format('%.17g', N / 1000)
+        end
+      end
       local wait = from + cost * interval - tolerance - N
       if wait < 0.001 then wait = 0 end
-      if max_wait >= 0 and wait > max_wait then
-        for _, x in ipairs({'R', ms(wait), cap, remaining(), '', '', ''}) do out[#out + 1] = x end
-      else
-        take(cost)
-        for _, x in ipairs({'A', ms(wait), ms(N + wait), ms(tat), fmt(w), cap, remaining()}) do out[#out + 1] = x end
-      end
-    end
-    if ahead > 0 then
-      local from = N
-      if tat ~= nil and tat > N then from = tat end
-      local first = from + interval - tolerance - N
-      local count = 0
-      -- the free burst is for callers at once: spent ahead only where a rate it refills within the
-      -- margin leaves at least half of it free after them
-      if first > 0 or (interval <= ahead_wait and first + (ahead - 1) * interval <= -tolerance / 2) then
-        while count < ahead do
-          local wait = first + count * interval
-          if wait < 0.001 then wait = 0 end
-          if wait > ahead_wait then break end
-          count = count + 1
+      local refused = not spare and max_wait >= 0 and wait > max_wait
+      if cost > 0 and not refused then
+        -- keeps the anchor while the bucket is busy, so sums stay exact
+        if tat ~= nil and tat > N and i == interval then
+          n = n + cost
+        else
+          a, n, i = base + ceil(from), cost, interval
         end
+        tat, w, wrote = (a - base) + n * i, w + 1, true
       end
-      if count > 0 then
-        take(count)
-        -- one write for all: the version moves once, as in acquireRates
-        for _, x in ipairs({'B', fmt(count), ms(first), ms(interval), ms(N), ms(tat), fmt(w), cap, remaining()}) do
-          out[#out + 1] = x
-        end
+      local remaining = tostring(max(0, floor((tolerance - max(0, (tat or N) - N)) / interval + 1e-9)))
+      if refused then
+        out[len + 1], out[len + 2], out[len + 3], out[len + 4] = 'R', format('%.17g', wait / 1000), cap, remaining
+        out[len + 5], out[len + 6], out[len + 7] = '', '', ''
+        len = len + 7
+      elseif not spare then
+        out[len + 1], out[len + 2], out[len + 3] = 'A', format('%.17g', wait / 1000), format('%.17g', (N + wait) / 1000)
+        out[len + 4], out[len + 5], out[len + 6], out[len + 7] = format('%.17g', tat / 1000), tostring(w), cap, remaining
+        len = len + 7
+      elseif cost > 0 then
+        out[len + 6], out[len + 7], out[len + 8], out[len + 9] = format('%.17g', tat / 1000), tostring(w), cap, remaining
+        len = len + 9
       end
+      p = p + 2
     end
     if wrote then
-      redis.call('HSET', S, 'a', fmt(a), 'n', fmt(n), 'i', fmt(i), 'w', fmt(w))
+      redis.call('HSET', S, 'a', format('%.17g', a), 'n', format('%.17g', n), 'i', format('%.17g', i), 'w', tostring(w))
       local stale = a + n * i
       if b and b > stale then stale = b end
-      redis.call('PEXPIREAT', S, math.ceil(stale / 1000) + 1)
+      redis.call('PEXPIREAT', S, ceil(stale / 1000) + 1)
     end
   end
-  out[head] = tostring(#out - head)
+  out[head] = tostring(len - head)
 end
 return out
 `
