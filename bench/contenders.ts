@@ -47,8 +47,8 @@ const TABLES = {
   floorAsync: "rate_sync_bench_floor_async"
 } as const
 
-/** The bench's own tables: dropped when it ends, so runs do not grow the database. */
-export const POSTGRES_TABLES: ReadonlyArray<string> = Object.values(TABLES)
+/** The bench's own tables (the contenders', the lease hand-off's and the HTTP servers'): dropped when it ends, so runs do not grow the database. */
+export const POSTGRES_TABLES: ReadonlyArray<string> = [...Object.values(TABLES), "bench_handoff_state", "bench_http_state"]
 
 /** The next call's key, as cheap as a key can be made: the hot key's name is made once. */
 const keyChooser = (workload: Workload): () => string => {
