@@ -119,7 +119,7 @@ describe("keys remembered", () => {
       const coalescer = Coalesce.make({
         scope,
         maxBatch: 64,
-        marginMs: 0,
+        marginMs: 10,
         maxKeys: 5,
         decide: (id, batch) =>
           id === "busy"
@@ -128,13 +128,23 @@ describe("keys remembered", () => {
               Effect.ensuring(Effect.sync(() => busyCalls--)),
               Effect.as(batch.map((): RateOutcome => (decided.push(id), { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: 1, remaining: 1 })))
             )
-            : Effect.succeed(batch.map((): RateOutcome => (decided.push(id), { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: 1, remaining: 1 }))),
+            // Answered after the other callers had their turn, as a store's reply is.
+            : Effect.zipRight(
+              Effect.yieldNow(),
+              Effect.sync(() => batch.map((): RateOutcome => (decided.push(id), { _tag: "Admitted", waitMs: 0, reservation: undefined, limit: 1, remaining: 1 })))
+            ),
         closed: new StoreUnavailable({ store: "s", engine: "test", message: "closed" })
       })
       const busy = yield* Effect.fork(coalescer.submit("busy", request()))
       yield* Effect.yieldNow()
-      for (let i = 0; i < 200; i++) yield* coalescer.submit(`k${i}`, { ...request(), key: `k${i}` })
-      expect(coalescer.size()).toBeLessThanOrEqual(5)
+      // A lone caller's key holds no pool and plans none: it is forgotten as soon as it is decided.
+      yield* coalescer.submit("lone", { ...request(), key: "lone" })
+      expect(coalescer.size()).toBe(1)
+      // Three callers at once make a key in demand (a pool is planned for it): kept, up to maxKeys.
+      for (let i = 0; i < 200; i++) {
+        yield* Effect.all(Array.from({ length: 3 }, () => coalescer.submit(`k${i}`, { ...request(), key: `k${i}` })), { concurrency: "unbounded" })
+      }
+      expect(coalescer.size()).toBe(5)
       // The busy key kept its queue: a second caller waits in it and is decided after the first.
       const second = yield* Effect.fork(coalescer.submit("busy", request()))
       yield* Effect.yieldNow()

@@ -116,6 +116,15 @@ export const make = (options: Options) => {
   }
 
   /**
+   * Nobody is deciding `id` any more. A key with no pool and none planned is forgotten at once: a
+   * process asking for many keys keeps state only for those in demand.
+   */
+  const settled = (id: string, state: KeyState) => {
+    state.queue = undefined
+    if (state.spares.idle() && keys.get(id) === state) keys.delete(id)
+  }
+
+  /**
    * A batch's store call for `requests` (possibly none) on `id`, with slots reserved ahead as the
    * key's demand warrants, and `absorb`, which turns its answer into the requests' outcomes: keeps
    * the slots reserved ahead as spares and serves from them whoever queued meanwhile. Undefined
@@ -174,7 +183,7 @@ export const make = (options: Options) => {
         batch.forEach((pending, i) => pending.done.done(Exit.map(exit, (outcomes) => outcomes[i]!)))
         batch = []
       } while (queue.length > 0)
-      state.queue = undefined
+      settled(id, state)
     }).pipe(
       Effect.interruptible,
       Effect.onInterrupt(() =>
@@ -218,7 +227,7 @@ export const make = (options: Options) => {
       /** The caller's outcome, after the key is handed to a drain when others queued meanwhile. */
       const handOff = (exit: Exit.Exit<RateOutcome, StoreError>): Effect.Effect<RateOutcome, StoreError> => {
         if (queue.length === 0) {
-          state.queue = undefined
+          settled(id, state)
           return exit
         }
         return Effect.zipRight(Effect.forkIn(drain(id, state, queue, clock, request), options.scope), exit)

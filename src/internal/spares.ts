@@ -40,6 +40,8 @@ export interface Spares {
   readonly add: (outcomes: ReadonlyArray<RateOutcome>, at: number, mark: number) => void
   /** Half the last batch's spares are gone: time to refill. */
   readonly refillDue: () => boolean
+  /** Holds no slot and plans none: forgetting the key loses nothing. */
+  readonly idle: () => boolean
   /** Notes that the key was asked for at `now`; after a quiet spell, the pool starts from none. */
   readonly asked: (now: number) => void
   /**
@@ -96,6 +98,7 @@ export const make = (marginMs: number): Spares => {
       pooled = spares.length
     },
     refillDue: () => left() * 2 < pooled,
+    idle: () => left() === 0 && target === 0,
     asked: (now) => {
       if (now - lastAt > QUIET_MS) target = 0
       lastAt = now
