@@ -7,6 +7,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import { Redis } from "ioredis"
 import * as RedisStore from "../src/redis/RedisStore.js"
@@ -17,7 +18,10 @@ import { startRedisServer } from "./support/redisServer.js"
 const prefix = "buckets:"
 
 /** A store on a server of the test's own, its limiter (1/s, burst 100: a key's state lasts a second), and a connection to look with. */
-const setup = Effect.gen(function*() {
+const setup = setupWith(100)
+
+function setupWith(burst: number) {
+  return Effect.gen(function*() {
   const started = yield* Effect.acquireRelease(
     Effect.promise(() => startRedisServer()),
     (server) => Effect.promise(() => server?.stop() ?? Promise.resolve())
@@ -26,7 +30,7 @@ const setup = Effect.gen(function*() {
   const settings = yield* decodeSettings({
     // One connection, so every key's call goes on it; no slots reserved ahead.
     stores: { r: { engine: "redis", url: started.url, key_prefix: prefix, pool_max_size: 1, timing_margin_ms: 0 } },
-    limiters: { api: { store: "r", rate_per_second: 1, burst: 100 } }
+    limiters: { api: { store: "r", rate_per_second: 1, burst } }
   })
   const config = settings.stores["r"]
   if (config?.engine !== "redis") return yield* Effect.die("not a redis store")
@@ -37,7 +41,8 @@ const setup = Effect.gen(function*() {
   const evalshas = () =>
     Effect.promise(async () => Number(/cmdstat_evalsha:calls=(\d+)/.exec(await look.info("commandstats"))?.[1] ?? 0))
   return { store, look, request, evalshas }
-})
+  })
+}
 
 describe("Redis token buckets, several keys in one call", () => {
   it.live("twelve keys asked at once cost at most two calls: the first alone, the rest together", () =>
@@ -87,4 +92,51 @@ describe("Redis token buckets, several keys in one call", () => {
       const keys = yield* Effect.promise(() => look.keys(`${prefix}*`))
       expect(keys.sort()).toEqual([`${prefix}{api:first}:s`, `${prefix}{api:stayer}:s`])
     }).pipe(Effect.scoped))
+
+  it.live("property: keys decided together get what the token bucket gives each alone, request by request, in order", () =>
+    Effect.gen(function*() {
+      // 1/s: the few milliseconds a sample takes move no wait across a whole second, so every
+      // outcome is the reference GCRA's at one instant (waits within that drift of it).
+      const samples = FastCheck.sample(
+        FastCheck.record({
+          burst: FastCheck.integer({ min: 1, max: 4 }),
+          rounds: FastCheck.array(
+            FastCheck.array(
+              FastCheck.record({
+                key: FastCheck.constantFrom("a", "b", "c"),
+                cost: FastCheck.integer({ min: 1, max: 4 }),
+                maxWaitMs: FastCheck.constantFrom(0, 1_500, 2_500, Infinity)
+              }),
+              { minLength: 1, maxLength: 8 }
+            ),
+            { minLength: 1, maxLength: 4 }
+          )
+        }),
+        25
+      )
+      for (const [n, { burst, rounds }] of samples.entries()) yield* Effect.scoped(Effect.gen(function*() {
+        const { store, request } = yield* setupWith(burst)
+        const tat = new Map<string, number>()
+        const started = Date.now()
+        for (const round of rounds) {
+          const asked = round.map((r) => ({ ...r, key: `${n}:${r.key}`, cost: Math.min(r.cost, burst) }))
+          const outcomes = yield* Effect.forEach(asked, (r) => store.acquireRate({ ...request(r.key), cost: r.cost, maxWaitMs: r.maxWaitMs }), {
+            concurrency: "unbounded"
+          })
+          const drift = Date.now() - started + 50
+          asked.forEach((r, i) => {
+            const from = Math.max(0, tat.get(r.key) ?? 0)
+            const wait = Math.max(0, from + r.cost * 1_000 - burst * 1_000)
+            const outcome = outcomes[i]!
+            if (wait > r.maxWaitMs) {
+              expect(outcome._tag).toBe("RateLimited")
+            } else {
+              expect(outcome._tag).toBe("Admitted")
+              if (outcome._tag === "Admitted") expect(Math.abs(outcome.waitMs - wait)).toBeLessThan(drift)
+              tat.set(r.key, from + r.cost * 1_000)
+            }
+          })
+        }
+      }))
+    }))
 })
