@@ -1,10 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
+import * as TestClock from "effect/TestClock"
 import * as Batcher from "../src/internal/batcher.js"
 
 /** A batcher whose writes wait for the test to open a gate, recording each write's items. */
@@ -26,7 +28,8 @@ const setup = (maxInFlight: number, fail?: (items: ReadonlyArray<number>) => boo
           )
         }),
       bound: (write) => write,
-      closed: "closed"
+      closed: "closed",
+      timedOut: () => "timed out"
     })
     /** Lets the writes under way end; the writes they start wait for the next opening. */
     const open = Effect.gen(function*() {
@@ -104,6 +107,36 @@ describe("batcher: writes of different keys together", () => {
         expect(result._tag === "Left" ? result.left : result.right).toBe("closed")
       }
       expect(batcher.load()).toMatchObject({ inFlight: 0, queued: 0 })
+    }))
+
+  it.effect("a caller given waitMs fails with timedOut then, its item taken out if still queued; the others are not held up", () =>
+    Effect.gen(function*() {
+      const { batcher, open, writes } = yield* setup(1)
+      // Under way when its time runs out: the caller leaves, the write goes on (bounded by `bound`).
+      const writing = yield* Effect.fork(Effect.either(batcher.submit(0, 50)))
+      yield* settle
+      const queued = yield* Effect.fork(Effect.either(batcher.submit(1, 50)))
+      const patient = yield* Effect.fork(batcher.submit(2, 500))
+      yield* settle
+      yield* TestClock.adjust(Duration.millis(49))
+      expect(writing.unsafePoll()).toBeNull()
+      yield* TestClock.adjust(Duration.millis(1))
+      for (const fiber of [writing, queued]) {
+        const result = yield* Fiber.join(fiber)
+        expect(result._tag === "Left" ? result.left : result.right).toBe("timed out")
+      }
+      expect(batcher.load()).toMatchObject({ inFlight: 1, queued: 1 })
+      yield* open
+      yield* open
+      expect(yield* Fiber.join(patient)).toBe("r2")
+      expect(writes).toEqual([[0], [2]])
+      // Answered in time: the result stands.
+      const answered = yield* Effect.fork(batcher.submit(3, 50))
+      yield* settle
+      yield* open
+      expect(yield* Fiber.join(answered)).toBe("r3")
+      yield* TestClock.adjust(Duration.millis(100))
+      expect(batcher.load()).toMatchObject({ inFlight: 0, queued: 0, writes: 3, items: 3 })
     }))
 
   it.effect("property: every caller gets its own item's result, whatever the arrival pattern", () =>

@@ -14,6 +14,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Scope from "effect/Scope"
 import * as Handoff from "./handoff.js"
+import { startTimer } from "./timer.js"
 
 export interface Options<I, O, E> {
   /** Where the writers run: closing it ends them, and fails what is queued or being written. */
@@ -29,10 +30,17 @@ export interface Options<I, O, E> {
   readonly bound: (write: Effect.Effect<ReadonlyArray<O>, E>) => Effect.Effect<ReadonlyArray<O>, E>
   /** What the items queued or being written learn when the store is closed under them. */
   readonly closed: E
+  /** What a caller learns that stopped waiting after `submit`'s `waitMs` (required to pass one). */
+  readonly timedOut?: () => E
 }
 
 export interface Batcher<I, O, E> {
-  readonly submit: (item: I) => Effect.Effect<O, E>
+  /**
+   * The item's result. With `waitMs` (of the fiber's clock), the caller waits at most that long and
+   * then fails with `timedOut()`, its item taken out if still queued (a write under way is bounded
+   * by `bound`): a bound that needs no fiber of the caller's own, as `Effect.timeout` would.
+   */
+  readonly submit: (item: I, waitMs?: number) => Effect.Effect<O, E>
   /** Writes under way and items queued, and writes and items so far (for tests and tools). */
   readonly load: () => { readonly inFlight: number; readonly queued: number; readonly writes: number; readonly items: number }
 }
@@ -40,6 +48,8 @@ export interface Batcher<I, O, E> {
 interface Pending<I, O, E> {
   readonly item: I
   readonly done: Handoff.Handoff<O, E>
+  /** Cancels the caller's timer, if it set one. */
+  cancel: (() => void) | undefined
 }
 
 export const make = <I, O, E>(options: Options<I, O, E>): Batcher<I, O, E> => {
@@ -52,7 +62,11 @@ export const make = <I, O, E>(options: Options<I, O, E>): Batcher<I, O, E> => {
   let items = 0
 
   const settle = (batch: ReadonlyArray<Pending<I, O, E>>, exit: Exit.Exit<ReadonlyArray<O>, E>) => {
-    for (let i = 0; i < batch.length; i++) batch[i]!.done.done(Exit.map(exit, (results) => results[i]!))
+    for (let i = 0; i < batch.length; i++) {
+      const pending = batch[i]!
+      pending.cancel?.()
+      pending.done.done(Exit.map(exit, (results) => results[i]!))
+    }
   }
 
   /** What is queued, once there is something. */
@@ -89,25 +103,43 @@ export const make = <I, O, E>(options: Options<I, O, E>): Batcher<I, O, E> => {
     )
   )
 
-  const submit = (item: I): Effect.Effect<O, E> =>
+  /** Takes `pending` out of the queue, if still there: nothing is written for it. */
+  const drop = (pending: Pending<I, O, E>) => {
+    const at = queue.indexOf(pending)
+    if (at >= 0) queue.splice(at, 1)
+  }
+
+  const enqueue = (item: I) =>
     Effect.suspend(() => {
-      const pending: Pending<I, O, E> = { item, done: Handoff.make<O, E>() }
+      const pending: Pending<I, O, E> = { item, done: Handoff.make<O, E>(), cancel: undefined }
       queue.push(pending)
       const wake = idle.pop()
       wake?.()
       const start = wake === undefined && writers < options.maxInFlight
         ? (writers++, Effect.asVoid(Effect.forkIn(Effect.interruptible(writer), options.scope)))
         : Effect.void
-      // A caller that gives up while its item is still queued takes it out: nothing is written for it.
-      return Effect.zipRight(start, pending.done.await).pipe(
-        Effect.onInterrupt(() =>
-          Effect.sync(() => {
-            const at = queue.indexOf(pending)
-            if (at >= 0) queue.splice(at, 1)
-          })
-        )
-      )
+      return Effect.as(start, pending)
     })
+
+  // A caller that gives up while its item is still queued takes it out.
+  const waitFor = (pending: Pending<I, O, E>) =>
+    Effect.onInterrupt(pending.done.await, () => Effect.sync(() => (drop(pending), pending.cancel?.())))
+
+  const submit = (item: I, waitMs?: number): Effect.Effect<O, E> => {
+    const timedOut = options.timedOut
+    if (waitMs === undefined || timedOut === undefined) return Effect.flatMap(enqueue(item), waitFor)
+    return Effect.clockWith((clock) =>
+      Effect.flatMap(enqueue(item), (pending) =>
+        Effect.flatMap(
+          startTimer(clock, waitMs, () => {
+            drop(pending)
+            pending.done.done(Exit.fail(timedOut()))
+          }),
+          // Cancelled as the result is handed over (settle), without a step of the caller's.
+          (cancel) => (pending.cancel = cancel, waitFor(pending))
+        ))
+    )
+  }
 
   return { submit, load: () => ({ inFlight, queued: queue.length, writes, items }) }
 }

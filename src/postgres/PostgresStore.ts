@@ -33,11 +33,12 @@ import * as EffectContext from "effect/Context"
 import * as Layer from "effect/Layer"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import type { ConfigurationError } from "../Errors.js"
+import * as Option from "effect/Option"
+import type { ConfigurationError, StoreError, StoreTimeout } from "../Errors.js"
 import { StoreUnavailable } from "../Errors.js"
 import * as Coalesce from "../internal/coalesce.js"
 import type { PostgresStoreConfig } from "../Settings.js"
-import { admittedFree, type StateView, type Store, StoreFactory } from "../Store.js"
+import { admittedFree, type RateOutcome, type StateView, type Store, StoreFactory } from "../Store.js"
 import * as Stores from "../Stores.js"
 import { resolvePostgres } from "../Settings.js"
 import * as Backoff from "./backoff.js"
@@ -126,14 +127,23 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
         const batch = ahead.count === 0 ? requests : [...requests, ...Array.from({ length: ahead.count }, () => ahead.request)]
         const limiter = batch[0]!.limiter
         const rate = limiter.rate!
-        let attempts = 0
-        const attempt = Effect.suspend(() =>
-          rate._tag === "TokenBucket" ? bucket.attempt(id, rate, batch, { useCache: attempts++ === 0, spares: ahead.count, inTransaction: false }) : window.attempt(id, rate, batch)
-        )
-        return bounded(retrying(ctx, limiter, attempt)).pipe(
-          // A process that waits for a slot must hear of other processes' backoffs from then on.
-          Effect.tap((outcomes) => outcomes.some((o) => o._tag === "Admitted" && o.waitMs > 0) ? listen : Effect.void)
-        )
+        const decided = rate._tag === "TokenBucket"
+          ? Effect.clockWith((clock) => {
+            // Bounded piece by piece within one deadline: the write's wait in the batcher needs no fiber
+            // of its own (`bounded` forks one, on every call); a read or the retries after a conflict,
+            // rarer, are bounded in what is left.
+            const until = clock.unsafeCurrentTimeMillis() + ctx.config.operation_timeout_ms
+            const left = () => until - clock.unsafeCurrentTimeMillis()
+            let attempts = 0
+            const attempt = Effect.suspend(() =>
+              bucket.attempt(id, rate, batch, { useCache: attempts++ === 0, spares: ahead.count, inTransaction: false, left })
+            )
+            const boundRetries = <B, F>(retries: Effect.Effect<B, F>) => Effect.suspend(() => ctx.boundedFor(left())(retries))
+            return retrying<Array<RateOutcome>, StoreError, StoreTimeout>(ctx, limiter, attempt, boundRetries)
+          })
+          : bounded(retrying(ctx, limiter, window.attempt(id, rate, batch)))
+        // A process that waits for a slot must hear of other processes' backoffs from then on.
+        return Effect.tap(decided, (outcomes) => outcomes.some((o) => o._tag === "Admitted" && o.waitMs > 0) ? listen : Effect.void)
       },
       closed
     })
@@ -216,8 +226,14 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
  * (every process waits), or make the program's COMMIT asynchronous (`synchronous_commit`).
  */
 const outsideTransactions = (store: PostgresStore): PostgresStore => {
+  // Replacing the context is an `Effect.locally` (about fifteen steps, on every call): done only
+  // inside a transaction.
   const own = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
-    Effect.mapInputContext(effect, (context: EffectContext.Context<never>) => EffectContext.omit(SqlClientModule.TransactionConnection)(context))
+    Effect.contextWithEffect((context: EffectContext.Context<never>) =>
+      Option.isNone(EffectContext.getOption(context, SqlClientModule.TransactionConnection))
+        ? effect
+        : Effect.mapInputContext(effect, EffectContext.omit(SqlClientModule.TransactionConnection))
+    )
   return {
     ...store,
     cleanup: (olderThan) => own(store.cleanup(olderThan)),

@@ -9,6 +9,7 @@ import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type { StoreError } from "../Errors.js"
 import * as Gcra from "../internal/gcra.js"
+import * as RoundRobin from "../internal/roundRobin.js"
 import type { TokenBucket } from "../LimiterSpec.js"
 import type { RateOutcome, RateRequest, Reservation } from "../Store.js"
 import * as Plan from "./bucketPlan.js"
@@ -16,8 +17,11 @@ import * as Writes from "./bucketWrites.js"
 import { Conflict } from "./conflicts.js"
 import { ceilMicros, type Context } from "./context.js"
 
-/** Bounds the per-key cache of the last row written, which saves the read before a write. */
-const MAX_CACHED = 10_000
+/**
+ * Bounds the per-key cache of the last row written, which saves the read before a write (as many keys
+ * as the coalescer keeps; an entry is about a hundred bytes).
+ */
+const MAX_CACHED = 100_000
 
 interface Cached {
   readonly tat: number
@@ -37,6 +41,11 @@ export interface Attempt {
    * the write may go with other keys' in one statement.
    */
   readonly inTransaction: boolean
+  /**
+   * What is left of the operation's time (ms), when the caller bounds it this way: the write then
+   * waits at most that long, with no fiber of its own (and a read, rare, within it).
+   */
+  readonly left?: () => number
 }
 
 export interface Bucket {
@@ -63,6 +72,23 @@ export interface Bucket {
   readonly forgetAll: () => void
 }
 
+/**
+ * Sets `id` in a map bounded at MAX_CACHED, the entry set longest ago going first: an entry set again
+ * moves to the end, and eviction keeps one iterator going round, since a fresh one from the front
+ * skips every entry deleted since the map last compacted (a full cache would pay in proportion to
+ * the entries held, on every write).
+ */
+const bounded = <V>(map: Map<string, V>) => {
+  const next = RoundRobin.make(map)
+  return (id: string, value: V) => {
+    map.delete(id)
+    map.set(id, value)
+    if (map.size <= MAX_CACHED) return
+    const oldest = next()!
+    map.delete(oldest[0] === id ? next()![0] : oldest[0])
+  }
+}
+
 /** `closed`: what writes still queued learn when the store closes under them. */
 export const make = (ctx: Context, scope: Scope.Scope, closed: StoreError): Bucket => {
   const { NEXT, T, AT, NOW, FROM_SETTING, margin, sql } = ctx
@@ -70,16 +96,8 @@ export const make = (ctx: Context, scope: Scope.Scope, closed: StoreError): Buck
   const cache = new Map<string, Cached>()
   /** Keys where another process wrote since our cached write: reading first is cheaper there. */
   const contendedUntil = new Map<string, number>()
-  const remember = (id: string, entry: Cached) => {
-    cache.delete(id)
-    cache.set(id, entry)
-    if (cache.size > MAX_CACHED) cache.delete(cache.keys().next().value!)
-  }
-  const contended = (id: string) => {
-    contendedUntil.delete(id)
-    contendedUntil.set(id, performance.now() + 1_000)
-    if (contendedUntil.size > MAX_CACHED) contendedUntil.delete(contendedUntil.keys().next().value!)
-  }
+  const remember = bounded(cache)
+  const contended = bounded(contendedUntil)
 
   const read = (id: string) =>
     Effect.gen(function*() {
@@ -101,7 +119,7 @@ export const make = (ctx: Context, scope: Scope.Scope, closed: StoreError): Buck
       const state = blind
         ? { tat: -Infinity, version: null, now: 0 }
         : cached === undefined
-        ? yield* read(id)
+        ? yield* (options.left === undefined ? read(id) : ctx.boundedFor(options.left())(read(id)))
         : { tat: cached.tat, version: cached.version, now: cached.serverMs + (performance.now() - cached.localMs) }
       const tolerance = Gcra.tolerance(rate)
       const plan = Plan.plan(rate, margin, state.tat, state.now, batch, spares)
@@ -122,10 +140,10 @@ export const make = (ctx: Context, scope: Scope.Scope, closed: StoreError): Buck
       // lets every admitted request start within its own bound.
       const slack = Plan.slack(rate, plan, batch)
       const write = { id, micros, expected: state.version ?? 1, blind, slack }
-      const row = yield* (options.inTransaction ? writer.alone(write) : writer.submit(write))
+      const row = yield* (options.inTransaction ? writer.alone(write) : writer.submit(write, options.left?.()))
       if (row === undefined) {
         cache.delete(id)
-        if (cached !== undefined || blind) contended(id)
+        if (cached !== undefined || blind) contended(id, performance.now() + 1_000)
         return yield* new Conflict()
       }
       remember(id, { tat: row.tat, version: row.version, serverMs: row.now, localMs: performance.now() })

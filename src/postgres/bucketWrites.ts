@@ -98,10 +98,14 @@ export const make = (ctx: Context, scope: Scope.Scope, closed: StoreError) => {
     maxInFlight: Math.min(2, ctx.config.pool_max_size),
     write: (writes) => (writes.length === 1 ? one(writes[0]!) : many(writes)),
     bound: ctx.bounded,
-    closed
+    closed,
+    timedOut: ctx.timedOut
   })
   return {
-    /** The write, with other keys' when others are ready (never inside a caller's transaction). */
+    /**
+     * The write, with other keys' when others are ready (never inside a caller's transaction); with
+     * `waitMs`, the caller waits at most that long (StoreTimeout).
+     */
     submit: batcher.submit,
     /** The write alone, on the fiber's own connection (its transaction's, inside one). */
     alone: (write: Write) => Effect.map(one(write), (rows) => rows[0]),

@@ -7,6 +7,7 @@
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+import { identity } from "effect/Function"
 import * as Metric from "effect/Metric"
 import { ConflictRetriesExhausted } from "../Errors.js"
 import type { LimiterSpec } from "../LimiterSpec.js"
@@ -28,7 +29,13 @@ export const isSqlError = (u: unknown): u is SqlError =>
  * calls have no conflict); after a conflict, the retry replays it first, so the schedule's
  * attempts and delays are exactly those of a retry from the start.
  */
-export const retrying = <A, E>(ctx: Context, limiter: LimiterSpec, attempt: Effect.Effect<A, E | Conflict | SqlError>) => {
+export const retrying = <A, E, E2 = never>(
+  ctx: Context,
+  limiter: LimiterSpec,
+  attempt: Effect.Effect<A, E | Conflict | SqlError>,
+  /** Bounds the retries after a first conflict (the first attempt being bounded by the caller). */
+  boundRetries: <B, F>(retries: Effect.Effect<B, F>) => Effect.Effect<B, F | E2> = identity
+) => {
   let conflicts = 0
   const counted = attempt.pipe(
     Effect.tapError((error) =>
@@ -41,10 +48,10 @@ export const retrying = <A, E>(ctx: Context, limiter: LimiterSpec, attempt: Effe
     Effect.catchIf(isConflict, (first) => {
       let replayed = false
       const again = Effect.suspend(() => replayed ? counted : ((replayed = true), Effect.fail(first)))
-      return Effect.retry(again, { schedule: Retry.schedule(limiter.retry), while: isConflict }).pipe(
+      return boundRetries(Effect.retry(again, { schedule: Retry.schedule(limiter.retry), while: isConflict }).pipe(
         Effect.catchIf(isConflict, () =>
           Effect.fail(new ConflictRetriesExhausted({ store: ctx.name, limiter: limiter.name, attempts: conflicts })))
-      )
+      ))
     }),
     Effect.catchIf(isSqlError, (error) => Effect.fail(ctx.toError(error)))
   )

@@ -82,6 +82,10 @@ export interface Context {
    * transaction rolls back): the caller does not wait for that.
    */
   readonly bounded: <A, E>(operation: Effect.Effect<A, E>) => Effect.Effect<A, E | StoreTimeout>
+  /** As `bounded`, within `ms` (what is left of an operation's time). */
+  readonly boundedFor: (ms: number) => <A, E>(operation: Effect.Effect<A, E>) => Effect.Effect<A, E | StoreTimeout>
+  /** The failure of an operation that ran out of time. */
+  readonly timedOut: () => StoreTimeout
   /** A metric tagged with the limiter and the store. */
   readonly tag: (limiter: LimiterSpec) => <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) => Metric.Metric<Type, In, Out>
 }
@@ -105,6 +109,12 @@ export const make = (options: {
   // Written instants are whole microseconds, rounded up (stricter), built from text so no float rounds them.
   // (An interval of absolute scale overflows on PostgreSQL 14, so instants are the base plus a small offset.)
   const BASE_TS = sql.literal(`to_timestamp(${base} / 1000.0)`)
+  const timedOut = () =>
+    new StoreTimeout({
+      store: name,
+      engine: "postgres",
+      message: `PostgreSQL did not answer within operation_timeout_ms = ${config.operation_timeout_ms} (a row lock held elsewhere, or an overloaded server)`
+    })
   return {
     name,
     config,
@@ -122,13 +132,9 @@ export const make = (options: {
     margin: config.timing_margin_ms,
     channel: options.channel,
     toError: options.toError,
-    bounded: (operation) =>
-      interruptAfter(operation, config.operation_timeout_ms, () =>
-        new StoreTimeout({
-          store: name,
-          engine: "postgres",
-          message: `PostgreSQL did not answer within operation_timeout_ms = ${config.operation_timeout_ms} (a row lock held elsewhere, or an overloaded server)`
-        })),
+    bounded: (operation) => interruptAfter(operation, config.operation_timeout_ms, timedOut),
+    boundedFor: (ms) => (operation) => interruptAfter(operation, ms, timedOut),
+    timedOut,
     tag: (limiter) => (metric) => metric.pipe(Metric.tagged("limiter", limiter.name), Metric.tagged("store", name))
   }
 }
