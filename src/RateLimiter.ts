@@ -11,6 +11,7 @@
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import type {
   AcquireTimeout,
@@ -93,6 +94,22 @@ export interface BackoffOptions {
 
 type LookupError = LimiterNotFound | InvalidOption
 
+type Service = Context.Tag.Service<RateLimiter>
+
+/**
+ * `f` of the calling fiber's service, in one Effect step: `Effect.flatMap(RateLimiter, f)` takes
+ * three (the tag, its lookup, the continuation), a tenth of an in-memory consume. A missing service
+ * is the same defect. `f` also gets the fiber and, from a service `make` built, its calls run in
+ * this same step.
+ */
+const withService = <A, E, R>(
+  f: (service: Service, fiber: Fiber.RuntimeFiber<unknown, unknown>, inFiber: internal.InFiber | undefined) => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R | RateLimiter> =>
+  Effect.withFiberRuntime<A, E, R | RateLimiter>((fiber) => {
+    const service: Service & internal.WithInFiber = Context.unsafeGet(fiber.currentContext, RateLimiter)
+    return f(service, fiber, service[internal.InFiberId])
+  })
+
 /** Each service `make` built, with the settings of its limiters (for `RateLimiter.spec`). */
 const specsOf = new WeakMap<object, ReadonlyMap<string, LimiterSpec>>()
 
@@ -164,38 +181,38 @@ export class RateLimiter extends Context.Tag("rate-sync/RateLimiter")<RateLimite
   readonly limiters: ReadonlyArray<string>
 }>() {
   static readonly acquire = (limiter: string, options?: AcquireOptions) =>
-    Effect.flatMap(RateLimiter, (service) => service.acquire(limiter, options))
+    withService((service, fiber, inFiber) => inFiber?.acquire(fiber, limiter, options) ?? service.acquire(limiter, options))
 
   static readonly consume = (limiter: string, options?: AcquireOptions) =>
-    Effect.flatMap(RateLimiter, (service) => service.consume(limiter, options))
+    withService((service, fiber, inFiber) => inFiber?.consume(fiber, limiter, options) ?? service.consume(limiter, options))
 
   static readonly tryAcquire = (limiter: string, options?: TryAcquireOptions) =>
-    Effect.flatMap(RateLimiter, (service) => service.tryAcquire(limiter, options))
+    withService((service, fiber, inFiber) => inFiber?.tryAcquire(fiber, limiter, options) ?? service.tryAcquire(limiter, options))
 
   static readonly tryConsume = (limiter: string, options?: TryAcquireOptions) =>
-    Effect.flatMap(RateLimiter, (service) => service.tryConsume(limiter, options))
+    withService((service, fiber, inFiber) => inFiber?.tryConsume(fiber, limiter, options) ?? service.tryConsume(limiter, options))
 
   static readonly acquireAll = (entries: ReadonlyArray<AcquireAllEntry>, options?: AcquireAllOptions) =>
-    Effect.flatMap(RateLimiter, (service) => service.acquireAll(entries, options))
+    withService((service) => service.acquireAll(entries, options))
 
   static readonly consumeAll = (entries: ReadonlyArray<AcquireAllEntry>, options?: AcquireAllOptions) =>
-    Effect.flatMap(RateLimiter, (service) => service.consumeAll(entries, options))
+    withService((service) => service.consumeAll(entries, options))
 
   static readonly tryAcquireAll = (entries: ReadonlyArray<AcquireAllEntry>) =>
-    Effect.flatMap(RateLimiter, (service) => service.tryAcquireAll(entries))
+    withService((service) => service.tryAcquireAll(entries))
 
   static readonly tryConsumeAll = (entries: ReadonlyArray<AcquireAllEntry>) =>
-    Effect.flatMap(RateLimiter, (service) => service.tryConsumeAll(entries))
+    withService((service) => service.tryConsumeAll(entries))
 
   static readonly withPermit = (limiter: string, options?: AcquireOptions) =>
   <A, E, R>(self: Effect.Effect<A, E, R>) =>
-    Effect.flatMap(RateLimiter, (service) => service.withPermit(limiter, options)(self))
+    withService((service) => service.withPermit(limiter, options)(self))
 
   static readonly state = (limiter: string, options?: { readonly key?: string | undefined }) =>
-    Effect.flatMap(RateLimiter, (service) => service.state(limiter, options))
+    withService((service) => service.state(limiter, options))
 
   static readonly backoff = (limiter: string, options: BackoffOptions) =>
-    Effect.flatMap(RateLimiter, (service) => service.backoff(limiter, options))
+    withService((service) => service.backoff(limiter, options))
 
   /**
    * A limiter's validated settings (its rate or window, its concurrency bound), as configured: what

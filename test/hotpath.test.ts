@@ -93,8 +93,9 @@ describe("a slot reserved, then the caller interrupted before its sleep", () => 
     return Object.assign(Object.create(live), { unsafeCurrentTimeMillis: read, currentTimeMillis: Effect.sync(read) }) as Clock.Clock
   }
 
-  // Readings 1-3 fall between the store's reservation (memory: at once) and the sleep; later ones come after the sleep.
-  for (let k = 1; k <= 3; k++) {
+  // Reading 1 comes before the store is asked for a slot to wait for (the first ask, for a slot due
+  // now, reserves nothing); readings 2-4 fall between the reservation and the sleep.
+  for (let k = 1; k <= 4; k++) {
     it.live(`interrupted at the acquire's clock reading ${k}: the slot is given back`, () =>
       Effect.gen(function*() {
         const live = yield* Effect.clock

@@ -1,13 +1,14 @@
 /**
  * What one call of a limiter carries through the acquire paths (`rateOnly.ts`, `leased.ts`), and
- * what they share: the cost check, the permit, the metrics and the span.
+ * what they share: the cost check, the permit, the metrics and the span; the calls that wait and
+ * those that never do.
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
 import type * as MetricLabel from "effect/MetricLabel"
-import { CostExceedsCapacity, InvalidCost, type StoreError, type StoreUnavailable } from "../Errors.js"
+import { AcquireTimeout, CostExceedsCapacity, InvalidCost, RateLimitExceeded, type StoreError, type StoreUnavailable } from "../Errors.js"
 import { capacity, type LimiterSpec } from "../LimiterSpec.js"
 import type * as Metrics from "../Metrics.js"
 import type { Permit } from "../RateLimiter.js"
@@ -66,7 +67,8 @@ export const permit = (call: Call<unknown>, outcome: Admitted, leaseId: string |
   key: call.key,
   cost: call.cost,
   slotMs: outcome.reservation?.slotMs,
-  waited: Duration.millis(Math.max(0, waitedMs)),
+  // Most permits waited for nothing: one Duration for all of them.
+  waited: waitedMs > 0 ? Duration.millis(waitedMs) : Duration.zero,
   remaining: outcome.remaining,
   limit: outcome.limit,
   // A token bucket is full again once the time reaches the arrival time this admission wrote.
@@ -92,10 +94,18 @@ export const refund = (call: Call<unknown>, outcome: AcquireOutcome): Effect.Eff
  */
 export const untraced = Effect.runSync(Effect.tracer)
 
-/** Counts a granted permit, with the labels the caller's fiber adds (`Effect.tagMetrics`). */
-export const counted = (b: Bound, granted: Permit, labels: ReadonlyArray<MetricLabel.MetricLabel>) => {
+/**
+ * Counts a granted permit, with the labels the caller's fiber adds (`Effect.tagMetrics`). `waitedMs`:
+ * its wait, when the caller knows it as a number.
+ */
+export const counted = (
+  b: Bound,
+  granted: Permit,
+  labels: ReadonlyArray<MetricLabel.MetricLabel>,
+  waitedMs = Duration.toMillis(granted.waited)
+) => {
   b.metrics.acquisitions.unsafeUpdate(1, labels)
-  b.metrics.waitTime.unsafeUpdate(Duration.toMillis(granted.waited), labels)
+  b.metrics.waitTime.unsafeUpdate(waitedMs, labels)
 }
 
 /** Checks the cost, then counts a granted permit and, under an installed tracer, wraps the call in a span. */
@@ -152,3 +162,71 @@ export const failed = <E>(call: Call<E>, error: StoreError, waitedMs: number): E
 export const pastDeadline = (call: Call<unknown>, outcome: Admitted, waitedMs: number): boolean =>
   call.mode === "wait" && call.timeoutMs !== undefined && call.timeoutMs > 0 && outcome.waitMs > 0 &&
   waitedMs + outcome.waitMs > call.timeoutMs
+
+/** The permit of a call the store could not serve, when `fail_closed = false`. */
+const degraded = (b: Bound, key: string, cost: number, waited: number): Permit => ({
+  limiter: b.spec.name,
+  key,
+  cost,
+  slotMs: undefined,
+  waited: Duration.millis(waited),
+  remaining: undefined,
+  leaseId: undefined,
+  degraded: true
+})
+
+const admitDegraded = (b: Bound, key: string, cost: number, error: StoreUnavailable, waitedMs: number) =>
+  b.spec.failClosed
+    ? Effect.fail(error)
+    : Effect.as(Metric.increment(b.metrics.failOpen), degraded(b, key, cost, waitedMs))
+
+/**
+ * A call that waits (acquire, consume). A class, so that the errors it may end with cost no closures
+ * until they are made: a call is built on every acquire.
+ */
+export class WaitingCall implements Call<AcquireTimeout> {
+  readonly mode = "wait"
+  constructor(readonly b: Bound, readonly key: string, readonly cost: number, readonly timeoutMs: number | undefined) {}
+  degrade(b: Bound, key: string, cost: number, error: StoreUnavailable, waitedMs: number) {
+    return admitDegraded(b, key, cost, error, waitedMs)
+  }
+  refuse(refusal: Refusal, overDeadlineMs: number) {
+    return this.timedOut(refusal._tag === "RateLimited" ? overDeadlineMs : undefined)
+  }
+  late() {
+    return this.timedOut(undefined)
+  }
+  private timedOut(retryAfterMs: number | undefined) {
+    return new AcquireTimeout({
+      limiter: this.b.spec.name,
+      key: this.key,
+      timeout: Duration.millis(this.timeoutMs ?? 0),
+      retryAfter: retryAfterMs === undefined ? undefined : Duration.millis(retryAfterMs)
+    })
+  }
+}
+
+/** A call that never waits (tryAcquire, tryConsume). */
+export class TryingCall implements Call<RateLimitExceeded> {
+  readonly mode = "try"
+  readonly timeoutMs = 0
+  constructor(readonly b: Bound, readonly key: string, readonly cost: number) {}
+  degrade(b: Bound, key: string, cost: number, error: StoreUnavailable, waitedMs: number) {
+    return admitDegraded(b, key, cost, error, waitedMs)
+  }
+  refuse(refusal: Refusal) {
+    return new RateLimitExceeded({
+      limiter: this.b.spec.name,
+      key: this.key,
+      // Only a release frees a lease; the expiry of the soonest one is the latest it can take.
+      retryAfter: Duration.millis(
+        refusal._tag === "RateLimited" ? refusal.retryAfterMs : Math.max(0, refusal.expiresInMs ?? 0)
+      ),
+      limit: refusal.limit,
+      remaining: refusal._tag === "RateLimited" ? refusal.remaining : 0
+    })
+  }
+  late() {
+    return new RateLimitExceeded({ limiter: this.b.spec.name, key: this.key, retryAfter: Duration.zero, limit: 0, remaining: 0 })
+  }
+}

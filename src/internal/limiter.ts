@@ -5,31 +5,30 @@
 import type * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as Either from "effect/Either"
 import * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
 import {
-  AcquireTimeout,
-  type ConsumeError,
+  type AcquireTimeout,
   type CostExceedsCapacity,
   type InvalidCost,
   InvalidOption,
   LeaseNeedsScope,
   LimiterNotFound,
-  RateLimitExceeded,
-  type StoreError,
-  type StoreUnavailable
+  type RateLimitExceeded,
+  type StoreError
 } from "../Errors.js"
 import type { LimiterSpec } from "../LimiterSpec.js"
 import * as Metrics from "../Metrics.js"
 import type { AcquireAllEntry, AcquireOptions, LimiterState, Permit, RateLimiter, TryAcquireOptions } from "../RateLimiter.js"
 import type { Store } from "../Store.js"
 import * as AcquireAll from "./acquireAll.js"
-import type { Bound, Call } from "./call.js"
+import { type Bound, type Call, TryingCall, WaitingCall } from "./call.js"
 import { leased } from "./leased.js"
 import * as Options from "./options.js"
 import * as Orphans from "./orphans.js"
-import { rateOnly } from "./rateOnly.js"
+import { rateOnly, rateOnlyIn } from "./rateOnly.js"
 import { shadowLeased, shadowRate } from "./shadow.js"
 import { turnEventLoop } from "./timer.js"
 
@@ -80,17 +79,71 @@ const bind = (spec: LimiterSpec, store: Store, observe: ReturnType<typeof observ
   }
 }
 
-/** The permit of a call the store could not serve, when `fail_closed = false`. */
-const degraded = (b: Bound, key: string, cost: number, waited: number): Permit => ({
-  limiter: b.spec.name,
-  key,
-  cost,
-  slotMs: undefined,
-  waited: Duration.millis(waited),
-  remaining: undefined,
-  leaseId: undefined,
-  degraded: true
-})
+/** The cost of a call: 1 when absent (checked with the rest of the call, `costError`). */
+const costOf = (options: { readonly cost?: number | undefined } | undefined) => options?.cost === undefined ? 1 : options.cost
+
+type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+type Service = Context.Tag.Service<RateLimiter>
+
+/**
+ * The calls as the accessors (`RateLimiter.consume`, ...) run them: in the step that found the
+ * service, with its fiber, so that a rate-only call takes one Effect step in all (a service of
+ * another implementation has none: its own methods are called).
+ */
+export interface InFiber {
+  readonly acquire: (fiber: AnyFiber, limiter: string, options: AcquireOptions | undefined) => ReturnType<Service["acquire"]>
+  readonly consume: (fiber: AnyFiber, limiter: string, options: AcquireOptions | undefined) => ReturnType<Service["consume"]>
+  readonly tryAcquire: (fiber: AnyFiber, limiter: string, options: TryAcquireOptions | undefined) => ReturnType<Service["tryAcquire"]>
+  readonly tryConsume: (fiber: AnyFiber, limiter: string, options: TryAcquireOptions | undefined) => ReturnType<Service["tryConsume"]>
+}
+
+export const InFiberId: unique symbol = Symbol.for("rate-sync/RateLimiter/InFiber")
+
+/** A service, which may have calls run in the accessor's step. */
+export interface WithInFiber {
+  readonly [InFiberId]?: InFiber | undefined
+}
+
+const invalid = (b: Bound, problem: Options.Problem) => new InvalidOption({ limiter: b.spec.name, ...problem })
+
+/** The key of a call, checked. */
+const keyOf = (b: Bound, options: { readonly key?: string | undefined } | undefined): string | InvalidOption => {
+  const key = Options.keyOf(options?.key)
+  return Options.isProblem(key) ? invalid(b, key) : key
+}
+
+/** A call that waits, with its options checked (no `Either`: this runs on every acquire). */
+const waiting = (b: Bound, options: AcquireOptions | undefined): Call<AcquireTimeout> | InvalidOption => {
+  const key = keyOf(b, options)
+  if (key instanceof InvalidOption) return key
+  const timeoutMs = Options.timeoutOf(options?.timeout, b.spec.timeoutMs)
+  return Options.isProblem(timeoutMs) ? invalid(b, timeoutMs) : new WaitingCall(b, key, costOf(options), timeoutMs)
+}
+
+/** A call that never waits, with its options checked. */
+const trying = (b: Bound, options: TryAcquireOptions | undefined): Call<RateLimitExceeded> | InvalidOption => {
+  const key = keyOf(b, options)
+  return key instanceof InvalidOption ? key : new TryingCall(b, key, costOf(options))
+}
+
+const waitingAll = (m: AcquireAll.Member, timeoutMs: number | undefined) => new WaitingCall(m.b, m.key, m.cost, timeoutMs)
+const tryingAll = (m: AcquireAll.Member) => new TryingCall(m.b, m.key, m.cost)
+
+/** A call of a limiter without leases: enforced (in `fiber`'s current step, when given), or in shadow. */
+const rateCall = <E>(call: Call<E>, fiber?: AnyFiber) =>
+  call.b.spec.shadow === true ? shadowRate(call) : fiber === undefined ? rateOnly(call) : rateOnlyIn(fiber, call)
+
+/** Any call; `_b`, unused, as `withCall` passes it. */
+const run = <E>(call: Call<E>, _b?: Bound, fiber?: AnyFiber) =>
+  call.b.spec.concurrency === undefined ? rateCall(call, fiber) : call.b.spec.shadow === true ? shadowLeased(call) : leased(call)
+
+/** consume and tryConsume: a limiter with leases needs a scope for them. */
+const unscoped = <E>(
+  call: Call<E>,
+  b: Bound,
+  fiber?: AnyFiber
+): Effect.Effect<Permit, E | StoreError | CostExceedsCapacity | InvalidCost | LeaseNeedsScope> =>
+  b.spec.concurrency === undefined ? rateCall(call, fiber) : Effect.fail(new LeaseNeedsScope({ limiter: b.spec.name }))
 
 export const make = (options: {
   readonly limiters: ReadonlyArray<LimiterSpec>
@@ -106,66 +159,6 @@ export const make = (options: {
     }
     const names = [...bound.keys()]
 
-    const invalid = (b: Bound) => (problem: Options.Problem) => new InvalidOption({ limiter: b.spec.name, ...problem })
-
-    const admitDegraded = (b: Bound, key: string, cost: number, error: StoreUnavailable, waitedMs: number) =>
-      b.spec.failClosed
-        ? Effect.fail(error)
-        : Effect.as(Metric.increment(b.metrics.failOpen), degraded(b, key, cost, waitedMs))
-
-    /** A call that waits (acquire, consume). */
-    const waitingCall = (b: Bound, key: string, cost: number, timeoutMs: number | undefined): Call<AcquireTimeout> => {
-      const timedOut = (retryAfterMs: number | undefined) =>
-        new AcquireTimeout({
-          limiter: b.spec.name,
-          key,
-          timeout: Duration.millis(timeoutMs ?? 0),
-          retryAfter: retryAfterMs === undefined ? undefined : Duration.millis(retryAfterMs)
-        })
-      return {
-        b,
-        key,
-        cost,
-        timeoutMs,
-        mode: "wait",
-        degrade: admitDegraded,
-        refuse: (refusal, overDeadlineMs) => timedOut(refusal._tag === "RateLimited" ? overDeadlineMs : undefined),
-        late: () => timedOut(undefined)
-      }
-    }
-
-    /** A call that waits, with its options checked. */
-    const waiting = (b: Bound, options: AcquireOptions | undefined): Either.Either<Call<AcquireTimeout>, InvalidOption> =>
-      Either.all([Options.key(options?.key), Options.timeout(options?.timeout, b.spec.timeoutMs)]).pipe(
-        Either.mapLeft(invalid(b)),
-        Either.map(([key, timeoutMs]) => waitingCall(b, key, options?.cost === undefined ? 1 : options.cost, timeoutMs))
-      )
-
-    /** A call that never waits (tryAcquire, tryConsume). */
-    const tryingCall = (b: Bound, key: string, cost: number): Call<RateLimitExceeded> => ({
-      b,
-      key,
-      cost,
-      timeoutMs: 0,
-      mode: "try",
-      degrade: admitDegraded,
-      refuse: (refusal) =>
-        new RateLimitExceeded({
-          limiter: b.spec.name,
-          key,
-          // Only a release frees a lease; the expiry of the soonest one is the latest it can take.
-          retryAfter: Duration.millis(
-            refusal._tag === "RateLimited" ? refusal.retryAfterMs : Math.max(0, refusal.expiresInMs ?? 0)
-          ),
-          limit: refusal.limit,
-          remaining: refusal._tag === "RateLimited" ? refusal.remaining : 0
-        }),
-      late: () => new RateLimitExceeded({ limiter: b.spec.name, key, retryAfter: Duration.zero, limit: 0, remaining: 0 })
-    })
-
-    const trying = (b: Bound, options: TryAcquireOptions | undefined): Either.Either<Call<RateLimitExceeded>, InvalidOption> =>
-      Either.map(Either.mapLeft(Options.key(options?.key), invalid(b)), (key) => tryingCall(b, key, options?.cost === undefined ? 1 : options.cost))
-
     /** Several limits at once: the entries and the one timeout checked, then one call per entry. */
     const composite = <E>(
       entries: ReadonlyArray<AcquireAllEntry>,
@@ -177,51 +170,40 @@ export const make = (options: {
           Either.map(AcquireAll.timeoutOf(members, timeout), (timeoutMs) => members.map((member) => call(member, timeoutMs))))
         return Either.isLeft(checked) ? Effect.fail(checked.left) : AcquireAll.run(checked.right)
       })
-    const waitingAll = (m: AcquireAll.Member, timeoutMs: number | undefined) => waitingCall(m.b, m.key, m.cost, timeoutMs)
-    const tryingAll = (m: AcquireAll.Member) => tryingCall(m.b, m.key, m.cost)
 
-    /** Looks the limiter up and checks the call's options, then runs it. */
-    const withCall = <C, A, E, R>(
+    /**
+     * Looks the limiter up and checks the call's options, then runs it (in `fiber`'s current step,
+     * when given). `check` and `use` take what they need as arguments, so that a call allocates no
+     * closures for them.
+     */
+    const withCall = <O, C, A, E, R>(
       limiter: string,
-      check: (b: Bound) => Either.Either<C, InvalidOption>,
-      use: (call: C, b: Bound) => Effect.Effect<A, E, R>
+      options: O,
+      check: (b: Bound, options: O) => C | InvalidOption,
+      use: (call: C, b: Bound, fiber?: AnyFiber) => Effect.Effect<A, E, R>,
+      fiber?: AnyFiber
     ): Effect.Effect<A, E | LimiterNotFound | InvalidOption, R> =>
     {
       // Decided as the effect is built (the limiters are fixed), so a call costs no steps for it.
       const b = bound.get(limiter)
       if (b === undefined) return Effect.fail(new LimiterNotFound({ limiter, known: names }))
-      const checked = check(b)
-      return Either.isLeft(checked) ? Effect.fail(checked.left) : use(checked.right, b)
+      const checked = check(b, options)
+      return checked instanceof InvalidOption ? Effect.fail(checked) : use(checked, b, fiber)
     }
 
-    /** A call of a limiter without leases: enforced, or in shadow. */
-    const rateCall = <E>(call: Call<E>) => call.b.spec.shadow === true ? shadowRate(call) : rateOnly(call)
-
-    const consume = (limiter: string, options?: AcquireOptions) =>
-      withCall(limiter, (b) => waiting(b, options), (call, b): Effect.Effect<Permit, ConsumeError> =>
-        b.spec.concurrency === undefined ? rateCall(call) : Effect.fail(new LeaseNeedsScope({ limiter: b.spec.name })))
-
-    const run = <E>(call: Call<E>) =>
-      call.b.spec.concurrency === undefined ? rateCall(call) : call.b.spec.shadow === true ? shadowLeased(call) : leased(call)
-
-    const keyOf = (b: Bound, options: { readonly key?: string | undefined } | undefined) =>
-      Either.mapLeft(Options.key(options?.key), invalid(b))
-
-    const service: Context.Tag.Service<RateLimiter> = {
-      acquire: (limiter, options) => withCall(limiter, (b) => waiting(b, options), run),
-      consume,
-      tryAcquire: (limiter, options) => withCall(limiter, (b) => trying(b, options), run),
-      tryConsume: (limiter, options) =>
-        withCall(limiter, (b) => trying(b, options), (call, b): Effect.Effect<Permit, RateLimitExceeded | CostExceedsCapacity | InvalidCost | StoreError | LeaseNeedsScope> =>
-          b.spec.concurrency === undefined ? rateCall(call) : Effect.fail(new LeaseNeedsScope({ limiter: b.spec.name }))),
+    const service: Service & WithInFiber = {
+      acquire: (limiter, options) => withCall(limiter, options, waiting, run),
+      consume: (limiter, options) => withCall(limiter, options, waiting, unscoped),
+      tryAcquire: (limiter, options) => withCall(limiter, options, trying, run),
+      tryConsume: (limiter, options) => withCall(limiter, options, trying, unscoped),
       // A rate-only permit holds nothing, so it needs no scope (which costs about as much as the rest).
       withPermit: (limiter, options) => (self) =>
-        withCall(limiter, (b) => waiting(b, options), (call, b) =>
+        withCall(limiter, options, waiting, (call, b) =>
           b.spec.concurrency === undefined
             ? Effect.zipRight(rateCall(call), self)
             : Effect.scoped(Effect.zipRight(run(call), self))),
       state: (limiter, options) =>
-        withCall(limiter, (b) => keyOf(b, options), (key, b) =>
+        withCall(limiter, options, keyOf, (key, b) =>
           Effect.map(b.observe(b.store.state(b.spec, key)), (view): LimiterState => ({
             limiter,
             key,
@@ -236,7 +218,13 @@ export const make = (options: {
       backoff: (limiter, options) =>
         withCall(
           limiter,
-          (b) => Either.all([keyOf(b, options), Either.mapLeft(Options.retryAfter(options?.retryAfter), invalid(b))]),
+          options,
+          (b, options): readonly [string, number] | InvalidOption => {
+            const key = keyOf(b, options)
+            if (key instanceof InvalidOption) return key
+            const retryAfterMs = Options.retryAfter(options.retryAfter)
+            return Either.isLeft(retryAfterMs) ? invalid(b, retryAfterMs.left) : [key, retryAfterMs.right]
+          },
           ([key, retryAfterMs], b) => b.observe(b.store.backoff(b.spec, key, retryAfterMs))
         ),
       acquireAll: (entries, options) => composite(entries, options?.timeout, waitingAll),
@@ -245,5 +233,14 @@ export const make = (options: {
       tryConsumeAll: (entries) => composite(entries, undefined, tryingAll),
       limiters: names
     }
+    const inFiber: InFiber = {
+      acquire: (fiber, limiter, options) => withCall(limiter, options, waiting, run, fiber),
+      consume: (fiber, limiter, options) => withCall(limiter, options, waiting, unscoped, fiber),
+      tryAcquire: (fiber, limiter, options) => withCall(limiter, options, trying, run, fiber),
+      tryConsume: (fiber, limiter, options) => withCall(limiter, options, trying, unscoped, fiber)
+    }
+    // Not enumerable: a service spread into another with a method replaced (`{ ...service, consume }`)
+    // must not take these along, or the accessors would bypass the replacement.
+    Object.defineProperty(service, InFiberId, { value: inFiber, enumerable: false })
     return service
   })

@@ -32,13 +32,21 @@ const show = (value: unknown): string => {
 
 const problem = (option: string, value: unknown, expected: string): Problem => ({ option, found: show(value), expected })
 
-/** A key: absent is the limiter's one shared key, "". */
-export const key = (value: unknown): Either.Either<string, Problem> =>
+/** A problem is the one object these checks return: a key is a string, a timeout a number or undefined. */
+export const isProblem = (checked: unknown): checked is Problem => typeof checked === "object" && checked !== null
+
+/** A key, or its problem: absent is the limiter's one shared key, "". Without an `Either`, as an acquire checks it. */
+export const keyOf = (value: unknown): string | Problem =>
   value === undefined
-    ? Either.right("")
+    ? ""
     : typeof value === "string"
-    ? Either.right(value)
-    : Either.left(problem("key", value, "a string (convert numbers with String(id))"))
+    ? value
+    : problem("key", value, "a string (convert numbers with String(id))")
+
+export const key = (value: unknown): Either.Either<string, Problem> => {
+  const checked = keyOf(value)
+  return isProblem(checked) ? Either.left(checked) : Either.right(checked)
+}
 
 /** Milliseconds of a duration given as a number of ms, a bigint of ns, a string ("2 seconds") or a Duration. */
 const millis = (value: unknown): number | undefined => {
@@ -50,12 +58,17 @@ const millis = (value: unknown): number | undefined => {
   return Number.isNaN(ms) || ms < 0 ? undefined : ms
 }
 
-/** A wait bound in ms; `undefined` when there is none (absent from the call and the limiter, or too long to matter). */
-export const timeout = (value: unknown, fallbackMs: number | undefined): Either.Either<number | undefined, Problem> => {
-  if (value === undefined) return Either.right(fallbackMs === undefined || fallbackMs > UNBOUNDED_MS ? undefined : fallbackMs)
+/** A wait bound in ms, or its problem; `undefined` when there is none (absent from the call and the limiter, or too long to matter). */
+export const timeoutOf = (value: unknown, fallbackMs: number | undefined): number | undefined | Problem => {
+  if (value === undefined) return fallbackMs === undefined || fallbackMs > UNBOUNDED_MS ? undefined : fallbackMs
   const ms = millis(value)
-  if (ms === undefined) return Either.left(problem("timeout", value, "a duration of 0 or more (ms as a number, or \"2 seconds\")"))
-  return Either.right(ms > UNBOUNDED_MS ? undefined : ms)
+  if (ms === undefined) return problem("timeout", value, "a duration of 0 or more (ms as a number, or \"2 seconds\")")
+  return ms > UNBOUNDED_MS ? undefined : ms
+}
+
+export const timeout = (value: unknown, fallbackMs: number | undefined): Either.Either<number | undefined, Problem> => {
+  const checked = timeoutOf(value, fallbackMs)
+  return isProblem(checked) ? Either.left(checked) : Either.right(checked)
 }
 
 export const retryAfter = (value: unknown): Either.Either<number, Problem> => {

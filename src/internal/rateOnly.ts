@@ -6,6 +6,7 @@ import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
 import type { CostExceedsCapacity, InvalidCost, StoreError } from "../Errors.js"
@@ -27,16 +28,19 @@ import {
 import { detached } from "./detach.js"
 import { staleAfterMs, waitForSlot } from "./slot.js"
 
-const requestOf = (call: Call<unknown>): RateRequest => ({
+/** The longest the caller may wait for its slot. */
+const maxWaitOf = (call: Call<unknown>): number => call.mode === "try" ? 0 : call.timeoutMs ?? Infinity
+
+const requestOf = (call: Call<unknown>, maxWaitMs = maxWaitOf(call)): RateRequest => ({
   limiter: call.b.spec,
   key: call.key,
   cost: call.cost,
-  maxWaitMs: call.mode === "try" ? 0 : call.timeoutMs ?? Infinity
+  maxWaitMs
 })
 
 /** Proceeds at once: the slot is due (and not stale) and no backoff is known anywhere. */
-const proceedsNow = (b: Bound, outcome: RateOutcome, nowMs: number): outcome is Admitted =>
-  outcome._tag === "Admitted" && outcome.waitMs <= 0 && -outcome.waitMs <= staleAfterMs(b.spec) && !b.store.backoffs.any(nowMs)
+const proceedsNow = (b: Bound, outcome: Admitted, nowMs: number): boolean =>
+  outcome.waitMs <= 0 && -outcome.waitMs <= staleAfterMs(b.spec) && !b.store.backoffs.any(nowMs)
 
 type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
@@ -101,17 +105,40 @@ const decide = <E>(
  * can take at once with nothing to wait for and no span to make, is decided in one step.
  */
 export const rateOnly = <E>(call: Call<E>): Effect.Effect<Permit, E | StoreError | CostExceedsCapacity | InvalidCost> =>
-  // Uninterruptible from before the slot is taken until its caller has it, or is asleep waiting for it.
-  Effect.uninterruptibleMask((restore) =>
-    Effect.withFiberRuntime((fiber) => {
-      const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
-      const started = clock.unsafeCurrentTimeMillis()
-      const now = fiber.currentTracer === untraced && costError(call.b, call.cost) === undefined
-        ? call.b.store.acquireRateNow?.(requestOf(call), clock)
-        : undefined
-      if (now === undefined || !proceedsNow(call.b, now, started)) return instrument(call, decide(call, now, started, restore, clock))
-      const granted = permit(call, now, undefined, clock.unsafeCurrentTimeMillis() - started)
-      counted(call.b, granted, fiber.getFiberRef(FiberRef.currentMetricLabels))
-      return Effect.succeed(granted)
-    })
-  )
+  Effect.withFiberRuntime((fiber) => rateOnlyIn(fiber, call))
+
+/**
+ * `rateOnly` in the step of `fiber` that runs it. That step is interruptible, so the store is first
+ * asked only for a slot due now (`maxWaitMs` 0), which the caller takes within the step. Anything
+ * else is decided in the uninterruptible region that follows, from before a slot to wait for is
+ * reserved until its caller has it, or is asleep waiting for it: a refusal holds nothing.
+ */
+export const rateOnlyIn = <E>(
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  call: Call<E>
+): Effect.Effect<Permit, E | StoreError | CostExceedsCapacity | InvalidCost> => {
+  const { b } = call
+  const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+  const started = clock.unsafeCurrentTimeMillis()
+  // With a span to make or a cost to refuse, the store is asked within the span.
+  const answersNow = fiber.currentTracer === untraced && costError(b, call.cost) === undefined
+  const maxWaitMs = maxWaitOf(call)
+  const now = answersNow && !b.store.backoffs.any(started) ? b.store.acquireRateNow?.(requestOf(call, 0), clock) : undefined
+  if (now?._tag === "Admitted" && proceedsNow(b, now, started)) {
+    // Granted within this one synchronous step: it waited for nothing.
+    const granted = permit(call, now, undefined, 0)
+    counted(b, granted, fiber.getFiberRef(FiberRef.currentMetricLabels), 0)
+    return Effect.succeed(granted)
+  }
+  return Effect.uninterruptibleMask((restore) => {
+    // The first answer stands when it was to the caller's own request, or holds a slot (none of the
+    // engines answers a slot due now that does not proceed: never stale). Otherwise the store is
+    // asked the caller's request here, in the region (at once when it can, as the memory engine).
+    const answered = now !== undefined && (now._tag === "Admitted" || maxWaitMs === 0)
+      ? now
+      : answersNow
+      ? b.store.acquireRateNow?.(requestOf(call, maxWaitMs), clock)
+      : undefined
+    return instrument(call, decide(call, answered, started, restore, clock))
+  })
+}

@@ -9,12 +9,16 @@ import type { StateView } from "../Store.js"
 
 export interface KeyState {
   tat: number
-  readonly log: Array<Window.Entry>
+  /** A window's log; `noLog` until a sliding window writes to it (most keys are token buckets, made on every call of a fresh key). */
+  log: Array<Window.Entry>
   blockedUntil: number
   leases: Leases.LeaseTable | undefined
   /** After this instant nothing in the state differs from a fresh one, so it can be dropped. */
   staleAt: number
 }
+
+/** The log of every state no window has used: shared, so never written (`stateOf` gives a window its own first). */
+export const noLog: Array<Window.Entry> = []
 
 /** Units free now: a window's log is pruned already. */
 export const remainingOf = (state: KeyState, at: number, limiter: LimiterSpec): number => {
@@ -39,7 +43,7 @@ export const view = (state: KeyState, at: number, limiter: LimiterSpec, margin: 
       nextSlotAfterMs: Gcra.nextSlotAfter(state.tat, at, rate)
     }
   }
-  const last = state.log[state.log.length - 1]
+  const last = state.log.length === 0 ? undefined : state.log[state.log.length - 1]
   return {
     ...base,
     limit: rate.limit,
