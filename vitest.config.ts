@@ -27,7 +27,11 @@ export const slowSuites = [
   // Statements held behind row locks for over a second each, in real time (about 12 s).
   "test/postgresLockWait.test.ts",
   // The model-based fault search (about 37 s); CI also runs it three times as long on its own.
-  "test/model.test.ts"
+  "test/model.test.ts",
+  // Every accepted configuration value served on every engine: a store built per value (about 40 s).
+  "test/inputDomain.test.ts",
+  // acquireAll live on every engine and a cluster, concurrent composites and single calls (about 30 s).
+  "test/acquireAll.test.ts"
 ]
 
 /** What both runs share. */
