@@ -9,7 +9,7 @@
  * `StoreMisconfigured`, and a command not answered within `command_timeout_ms` is `StoreTimeout`:
  * neither ever admits a call.
  */
-import { createHash, randomUUID } from "node:crypto"
+import { randomUUID } from "node:crypto"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type { Cluster, Redis } from "ioredis"
@@ -27,26 +27,8 @@ import * as Composite from "./composite.js"
 import * as Connections from "./connections.js"
 import * as Errors from "./errors.js"
 import * as Replies from "./replies.js"
-import * as Scripts from "./scripts.js"
+import { type Script, SCRIPTS } from "./scriptShas.js"
 
-interface Script {
-  readonly lua: string
-  readonly sha: string
-}
-
-const script = (lua: string): Script => ({ lua, sha: createHash("sha1").update(lua).digest("hex") })
-
-const SCRIPTS = {
-  acquireLease: script(Scripts.acquireLease),
-  acquireAll: script(Scripts.acquireAll),
-  acquireRates: script(Scripts.acquireRates),
-  acquireBuckets: script(Scripts.acquireBuckets),
-  release: script(Scripts.release),
-  renew: script(Scripts.renew),
-  refund: script(Scripts.refund),
-  backoff: script(Scripts.backoff),
-  state: script(Scripts.state)
-}
 
 export interface RedisStore extends Store {
   /** The store's command connections (each a `Cluster` on a Redis Cluster), for tests and tools. */
