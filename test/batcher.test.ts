@@ -27,7 +27,6 @@ const setup = (maxInFlight: number, fail?: (items: ReadonlyArray<number>) => boo
             fail?.(items) === true ? Effect.fail(`failed ${items.join(",")}`) : Effect.succeed(items.map((i) => `r${i}`))
           )
         }),
-      bound: (write) => write,
       closed: "closed",
       timedOut: () => "timed out"
     })

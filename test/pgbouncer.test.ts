@@ -14,6 +14,7 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Scope from "effect/Scope"
+import pg from "pg"
 import { inject } from "vitest"
 import * as PostgresStore from "../src/postgres/PostgresStore.js"
 import * as RateLimiterModule from "../src/RateLimiter.js"
@@ -56,6 +57,17 @@ const processOf = (store: Record<string, unknown>, limiters: Record<string, Reco
     })
     return { db, limiter, settings }
   })
+
+/** A client of its own for the scope, straight to `url`. */
+const connected = (url: string) =>
+  Effect.acquireRelease(
+    Effect.promise(async () => {
+      const client = new pg.Client({ connectionString: url })
+      await client.connect()
+      return client
+    }),
+    (client) => Effect.promise(() => client.end())
+  )
 
 /** Warnings logged while `effect` runs. */
 const capturingWarnings = () => {
@@ -298,6 +310,30 @@ describe.skipIf(!installed)(`through ${Bouncer.version() ?? "PgBouncer (not inst
       )
       expect(after.map(([result]) => result!.rows[0].synchronous_commit)).toEqual(after.map(() => "on"))
     }), 60_000)
+
+  it.live("a decision write past operation_timeout_ms is cancelled on the server through the pooler", () =>
+    Effect.gen(function*() {
+      const table = fresh("pgb_cancel")
+      const a = yield* processOf({ url: viaBouncer(), table_name: table, auto_create: true, operation_timeout_ms: 500 }, {
+        api: { rate_per_second: 1000, fail_closed: true }
+      })
+      yield* a.limiter.consume("api", { key: "k" })
+      // Another session, straight to PostgreSQL, holds the row: the next write waits for its lock.
+      const direct = yield* connected(databaseUrl)
+      const locker = yield* connected(databaseUrl)
+      yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
+      const waiting = Effect.promise(() =>
+        direct.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'active' AND wait_event_type = 'Lock' AND query LIKE '%${table}%'`)
+      ).pipe(Effect.map((result) => Number(result.rows[0]?.n)))
+      const error = yield* Effect.flip(a.limiter.consume("api", { key: "k" }))
+      expect(error._tag).toBe("StoreTimeout")
+      // Cancelled through PgBouncer, which routes the cancel request to the server session it chose
+      // (checked for up to 5 s, for a loaded machine); a statement left running would wait for the lock.
+      let left = yield* waiting
+      for (let i = 0; i < 100 && left > 0; i++) left = yield* Effect.zipRight(Effect.sleep("50 millis"), waiting)
+      expect(left).toBe(0)
+      yield* Effect.promise(() => locker.query("COMMIT"))
+    }).pipe(Effect.scoped), 30_000)
 
   it.live("a startup parameter PgBouncer refuses fails the layer as StoreMisconfigured with the fix, never admitted", () =>
     Effect.gen(function*() {

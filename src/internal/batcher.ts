@@ -21,13 +21,12 @@ export interface Options<I, O, E> {
   readonly scope: Scope.Scope
   readonly maxBatch: number
   readonly maxInFlight: number
-  /** Writes `items` at once: one result per item, in order. */
-  readonly write: (items: ReadonlyArray<I>) => Effect.Effect<ReadonlyArray<O>, E>
   /**
-   * Bounds a write, which runs in a writer of the store's rather than in its callers' fibers, so one
-   * stuck write cannot keep its writer for ever.
+   * Writes `items` at once: one result per item, in order. It must end within a bound of its own: it
+   * runs in a writer of the store's rather than in its callers' fibers, and one stuck write would
+   * keep its writer for ever.
    */
-  readonly bound: (write: Effect.Effect<ReadonlyArray<O>, E>) => Effect.Effect<ReadonlyArray<O>, E>
+  readonly write: (items: ReadonlyArray<I>) => Effect.Effect<ReadonlyArray<O>, E>
   /** What the items queued or being written learn when the store is closed under them. */
   readonly closed: E
   /** What a caller learns that stopped waiting after `submit`'s `waitMs` (required to pass one). */
@@ -38,7 +37,7 @@ export interface Batcher<I, O, E> {
   /**
    * The item's result. With `waitMs` (of the fiber's clock), the caller waits at most that long and
    * then fails with `timedOut()`, its item taken out if still queued (a write under way is bounded
-   * by `bound`): a bound that needs no fiber of the caller's own, as `Effect.timeout` would.
+   * by `write` itself): a bound that needs no fiber of the caller's own, as `Effect.timeout` would.
    */
   readonly submit: (item: I, waitMs?: number) => Effect.Effect<O, E>
   /** Writes under way and items queued, and writes and items so far (for tests and tools). */
@@ -86,7 +85,7 @@ export const make = <I, O, E>(options: Options<I, O, E>): Batcher<I, O, E> => {
       inFlight++
       writes++
       items += batch.length
-      return Effect.exit(options.bound(options.write(batch.map((p) => p.item)))).pipe(
+      return Effect.exit(options.write(batch.map((p) => p.item))).pipe(
         Effect.map((exit) => settle(batch, exit)),
         Effect.onInterrupt(() => Effect.sync(() => settle(batch, Exit.fail(options.closed)))),
         Effect.ensuring(Effect.sync(() => inFlight--))

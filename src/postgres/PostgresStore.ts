@@ -93,11 +93,11 @@ export const make = (name: string, config: PostgresStoreConfig, shared?: SqlClie
       poolTimeoutMs: config.pool_timeout_ms,
       operationTimeoutMs: config.operation_timeout_ms
     }
-    const { sql, toError } = yield* Client.make(config, errors, shared)
+    const { prepared, sql, toError } = yield* Client.make(config, errors, shared)
     const scope = yield* Effect.scope
     yield* setup(sql, config, errors)
     const table = Context.tableName(sql, config)
-    const ctx = Context.make({ name, config, sql, table, channel: channelOf(table), base: yield* Context.readBase(sql), toError })
+    const ctx = Context.make({ name, config, sql, table, channel: channelOf(table), base: yield* Context.readBase(sql), toError, prepared })
     const { bounded, margin } = ctx
 
     const closed = new StoreUnavailable({ store: name, engine: "postgres", reason: "closed", message: "the store was closed" })

@@ -41,30 +41,31 @@ const MAX_KEYS = 256
 
 /** The two statements: one key's write, and several keys' in one. */
 export const statements = (ctx: Context) => {
-  const { C, NEXT_S, T, sql } = ctx
+  const { C, NEXT_S, run, T, sql } = ctx
   const TAT = ctx.atOf("last_acquisition_at")
   const UPDATED = ctx.atOf("updated_at")
 
-  const one = (w: Write) => {
+  /** `send`: the store's runner (named statements on its pool), or the fiber's own connection's. */
+  const one = (w: Write, send: Context["run"] = run) => {
     // Read after the row's lock, a moment before the SET's instant: a debt within the slack then
     // is within it at the write too.
     const stillValid = Number.isFinite(w.slack)
       ? sql`s.last_acquisition_at <= clock_timestamp() + ${w.slack}::float8 * interval '1 millisecond'`
       : sql.literal("TRUE")
     const added = sql`${w.micros}::float8 * interval '1 microsecond'`
-    return sql<Written>`
+    return send(sql<Written>`
       INSERT INTO ${T} AS s (group_id, last_acquisition_at, version, updated_at)
       SELECT ${w.id}, c.t + ${added}, ${nextVersion(w.expected)}, c.t FROM ${C}
       ON CONFLICT (group_id) DO UPDATE SET (last_acquisition_at, version, updated_at) = (
         SELECT GREATEST(s.last_acquisition_at, c.t) + ${added}, ${NEXT_S}, c.t FROM ${C})
       WHERE ${w.blind ? stillValid : sql`(s.version = ${w.expected} OR ${stillValid})`}
-      RETURNING ${TAT} AS tat, version, ${UPDATED} AS now`.pipe(Effect.map((rows) => [rows[0]]))
+      RETURNING ${TAT} AS tat, version, ${UPDATED} AS now`).pipe(Effect.map((rows) => [rows[0]]))
   }
 
   // What a row adds is its inserted values' difference (c.t + added - c.t, exact in whole
   // microseconds); the rule of its own write is looked up by its id.
   const many = (writes: ReadonlyArray<Write>) =>
-    sql<Written & { readonly id: string }>`
+    run(sql<Written & { readonly id: string }>`
       WITH b (id, micros, expected, next, slack, blind) AS (
         SELECT * FROM unnest(${writes.map((w) => w.id)}::text[], ${writes.map((w) => w.micros)}::float8[],
           ${writes.map((w) => w.expected)}::int4[], ${writes.map((w) => nextVersion(w.expected))}::int4[],
@@ -76,7 +77,7 @@ export const statements = (ctx: Context) => {
       WHERE (SELECT (NOT b.blind AND s.version = b.expected) OR b.slack IS NULL
           OR s.last_acquisition_at <= clock_timestamp() + b.slack * interval '1 millisecond'
         FROM b WHERE b.id = EXCLUDED.group_id)
-      RETURNING s.group_id AS id, ${TAT} AS tat, version, ${UPDATED} AS now`.pipe(
+      RETURNING s.group_id AS id, ${TAT} AS tat, version, ${UPDATED} AS now`).pipe(
       Effect.map((rows) => {
         const byId = new Map(rows.map((row) => [row.id, row]))
         return writes.map((w) => byId.get(w.id))
@@ -97,7 +98,6 @@ export const make = (ctx: Context, scope: Scope.Scope, closed: StoreError) => {
     // waits for the next (more in flight meant smaller batches and, measured, fewer admissions a second).
     maxInFlight: Math.min(2, ctx.config.pool_max_size),
     write: (writes) => (writes.length === 1 ? one(writes[0]!) : many(writes)),
-    bound: ctx.bounded,
     closed,
     timedOut: ctx.timedOut
   })
@@ -108,7 +108,7 @@ export const make = (ctx: Context, scope: Scope.Scope, closed: StoreError) => {
      */
     submit: batcher.submit,
     /** The write alone, on the fiber's own connection (its transaction's, inside one). */
-    alone: (write: Write) => Effect.map(one(write), (rows) => rows[0]),
+    alone: (write: Write) => Effect.map(one(write, (statement) => statement), (rows) => rows[0]),
     load: batcher.load
   }
 }

@@ -12,17 +12,22 @@ import * as Effect from "effect/Effect"
 import pg from "pg"
 import type { PostgresStoreConfig } from "../Settings.js"
 import * as Errors from "./errors.js"
+import * as Prepared from "./prepared.js"
 
 /**
  * The store's client: its own pool, or `shared`, a client the program already has (used without its
  * name transforms, since the store reads its rows' own column names, and left open when the store
- * closes).
+ * closes). With its own pool, `prepared` runs the decision writes as named statements (prepared.ts).
  */
 export const make = (config: PostgresStoreConfig, context: Errors.Context, shared?: SqlClient) =>
   Effect.gen(function*() {
     if (shared !== undefined) {
       const classifyShared = Errors.fromSql(context)
-      return { sql: shared.withoutTransforms(), toError: (error: SqlError): Errors.PostgresError => classifyShared(error) }
+      return {
+        sql: shared.withoutTransforms(),
+        toError: (error: SqlError): Errors.PostgresError => classifyShared(error),
+        prepared: undefined
+      }
     }
     /**
      * The last refusal a pooler sent as it closed one of the pool's connections: PgBouncer's statement
@@ -57,5 +62,5 @@ export const make = (config: PostgresStoreConfig, context: Errors.Context, share
     const sql = yield* PgClient.fromPool({
       acquire: Effect.acquireRelease(Effect.succeed(pool), (p) => Effect.promise(() => p.end()))
     }).pipe(Effect.provide(Reactivity.layer), Effect.mapError(toError))
-    return { sql, toError }
+    return { sql, toError, prepared: Prepared.make(pool) }
   })

@@ -9,7 +9,7 @@
  */
 import type { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import type { Fragment } from "@effect/sql/Statement"
+import type { Fragment, Statement } from "@effect/sql/Statement"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import { StoreTimeout } from "../Errors.js"
@@ -17,6 +17,7 @@ import { interruptAfter } from "../internal/detach.js"
 import type { LimiterSpec } from "../LimiterSpec.js"
 import type { PostgresStoreConfig } from "../Settings.js"
 import type * as Errors from "./errors.js"
+import type { Prepared } from "./prepared.js"
 
 /** The version after `column`'s, wrapping before INTEGER's end. */
 const nextVersionOf = (column: string) => `CASE WHEN ${column} >= 2147483646 THEN 1 ELSE ${column} + 1 END`
@@ -52,6 +53,12 @@ export interface Context {
   readonly name: string
   readonly config: PostgresStoreConfig
   readonly sql: SqlClient
+  /**
+   * Runs a statement outside any transaction, within operation_timeout_ms (as `bounded`): named on
+   * the store's own pool (prepared.ts), through `sql` on a program's client. For the statements
+   * every decision sends.
+   */
+  readonly run: <Row extends object>(statement: Statement<Row>) => Effect.Effect<ReadonlyArray<Row>, SqlError | StoreTimeout>
   /** The table, quoted: `"schema"."table"`. */
   readonly table: string
   /** The table as a fragment. */
@@ -103,8 +110,10 @@ export const make = (options: {
   /** The base instant, ms since the epoch on the server's clock: times cross the wire as small floats after it. */
   readonly base: number
   readonly toError: Context["toError"]
+  /** The store's own pool's named statements; undefined on a program's client. */
+  readonly prepared?: Prepared | undefined
 }): Context => {
-  const { base, config, name, sql } = options
+  const { base, config, name, prepared, sql } = options
   const atOf = (column: string) => sql.literal(`(extract(epoch from ${column}) * 1000 - ${base})::float8`)
   // Written instants are whole microseconds, rounded up (stricter), built from text so no float rounds them.
   // (An interval of absolute scale overflows on PostgreSQL 14, so instants are the base plus a small offset.)
@@ -115,10 +124,15 @@ export const make = (options: {
       engine: "postgres",
       message: `PostgreSQL did not answer within operation_timeout_ms = ${config.operation_timeout_ms} (a row lock held elsewhere, or an overloaded server)`
     })
+  const bounded = <A, E>(operation: Effect.Effect<A, E>) => interruptAfter(operation, config.operation_timeout_ms, timedOut)
   return {
     name,
     config,
     sql,
+    run: prepared === undefined ? bounded : (statement) => {
+      const [text, params] = statement.compile()
+      return prepared.run(text, params, { ms: config.operation_timeout_ms, timedOut })
+    },
     table: options.table,
     T: sql.literal(options.table),
     C: sql.literal(config.synchronous_commit ? INSTANT : INSTANT_ASYNC),
@@ -132,7 +146,7 @@ export const make = (options: {
     margin: config.timing_margin_ms,
     channel: options.channel,
     toError: options.toError,
-    bounded: (operation) => interruptAfter(operation, config.operation_timeout_ms, timedOut),
+    bounded,
     boundedFor: (ms) => (operation) => interruptAfter(operation, ms, timedOut),
     timedOut,
     tag: (limiter) => (metric) => metric.pipe(Metric.tagged("limiter", limiter.name), Metric.tagged("store", name))

@@ -1,0 +1,118 @@
+/**
+ * The decision writes' named statements (src/postgres/prepared.ts), on a real server: prepared once
+ * per session, sent again unnamed when a session does not hold them (a pooler's), and a statement
+ * whose caller stops waiting cancelled on the server before its connection is used again.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Schedule from "effect/Schedule"
+import pg from "pg"
+import { inject } from "vitest"
+import * as Prepared from "../src/postgres/prepared.js"
+
+const url = inject("databaseUrl")
+const table = `prepared_${process.pid}`
+const timedOut = () => "timed out" as const
+const long = { ms: 30_000, timedOut }
+
+/** A pool of one connection, so every statement shares one server session. */
+const onePool = Effect.acquireRelease(
+  Effect.sync(() => new pg.Pool({ connectionString: url, max: 1 })),
+  (pool) => Effect.promise(() => pool.end())
+)
+
+/** Asks again every 50 ms until `until` holds, for at most 5 s (a loaded machine's scheduling): the last answer. */
+const poll = <A>(ask: Effect.Effect<A>, until: (a: A) => boolean) =>
+  Effect.merge(Effect.retry(Effect.filterOrFail(ask, until, (a) => a), { schedule: Schedule.spaced("50 millis"), times: 100 }))
+
+const query = (pool: pg.Pool, text: string) => Effect.promise(() => pool.query(text))
+
+const setup = (pool: pg.Pool) =>
+  query(pool, `DROP TABLE IF EXISTS ${table}; CREATE TABLE ${table} (id text PRIMARY KEY, n int NOT NULL)`)
+
+const upsert = `INSERT INTO ${table} AS t (id, n) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = t.n + 1 RETURNING n`
+
+/** The backends of this database (other than the asker's) running a statement on `table`. */
+const running = (pool: pg.Pool) =>
+  Effect.map(
+    query(pool, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND query LIKE '%${table} AS t%'`),
+    (result) => Number(result.rows[0]?.n)
+  )
+
+describe("named statements on the store's pool", () => {
+  it.live("a statement is prepared once on its session, and runs as before", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      yield* setup(pool)
+      const prepared = Prepared.make(pool)
+      const first = yield* prepared.run<{ n: number }, "timed out">(upsert, ["a"], long)
+      const second = yield* prepared.run<{ n: number }, "timed out">(upsert, ["a"], long)
+      expect([first[0]?.n, second[0]?.n]).toEqual([1, 2])
+      const names = yield* query(pool, "SELECT name FROM pg_prepared_statements")
+      expect(names.rows.map((row: { name: string }) => row.name)).toEqual([expect.stringMatching(/^rate_sync_[0-9a-f]{20}$/)])
+      expect(prepared.named()).toBe(true)
+    }).pipe(Effect.scoped))
+
+  it.live("a session that lost the statement (a pooler's) gets it unnamed, and so does every later one", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      yield* setup(pool)
+      const prepared = Prepared.make(pool)
+      yield* prepared.run(upsert, ["b"], long)
+      // The driver still thinks the session holds it, as it would after a pooler moved it to another.
+      yield* query(pool, "DEALLOCATE ALL")
+      const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["b"], long)
+      expect(rows[0]?.n).toBe(2)
+      expect(prepared.named()).toBe(false)
+      const names = yield* query(pool, "SELECT name FROM pg_prepared_statements")
+      expect(names.rows).toEqual([])
+    }).pipe(Effect.scoped))
+
+  it.live("past its bound a statement fails with the bound's error and is cancelled on the server", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      const watcher = new pg.Pool({ connectionString: url, max: 1 })
+      yield* Effect.addFinalizer(() => Effect.promise(() => watcher.end()))
+      yield* setup(pool)
+      const prepared = Prepared.make(pool)
+      yield* prepared.run(upsert, ["c"], long)
+      const locker = new pg.Client({ connectionString: url })
+      yield* Effect.promise(() => locker.connect())
+      yield* Effect.addFinalizer(() => Effect.promise(() => locker.end()))
+      yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
+      const fiber = yield* Effect.fork(Effect.flip(prepared.run(upsert, ["c"], { ms: 300, timedOut })))
+      expect(yield* poll(running(watcher), (n) => n === 1)).toBe(1)
+      const error = yield* Fiber.join(fiber)
+      expect(error).toBe("timed out")
+      // Cancelled: no statement of ours still waits for the lock.
+      const waiting = yield* poll(running(watcher), (n) => n === 0)
+      expect(waiting).toBe(0)
+      yield* Effect.promise(() => locker.query("COMMIT"))
+      // The connection is back and usable, and the cancelled statement wrote nothing.
+      const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["c"], long)
+      expect(rows[0]?.n).toBe(2)
+    }).pipe(Effect.scoped))
+
+  it.live("a caller interrupted while its statement waits has it cancelled, and the connection returns", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      const watcher = new pg.Pool({ connectionString: url, max: 1 })
+      yield* Effect.addFinalizer(() => Effect.promise(() => watcher.end()))
+      yield* setup(pool)
+      const prepared = Prepared.make(pool)
+      yield* prepared.run(upsert, ["d"], long)
+      const locker = new pg.Client({ connectionString: url })
+      yield* Effect.promise(() => locker.connect())
+      yield* Effect.addFinalizer(() => Effect.promise(() => locker.end()))
+      yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
+      const fiber = yield* Effect.fork(prepared.run(upsert, ["d"], long))
+      expect(yield* poll(running(watcher), (n) => n === 1)).toBe(1)
+      yield* Fiber.interrupt(fiber)
+      const waiting = yield* poll(running(watcher), (n) => n === 0)
+      expect(waiting).toBe(0)
+      yield* Effect.promise(() => locker.query("COMMIT"))
+      const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["d"], long)
+      expect(rows[0]?.n).toBe(2)
+    }).pipe(Effect.scoped))
+})
