@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
+import { SqlError } from "@effect/sql/SqlError"
 import pg from "pg"
 import { inject } from "vitest"
 import * as Prepared from "../src/postgres/prepared.js"
@@ -18,7 +19,12 @@ const long = { ms: 30_000, timedOut }
 
 /** A pool of one connection, so every statement shares one server session. */
 const onePool = Effect.acquireRelease(
-  Effect.sync(() => new pg.Pool({ connectionString: url, max: 1 })),
+  Effect.sync(() => {
+    const pool = new pg.Pool({ connectionString: url, max: 1 })
+    // As the store's own pool: an idle connection that dies is dropped, not thrown.
+    pool.on("error", () => {})
+    return pool
+  }),
   (pool) => Effect.promise(() => pool.end())
 )
 
@@ -72,8 +78,7 @@ describe("named statements on the store's pool", () => {
   it.live("past its bound a statement fails with the bound's error and is cancelled on the server", () =>
     Effect.gen(function*() {
       const pool = yield* onePool
-      const watcher = new pg.Pool({ connectionString: url, max: 1 })
-      yield* Effect.addFinalizer(() => Effect.promise(() => watcher.end()))
+      const watcher = yield* onePool
       yield* setup(pool)
       const prepared = Prepared.make(pool)
       yield* prepared.run(upsert, ["c"], long)
@@ -97,8 +102,7 @@ describe("named statements on the store's pool", () => {
   it.live("a caller interrupted while its statement waits has it cancelled, and the connection returns", () =>
     Effect.gen(function*() {
       const pool = yield* onePool
-      const watcher = new pg.Pool({ connectionString: url, max: 1 })
-      yield* Effect.addFinalizer(() => Effect.promise(() => watcher.end()))
+      const watcher = yield* onePool
       yield* setup(pool)
       const prepared = Prepared.make(pool)
       yield* prepared.run(upsert, ["d"], long)
@@ -114,5 +118,64 @@ describe("named statements on the store's pool", () => {
       yield* Effect.promise(() => locker.query("COMMIT"))
       const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["d"], long)
       expect(rows[0]?.n).toBe(2)
+    }).pipe(Effect.scoped))
+
+  it.live("a plan the table's DDL changed is sent again unnamed", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      yield* setup(pool)
+      const prepared = Prepared.make(pool)
+      yield* prepared.run(upsert, ["e"], long)
+      // The statement's result type changes under it: PostgreSQL refuses the prepared plan (0A000).
+      yield* query(pool, `ALTER TABLE ${table} ALTER COLUMN n TYPE bigint`)
+      const rows = yield* prepared.run<{ n: string }, "timed out">(upsert, ["e"], long)
+      expect(rows[0]?.n).toBe("2")
+      expect(prepared.named()).toBe(false)
+    }).pipe(Effect.scoped))
+
+  it.live("a connection lost under a statement fails that statement alone; the pool goes on", () =>
+    Effect.gen(function*() {
+      const pool = yield* onePool
+      const watcher = yield* onePool
+      let lent: pg.PoolClient | undefined
+      pool.on("acquire", (client) => (lent = client))
+      yield* setup(pool)
+      const prepared = Prepared.make(pool)
+      yield* prepared.run(upsert, ["f"], long)
+      const locker = new pg.Client({ connectionString: url })
+      yield* Effect.promise(() => locker.connect())
+      yield* Effect.addFinalizer(() => Effect.promise(() => locker.end()))
+      yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
+      const fiber = yield* Effect.fork(Effect.flip(prepared.run(upsert, ["f"], long)))
+      expect(yield* poll(running(watcher), (n) => n === 1)).toBe(1)
+      // The socket goes without a word from the server (a reset, a pooler gone): the driver emits an
+      // error event on the lent connection at once, which would end this process unless listened to.
+      lent?.connection.stream.destroy()
+      const error = yield* Fiber.join(fiber)
+      expect(error).toBeInstanceOf(SqlError)
+      yield* Effect.promise(() => locker.query("COMMIT"))
+      const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["f"], long)
+      // The server may still run the lost statement once the lock is free (it notices the socket
+      // only when it writes to it): its unit is spent, never given twice.
+      expect([2, 3]).toContain(rows[0]?.n)
+    }).pipe(Effect.scoped))
+
+  it.live("a bound shorter than the pool's own wait: the caller leaves, and the pool's late answer is harmless", () =>
+    Effect.gen(function*() {
+      const pool = yield* Effect.acquireRelease(
+        Effect.sync(() => new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 300 })),
+        (p) => Effect.promise(() => p.end())
+      )
+      pool.on("error", () => {})
+      yield* setup(pool)
+      const prepared = Prepared.make(pool)
+      const taken = yield* Effect.promise(() => pool.connect())
+      const error = yield* Effect.flip(prepared.run(upsert, ["g"], { ms: 100, timedOut }))
+      expect(error).toBe("timed out")
+      // pg-pool's wait ends at 300 ms with an error and no release function: nothing may throw then.
+      yield* Effect.sleep("500 millis")
+      taken.release()
+      const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["g"], long)
+      expect(rows[0]?.n).toBe(1)
     }).pipe(Effect.scoped))
 })

@@ -47,6 +47,8 @@ export const make = (config: PostgresStoreConfig, context: Errors.Context, share
       max: config.pool_max_size,
       min: config.pool_min_size,
       connectionTimeoutMillis: config.pool_timeout_ms,
+      // A connection whose peer vanished (no FIN, no RST) is found out instead of holding its slot.
+      keepAlive: true,
       application_name: "rate-sync"
     })
     // An idle connection that dies is dropped from the pool; the next query opens a new one.
