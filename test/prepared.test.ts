@@ -46,6 +46,34 @@ const running = (pool: pg.Pool) =>
     (result) => Number(result.rows[0]?.n)
   )
 
+/**
+ * A table whose row `id` exists, then is held by another session for the scope: `stuck` runs a
+ * statement that waits for that lock (seen waiting on the server before it returns), `unlock` frees it.
+ */
+const heldRow = (pool: pg.Pool, prepared: Prepared.Prepared, id: string) =>
+  Effect.gen(function*() {
+    const watcher = yield* onePool
+    yield* setup(pool)
+    yield* prepared.run(upsert, [id], long)
+    const locker = yield* Effect.acquireRelease(
+      Effect.promise(async () => {
+        const client = new pg.Client({ connectionString: url })
+        await client.connect()
+        return client
+      }),
+      (client) => Effect.promise(() => client.end())
+    )
+    yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
+    const stuck = <A, E>(statement: Effect.Effect<A, E>) =>
+      Effect.tap(Effect.fork(statement), () => Effect.map(poll(running(watcher), (n) => n === 1), (n) => expect(n).toBe(1)))
+    return {
+      stuck,
+      /** Whether no statement of ours still waits for the lock (asked again for up to 5 s). */
+      cancelled: Effect.map(poll(running(watcher), (n) => n === 0), (n) => n === 0),
+      unlock: Effect.promise(() => locker.query("COMMIT"))
+    }
+  })
+
 describe("named statements on the store's pool", () => {
   it.live("a statement is prepared once on its session, and runs as before", () =>
     Effect.gen(function*() {
@@ -78,22 +106,12 @@ describe("named statements on the store's pool", () => {
   it.live("past its bound a statement fails with the bound's error and is cancelled on the server", () =>
     Effect.gen(function*() {
       const pool = yield* onePool
-      const watcher = yield* onePool
-      yield* setup(pool)
       const prepared = Prepared.make(pool)
-      yield* prepared.run(upsert, ["c"], long)
-      const locker = new pg.Client({ connectionString: url })
-      yield* Effect.promise(() => locker.connect())
-      yield* Effect.addFinalizer(() => Effect.promise(() => locker.end()))
-      yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
-      const fiber = yield* Effect.fork(Effect.flip(prepared.run(upsert, ["c"], { ms: 300, timedOut })))
-      expect(yield* poll(running(watcher), (n) => n === 1)).toBe(1)
-      const error = yield* Fiber.join(fiber)
-      expect(error).toBe("timed out")
-      // Cancelled: no statement of ours still waits for the lock.
-      const waiting = yield* poll(running(watcher), (n) => n === 0)
-      expect(waiting).toBe(0)
-      yield* Effect.promise(() => locker.query("COMMIT"))
+      const row = yield* heldRow(pool, prepared, "c")
+      const fiber = yield* row.stuck(Effect.flip(prepared.run(upsert, ["c"], { ms: 300, timedOut })))
+      expect(yield* Fiber.join(fiber)).toBe("timed out")
+      expect(yield* row.cancelled).toBe(true)
+      yield* row.unlock
       // The connection is back and usable, and the cancelled statement wrote nothing.
       const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["c"], long)
       expect(rows[0]?.n).toBe(2)
@@ -102,20 +120,11 @@ describe("named statements on the store's pool", () => {
   it.live("a caller interrupted while its statement waits has it cancelled, and the connection returns", () =>
     Effect.gen(function*() {
       const pool = yield* onePool
-      const watcher = yield* onePool
-      yield* setup(pool)
       const prepared = Prepared.make(pool)
-      yield* prepared.run(upsert, ["d"], long)
-      const locker = new pg.Client({ connectionString: url })
-      yield* Effect.promise(() => locker.connect())
-      yield* Effect.addFinalizer(() => Effect.promise(() => locker.end()))
-      yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
-      const fiber = yield* Effect.fork(prepared.run(upsert, ["d"], long))
-      expect(yield* poll(running(watcher), (n) => n === 1)).toBe(1)
-      yield* Fiber.interrupt(fiber)
-      const waiting = yield* poll(running(watcher), (n) => n === 0)
-      expect(waiting).toBe(0)
-      yield* Effect.promise(() => locker.query("COMMIT"))
+      const row = yield* heldRow(pool, prepared, "d")
+      yield* Fiber.interrupt(yield* row.stuck(prepared.run(upsert, ["d"], long)))
+      expect(yield* row.cancelled).toBe(true)
+      yield* row.unlock
       const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["d"], long)
       expect(rows[0]?.n).toBe(2)
     }).pipe(Effect.scoped))
@@ -136,24 +145,17 @@ describe("named statements on the store's pool", () => {
   it.live("a connection lost under a statement fails that statement alone; the pool goes on", () =>
     Effect.gen(function*() {
       const pool = yield* onePool
-      const watcher = yield* onePool
       let lent: pg.PoolClient | undefined
       pool.on("acquire", (client) => (lent = client))
-      yield* setup(pool)
       const prepared = Prepared.make(pool)
-      yield* prepared.run(upsert, ["f"], long)
-      const locker = new pg.Client({ connectionString: url })
-      yield* Effect.promise(() => locker.connect())
-      yield* Effect.addFinalizer(() => Effect.promise(() => locker.end()))
-      yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
-      const fiber = yield* Effect.fork(Effect.flip(prepared.run(upsert, ["f"], long)))
-      expect(yield* poll(running(watcher), (n) => n === 1)).toBe(1)
+      const row = yield* heldRow(pool, prepared, "f")
+      const fiber = yield* row.stuck(Effect.flip(prepared.run(upsert, ["f"], long)))
       // The socket goes without a word from the server (a reset, a pooler gone): the driver emits an
       // error event on the lent connection at once, which would end this process unless listened to.
       lent?.connection.stream.destroy()
       const error = yield* Fiber.join(fiber)
       expect(error).toBeInstanceOf(SqlError)
-      yield* Effect.promise(() => locker.query("COMMIT"))
+      yield* row.unlock
       const rows = yield* prepared.run<{ n: number }, "timed out">(upsert, ["f"], long)
       // The server may still run the lost statement once the lock is free (it notices the socket
       // only when it writes to it): its unit is spent, never given twice.
