@@ -56,6 +56,89 @@ export interface Prepared {
   readonly named: () => boolean
 }
 
+/**
+ * Best effort, as the driver's own: the statement may have ended meanwhile. A protocol CancelRequest
+ * on a connection of its own, so it needs no slot of a pool that stuck statements may fill, and a
+ * pooler routes it to the right server session (a pid through a pooler is the pooler's own).
+ * `done(sent)`: whether the request went out and its connection closed cleanly.
+ */
+const sendCancel = (client: pg.PoolClient, done: (sent: boolean) => void) => {
+  const pid = "processID" in client ? client.processID : undefined
+  const secret = "secretKey" in client ? client.secretKey : undefined
+  if (typeof pid !== "number" || typeof secret !== "number") return done(false)
+  const request = Buffer.alloc(16)
+  request.writeInt32BE(16, 0)
+  request.writeInt32BE(CANCEL_REQUEST_CODE, 4)
+  request.writeInt32BE(pid, 8)
+  request.writeInt32BE(secret, 12)
+  const socket = client.host.startsWith("/")
+    ? net.connect(`${client.host}/.s.PGSQL.${client.port}`)
+    : net.connect(client.port, client.host)
+  let failed = false
+  socket.setTimeout(CANCEL_TIMEOUT_MS, () => (failed = true, socket.destroy()))
+  socket.on("error", () => (failed = true))
+  socket.on("close", () => done(!failed))
+  // The server (or pooler) closes the connection once it has read the request: closing it first can
+  // drop the request (PgBouncer 1.18 reads the end before the packet, and may crash on it).
+  socket.write(request)
+}
+
+/**
+ * A connection held for one statement. It goes back to the pool once the statement has ended and,
+ * when one was sent, the cancel request too. It is discarded instead when it broke, when a cancel
+ * may still reach its next statement (the statement ended otherwise than cancelled, or the request
+ * may not have gone out whole), and when a cancelled statement is still running CANCEL_TIMEOUT_MS
+ * later (a half-open connection would keep its pool slot for ever). `onBroken`: the connection
+ * failed (pg-pool leaves no listener of its own on a connection it lent: without one the error
+ * would end the process).
+ */
+const hold = (client: pg.PoolClient, release: (error?: Error) => void, onBroken: (error: Error) => void) => {
+  let released = false
+  let pending = 1
+  let cancelled = false
+  let discard: Error | undefined
+  const onError = (error: Error) => {
+    discard ??= error
+    onBroken(error)
+  }
+  client.on("error", onError)
+  const giveBack = () => {
+    if (released) return
+    released = true
+    client.off("error", onError)
+    release(discard)
+  }
+  const settle = () => {
+    if (--pending === 0) giveBack()
+  }
+  return {
+    /** The statement ended: `error` when it failed. */
+    ended: (error: unknown) => {
+      if (cancelled && !hasCode(error, "57014")) discard ??= new Error("a cancel request may still reach this connection")
+      settle()
+    },
+    /** Sent a statement that threw before it went out (the connection's state is unknown). */
+    broke: (error: Error) => {
+      discard ??= error
+      settle()
+    },
+    cancel: () => {
+      if (cancelled || released) return
+      cancelled = true
+      pending++
+      sendCancel(client, (sent) => {
+        if (!sent) discard ??= new Error("a cancel request that did not go out cleanly")
+        settle()
+      })
+      // A plain timer: the connection's upkeep, outside any decision's time.
+      setTimeout(() => {
+        discard ??= new Error("a cancelled statement still running")
+        giveBack()
+      }, CANCEL_TIMEOUT_MS).unref()
+    }
+  }
+}
+
 export const make = (pool: pg.Pool): Prepared => {
   const names = new Map<string, string>()
   let named = true
@@ -68,89 +151,6 @@ export const make = (pool: pg.Pool): Prepared => {
       names.set(text, name)
     }
     return name
-  }
-
-  /**
-   * Best effort, as the driver's own: the statement may have ended meanwhile. A protocol CancelRequest
-   * on a connection of its own, so it needs no slot of a pool that stuck statements may fill, and a
-   * pooler routes it to the right server session (a pid through a pooler is the pooler's own).
-   * `done(sent)`: whether the request went out and its connection closed cleanly.
-   */
-  const sendCancel = (client: pg.PoolClient, done: (sent: boolean) => void) => {
-    const pid = "processID" in client ? client.processID : undefined
-    const secret = "secretKey" in client ? client.secretKey : undefined
-    if (typeof pid !== "number" || typeof secret !== "number") return done(false)
-    const request = Buffer.alloc(16)
-    request.writeInt32BE(16, 0)
-    request.writeInt32BE(CANCEL_REQUEST_CODE, 4)
-    request.writeInt32BE(pid, 8)
-    request.writeInt32BE(secret, 12)
-    const socket = client.host.startsWith("/")
-      ? net.connect(`${client.host}/.s.PGSQL.${client.port}`)
-      : net.connect(client.port, client.host)
-    let failed = false
-    socket.setTimeout(CANCEL_TIMEOUT_MS, () => (failed = true, socket.destroy()))
-    socket.on("error", () => (failed = true))
-    socket.on("close", () => done(!failed))
-    // The server (or pooler) closes the connection once it has read the request: closing it first can
-    // drop the request (PgBouncer 1.18 reads the end before the packet, and may crash on it).
-    socket.write(request)
-  }
-
-  /**
-   * A connection held for one statement. It goes back to the pool once the statement has ended and,
-   * when one was sent, the cancel request too. It is discarded instead when it broke, when a cancel
-   * may still reach its next statement (the statement ended otherwise than cancelled, or the request
-   * may not have gone out whole), and when a cancelled statement is still running CANCEL_TIMEOUT_MS
-   * later (a half-open connection would keep its pool slot for ever). `onBroken`: the connection
-   * failed (pg-pool leaves no listener of its own on a connection it lent: without one the error
-   * would end the process).
-   */
-  const hold = (client: pg.PoolClient, release: (error?: Error) => void, onBroken: (error: Error) => void) => {
-    let released = false
-    let pending = 1
-    let cancelled = false
-    let discard: Error | undefined
-    const onError = (error: Error) => {
-      discard ??= error
-      onBroken(error)
-    }
-    client.on("error", onError)
-    const giveBack = () => {
-      if (released) return
-      released = true
-      client.off("error", onError)
-      release(discard)
-    }
-    const settle = () => {
-      if (--pending === 0) giveBack()
-    }
-    return {
-      /** The statement ended: `error` when it failed. */
-      ended: (error: unknown) => {
-        if (cancelled && !hasCode(error, "57014")) discard ??= new Error("a cancel request may still reach this connection")
-        settle()
-      },
-      /** Sent a statement that threw before it went out (the connection's state is unknown). */
-      broke: (error: Error) => {
-        discard ??= error
-        settle()
-      },
-      cancel: () => {
-        if (cancelled || released) return
-        cancelled = true
-        pending++
-        sendCancel(client, (sent) => {
-          if (!sent) discard ??= new Error("a cancel request that did not go out cleanly")
-          settle()
-        })
-        // A plain timer: the connection's upkeep, outside any decision's time.
-        setTimeout(() => {
-          discard ??= new Error("a cancelled statement still running")
-          giveBack()
-        }, CANCEL_TIMEOUT_MS).unref()
-      }
-    }
   }
 
   const runOnce = <Row extends object, E>(text: string, values: ReadonlyArray<unknown>, name: string | undefined, bound: Bound<E>) =>
