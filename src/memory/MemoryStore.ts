@@ -23,6 +23,7 @@ import {
   type Store,
   StoreFactory
 } from "../Store.js"
+import * as States from "./states.js"
 import * as View from "./view.js"
 import type { KeyState } from "./view.js"
 
@@ -55,58 +56,28 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
   // Times are kept relative to the store's creation, so float ms keep sub-microsecond precision.
   const epoch = clock === liveClock ? performance.now() : Number(clock.unsafeCurrentTimeNanos()) / 1e6
   const now = clock === liveClock ? () => performance.now() - epoch : () => Number(clock.unsafeCurrentTimeNanos()) / 1e6 - epoch
-  const states = new Map<string, KeyState>()
+  const states = States.make()
   const margin = options.timingMarginMs ?? 0
   const holds = Holds.make()
   const wakeups = Wakeups.make()
 
-  /**
-   * Walks the keys round and round, a few per operation. One iterator kept across operations: a
-   * fresh one from the front (moving each entry checked to the back) skips every entry deleted since
-   * the map last compacted, so each operation cost in proportion to the keys held (a million idle
-   * keys took minutes to make).
-   */
-  let cursor: Iterator<[string, KeyState]> | undefined
+  // Leases expired with the state: whoever waits for one may ask again.
+  const dropped = (limiter: string, key: string) => wakeups.signal(stateKey(limiter, key))
+
+  /** Walks the keys round and round, a few per operation, pausing SWEEP_PAUSE operations after each round. */
   let paused = 0
   const sweep = (at: number) => {
-    if (cursor === undefined && paused-- > 0) return
-    cursor ??= states.entries()
-    for (let i = 0; i < SWEEP_PER_OPERATION; i++) {
-      const next = cursor.next()
-      if (next.done === true) {
-        cursor = undefined
-        paused = SWEEP_PAUSE
-        return
-      }
-      const [key, state] = next.value
-      if (state.staleAt > at) continue
-      states.delete(key)
-      // Leases expired with the state: whoever waits for one may ask again.
-      wakeups.signal(key)
-    }
-  }
-
-  /** The last state key made: a hot key's comes back without building (and hashing) a new string. */
-  let lastLimiter = ""
-  let lastKey = ""
-  let lastId = stateKey("", "")
-  const idOf = (limiter: string, key: string): string => {
-    if (limiter !== lastLimiter || key !== lastKey) {
-      lastLimiter = limiter
-      lastKey = key
-      lastId = stateKey(limiter, key)
-    }
-    return lastId
+    if (paused > 0) return void paused--
+    if (!states.sweep(SWEEP_PER_OPERATION, at, dropped)) paused = SWEEP_PAUSE
   }
 
   /** A key's state at `at`; `sweeping` false when the operation already holds other keys' states, which a sweep could drop. */
   const stateOf = (limiter: LimiterSpec, key: string, at: number, sweeping = true): KeyState => {
     if (sweeping) sweep(at)
-    const id = idOf(limiter.name, key)
-    let state = states.get(id)
+    let state = states.get(limiter.name, key)
     if (state === undefined) {
       state = { tat: -Infinity, log: View.noLog, blockedUntil: -Infinity, leases: undefined, staleAt: at }
-      states.set(id, state)
+      states.set(limiter.name, key, state)
     }
     const rate = limiter.rate
     if (rate?._tag === "SlidingWindow") {
@@ -282,7 +253,7 @@ const unsafeMake = (clock: Clock.Clock, options: MemoryStoreOptions): MemoryStor
 
     releases: (limiter, key) => wakeups.subscribe(stateKey(limiter.name, key)),
 
-    size: () => states.size,
+    size: states.size,
 
     waiters: () => {
       let queued = 0
