@@ -14,7 +14,6 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Scope from "effect/Scope"
-import pg from "pg"
 import { inject } from "vitest"
 import * as PostgresStore from "../src/postgres/PostgresStore.js"
 import * as RateLimiterModule from "../src/RateLimiter.js"
@@ -22,7 +21,7 @@ import * as RateSync from "../src/RateSync.js"
 import { decodeSettings, type PostgresStoreConfig, resolvePostgres, toLimiterSpec } from "../src/Settings.js"
 import * as Stores from "../src/Stores.js"
 import { ConfigurationError } from "../src/Errors.js"
-import { admin } from "./support/admin.js"
+import { admin, scopedClient } from "./support/admin.js"
 import * as Bouncer from "./support/pgbouncer.js"
 
 const databaseUrl = inject("databaseUrl")
@@ -57,17 +56,6 @@ const processOf = (store: Record<string, unknown>, limiters: Record<string, Reco
     })
     return { db, limiter, settings }
   })
-
-/** A client of its own for the scope, straight to `url`. */
-const connected = (url: string) =>
-  Effect.acquireRelease(
-    Effect.promise(async () => {
-      const client = new pg.Client({ connectionString: url })
-      await client.connect()
-      return client
-    }),
-    (client) => Effect.promise(() => client.end())
-  )
 
 /** Warnings logged while `effect` runs. */
 const capturingWarnings = () => {
@@ -319,8 +307,8 @@ describe.skipIf(!installed)(`through ${Bouncer.version() ?? "PgBouncer (not inst
       })
       yield* a.limiter.consume("api", { key: "k" })
       // Another session, straight to PostgreSQL, holds the row: the next write waits for its lock.
-      const direct = yield* connected(databaseUrl)
-      const locker = yield* connected(databaseUrl)
+      const direct = yield* scopedClient(databaseUrl)
+      const locker = yield* scopedClient(databaseUrl)
       yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
       const waiting = Effect.promise(() =>
         direct.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'active' AND wait_event_type = 'Lock' AND query LIKE '%${table}%'`)

@@ -13,6 +13,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import pg from "pg"
+import { scopedClient } from "./support/admin.js"
 import { inject } from "vitest"
 import type { LimiterSpec } from "../src/LimiterSpec.js"
 import * as PostgresStore from "../src/postgres/PostgresStore.js"
@@ -110,14 +111,7 @@ type HolderKind = "lock" | "update"
  */
 const behindLock = <A, E>(table: string, id: string, how: HolderKind, holdMs: number, call: Effect.Effect<A, E>) =>
   Effect.gen(function*() {
-    const holder = yield* Effect.acquireRelease(
-      Effect.promise(async () => {
-        const client = new pg.Client({ connectionString: url })
-        await client.connect()
-        return client
-      }),
-      (client) => Effect.promise(() => client.end())
-    )
+    const holder = yield* scopedClient(url)
     yield* Effect.promise(async () => {
       await holder.query("BEGIN")
       const locked = await holder.query(

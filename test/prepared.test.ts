@@ -9,6 +9,7 @@ import * as Fiber from "effect/Fiber"
 import * as Schedule from "effect/Schedule"
 import { SqlError } from "@effect/sql/SqlError"
 import pg from "pg"
+import { scopedClient } from "./support/admin.js"
 import { inject } from "vitest"
 import * as Prepared from "../src/postgres/prepared.js"
 
@@ -55,14 +56,7 @@ const heldRow = (pool: pg.Pool, prepared: Prepared.Prepared, id: string) =>
     const watcher = yield* onePool
     yield* setup(pool)
     yield* prepared.run(upsert, [id], long)
-    const locker = yield* Effect.acquireRelease(
-      Effect.promise(async () => {
-        const client = new pg.Client({ connectionString: url })
-        await client.connect()
-        return client
-      }),
-      (client) => Effect.promise(() => client.end())
-    )
+    const locker = yield* scopedClient(url)
     yield* Effect.promise(() => locker.query(`BEGIN; SELECT * FROM ${table} FOR UPDATE`))
     const stuck = <A, E>(statement: Effect.Effect<A, E>) =>
       Effect.tap(Effect.fork(statement), () => Effect.map(poll(running(watcher), (n) => n === 1), (n) => expect(n).toBe(1)))

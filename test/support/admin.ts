@@ -1,5 +1,17 @@
 /** Runs statements as the test database's administrator (for roles, schemas and grants). */
+import * as Effect from "effect/Effect"
 import pg from "pg"
+
+/** A connected client of its own to `url`, ended with the scope (a lock holder, an observer). */
+export const scopedClient = (url: string) =>
+  Effect.acquireRelease(
+    Effect.promise(async () => {
+      const client = new pg.Client({ connectionString: url })
+      await client.connect()
+      return client
+    }),
+    (client) => Effect.promise(() => client.end())
+  )
 
 export const admin = async (url: string, statements: ReadonlyArray<string>): Promise<Array<pg.QueryResult>> => {
   const client = new pg.Client({ connectionString: url })
